@@ -1,0 +1,289 @@
+"""YAML configs with ``_base_`` inheritance, dotted overrides and a strict schema.
+
+A config file is a YAML mapping. ``_base_`` (a path or a list of paths, relative to the file) names
+files that are merged in order before the file itself; mappings merge key by key, everything else
+is replaced. Overrides ``a.b.c=value`` are applied last, their values parsed as YAML scalars.
+
+Every key the project understands is declared in ``SCHEMA`` below, with its type and default, so a
+typo or a wrong type fails before anything runs, with the key named (and a did-you-mean).
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or an override; the message is one line naming the key."""
+
+
+REQUIRED = object()  # sentinel: the key has no default and must be set
+
+
+@dataclass(frozen=True)
+class Field:
+    types: tuple  # accepted Python types (int is accepted where float is)
+    default: Any = None
+    nullable: bool = False
+    choices: tuple | None = None
+    doc: str = ""
+
+    def type_name(self) -> str:
+        names = "/".join(t.__name__ for t in self.types)
+        if self.choices:
+            names = " | ".join(repr(c) for c in self.choices)
+        return names + (" or null" if self.nullable else "")
+
+
+def _f(types, default=None, nullable=False, choices=None, doc=""):
+    if not isinstance(types, tuple):
+        types = (types,)
+    return Field(types, default, nullable, tuple(choices) if choices else None, doc)
+
+
+NUM = (int, float)
+
+# The whole schema. Nested dicts are sections. Defaults are the published VOC settings unless noted.
+SCHEMA: dict = {
+    "method": _f(str, "supervised", choices=["supervised", "cac", "cps"]),
+    "work_dir": _f(str, None, nullable=True, doc="defaults to runs/<config name>"),
+    "seed": _f(int, 0),
+    "resume": _f(str, "auto", nullable=True,
+                 doc="'auto' continues from work_dir/latest.pth if present; a path; or null"),
+    "load_from": _f(str, None, nullable=True, doc="initialise weights from a checkpoint, no state"),
+    "deterministic": _f(bool, False),
+    "data": {
+        "root": _f(str, REQUIRED, doc="dataset root; list paths and folders are relative to it"),
+        "img_dir": _f(str, "JPEGImages"),
+        "ann_dir": _f(str, "SegmentationClassAug"),
+        "img_suffix": _f(str, ".jpg"),
+        "ann_suffix": _f(str, ".png"),
+        "labeled_list": _f(str, REQUIRED),
+        "unlabeled_list": _f(str, None, nullable=True),
+        "val_list": _f(str, REQUIRED),
+        "allow_overlap": _f(bool, False, doc="allow ids in both labeled and unlabeled lists"),
+        "num_classes": _f(int, REQUIRED),
+        "class_names": _f(list, None, nullable=True),
+        "palette": _f(list, None, nullable=True, doc="list of [r, g, b]; null: VOC bit palette"),
+        "ignore_index": _f(int, 255),
+        "mean": _f(list, [0.485, 0.456, 0.406]),
+        "std": _f(list, [0.229, 0.224, 0.225]),
+        "crop_size": _f(int, 320),
+        "base_size": _f(int, None, nullable=True,
+                        doc="resize the long side to base_size x scale; null: scale the image"),
+        "scale_range": _f(list, [0.5, 2.0]),
+        "hflip": _f(bool, True),
+        "shift": _f(NUM, 0.0, doc="random translation, fraction of the crop (digits use it)"),
+        "color_jitter": _f(NUM, 0.0, doc="probability of colour jitter on labeled images"),
+        "batch_size": _f(int, 8, doc="global labeled batch (all processes together)"),
+        "unlabeled_batch_size": _f(int, 8, doc="global unlabeled batch"),
+        "num_workers": _f(int, 2, doc="DataLoader workers per process"),
+        "val_batch_size": _f(int, 1, doc="per process; >1 only when val images share a size"),
+    },
+    "model": {
+        "arch": _f(str, "deeplabv3plus", choices=["deeplabv3plus", "pspnet"]),
+        "encoder": _f(str, "resnet50"),
+        "encoder_weights": _f(str, None, nullable=True,
+                              doc="null, a local .pth (torchvision or smp state dict), or imagenet"),
+        "encoder_depth": _f(int, 5, choices=[3, 4, 5]),
+        "output_stride": _f(int, 16, choices=[8, 16]),
+        "decoder_channels": _f(int, 256),
+        "aspp_separable": _f(bool, False),
+        "dropout": _f(NUM, 0.1),
+        "projector": _f(bool, False, doc="build the pixel projector head (CAC needs it)"),
+        "proj_dim": _f(int, 128),
+    },
+    "train": {
+        "iters": _f(int, REQUIRED),
+        "optimizer": _f(str, "sgd", choices=["sgd", "adamw"]),
+        "lr": _f(NUM, 0.01, doc="head lr at the global batch; backbone gets lr x backbone_lr_mult"),
+        "momentum": _f(NUM, 0.9),
+        "weight_decay": _f(NUM, 1e-4),
+        "backbone_lr_mult": _f(NUM, 0.1),
+        "poly_power": _f(NUM, 0.9),
+        "warmup_iters": _f(int, 0),
+        "warmup_ratio": _f(NUM, 0.1, doc="lr factor at iteration 0 of the warm-up"),
+        "amp": _f(str, "none", choices=["none", "bf16", "fp16"], doc="CUDA only"),
+        "grad_clip": _f(NUM, None, nullable=True),
+        "sync_bn": _f(bool, True, doc="SyncBatchNorm when world size > 1"),
+        "skip_nonfinite": _f(bool, False),
+        "log_interval": _f(int, 20),
+        "eval_interval": _f(int, 1000, doc="0: evaluate only at the end"),
+        "ckpt_interval": _f(int, 1000),
+        "threads": _f(int, 0, doc="torch CPU threads per process; 0: leave as is"),
+    },
+    "eval": {
+        "mode": _f(str, "whole", choices=["whole", "slide"]),
+        "window": _f(int, None, nullable=True, doc="slide window; null: data.crop_size"),
+        "stride": _f(int, None, nullable=True, doc="slide stride; null: 2/3 of the window"),
+        "scales": _f(list, [1.0]),
+        "flip": _f(bool, False),
+        "batch_windows": _f(int, 8, doc="sliding windows per forward"),
+        "branch": _f(str, "1", choices=["1", "2", "ensemble"], doc="CPS: which branch scores"),
+    },
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# loading and merging
+
+def _read_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep-merge ``override`` into a copy of ``base``: mappings merge, other values replace."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_file(path: str, _stack: tuple = ()) -> dict:
+    """Read a config file with its ``_base_`` chain (merged in order, then the file itself)."""
+    path = os.path.abspath(path)
+    if path in _stack:
+        raise ConfigError(f"{path}: _base_ cycle: " + " -> ".join(_stack + (path,)))
+    data = _read_yaml(path)
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list):
+        raise ConfigError(f"{path}: _base_ must be a path or a list of paths")
+    merged: dict = {}
+    for b in bases:
+        merged = merge(merged, load_file(os.path.join(os.path.dirname(path), b), _stack + (path,)))
+    return merge(merged, data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.iters=1000")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: bad key {key!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
+    cfg = copy.deepcopy(cfg)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = cfg
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {text!r}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+def _check_value(key: str, spec: Field, value: Any, origin: str) -> Any:
+    if value is REQUIRED:
+        raise ConfigError(f"{origin}: missing required key {key!r} ({spec.type_name()}"
+                          + (f": {spec.doc}" if spec.doc else "") + ")")
+    if value is None:
+        if spec.nullable:
+            return None
+        raise ConfigError(f"{origin}: {key} must not be null (expected {spec.type_name()})")
+    ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
+    if float in spec.types and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(f"{origin}: {key} = {value!r} has type {type(value).__name__}, "
+                          f"expected {spec.type_name()}")
+    if spec.choices is not None and value not in spec.choices:
+        hint = difflib.get_close_matches(str(value), [str(c) for c in spec.choices], n=1)
+        raise ConfigError(f"{origin}: {key} = {value!r} is not one of {list(spec.choices)}"
+                          + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    return value
+
+
+def _validate(schema: dict, cfg: dict, prefix: str, origin: str) -> dict:
+    out = {}
+    for k in cfg:
+        if k not in schema:
+            full = prefix + k
+            options = [prefix + s for s in schema]
+            hint = difflib.get_close_matches(full, options, n=1, cutoff=0.6)
+            raise ConfigError(f"{origin}: unknown key {full!r}"
+                              + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    for k, spec in schema.items():
+        key = prefix + k
+        if isinstance(spec, dict):
+            sub = cfg.get(k, {})
+            if sub is None:
+                sub = {}
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{origin}: {key} must be a section (a mapping), got {sub!r}")
+            out[k] = _validate(spec, sub, key + ".", origin)
+        else:
+            out[k] = _check_value(key, spec, cfg.get(k, spec.default), origin)
+    return out
+
+
+def validate(cfg: dict, origin: str = "config", schema: dict | None = None) -> dict:
+    """Fill defaults and check every key and type; returns a new plain dict."""
+    return _validate(SCHEMA if schema is None else schema, cfg, "", origin)
+
+
+def load_config(path: str, overrides: list[str] | None = None) -> "Config":
+    """Load, merge, override and validate; the result is a read-friendly ``Config``."""
+    raw = load_file(path)
+    raw = apply_overrides(raw, overrides or [])
+    cfg = validate(raw, origin=os.path.relpath(path))
+    if cfg["work_dir"] is None:
+        cfg["work_dir"] = os.path.join("runs", os.path.splitext(os.path.basename(path))[0])
+    return Config(cfg)
+
+
+class Config(dict):
+    """A dict that also allows ``cfg.train.lr``; nested sections are Configs."""
+
+    def __init__(self, data: dict | None = None):
+        super().__init__()
+        for k, v in (data or {}).items():
+            self[k] = Config(v) if isinstance(v, dict) else v
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to_dict(self) -> dict:
+        return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
+
+    def dump(self, path: str) -> None:
+        with open(path, "w") as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False)

@@ -1,0 +1,164 @@
+"""Segmentation datasets in the VOC folder layout (and any layout given by ``image label`` lists).
+
+A split list has one sample per line, either an id (``2007_000032``), resolved as
+``root/img_dir/<id><img_suffix>`` and ``root/ann_dir/<id><ann_suffix>``, or two paths relative to
+the root (``leftImg8bit/train/x.png gtFine/train/x_gtFine_labelTrainIds.png``), as the CPS, U2PL and
+UniMatch split files are written. Labels are index PNGs; 255 is ignored.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from seg_ssl.config import ConfigError
+
+
+class DataError(ValueError):
+    """Bad data on disk; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    image: str
+    label: str | None
+
+
+def read_split(list_path: str, root: str, img_dir: str, ann_dir: str, img_suffix: str,
+               ann_suffix: str, need_labels: bool = True) -> list[Sample]:
+    """Parse a split list into samples; checks the list exists, is non-empty and has no duplicates."""
+    if not os.path.isfile(list_path):
+        raise DataError(f"split list not found: {list_path}")
+    samples, seen = [], {}
+    with open(list_path) as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.strip().split()
+            if not parts:
+                continue
+            if len(parts) == 1:
+                sid = parts[0]
+                image = os.path.join(root, img_dir, sid + img_suffix)
+                label = os.path.join(root, ann_dir, sid + ann_suffix)
+            elif len(parts) == 2:
+                image = os.path.join(root, parts[0].lstrip("/"))
+                label = os.path.join(root, parts[1].lstrip("/"))
+                sid = os.path.splitext(os.path.basename(parts[0]))[0]
+            else:
+                raise DataError(f"{list_path}:{lineno}: expected 'id' or 'image label', got {line.strip()!r}")
+            if sid in seen:
+                raise DataError(f"{list_path}:{lineno}: duplicate id {sid!r} (first on line {seen[sid]})")
+            seen[sid] = lineno
+            if not need_labels and not os.path.exists(label):
+                label = None
+            samples.append(Sample(sid, image, label))
+    if not samples:
+        raise DataError(f"split list is empty: {list_path}")
+    return samples
+
+
+def load_image(path: str) -> np.ndarray:
+    """Read an image as HxWx3 uint8 RGB. Grayscale and RGBA are converted; 16-bit is rescaled."""
+    if not os.path.isfile(path):
+        raise DataError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                arr = np.clip(arr / 257.0 if arr.max() > 255 else arr, 0, 255).astype(np.uint8)
+                return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=2))
+            if im.mode != "RGB":
+                im = im.convert("RGB")  # L, P, RGBA (alpha dropped), CMYK, ...
+            return np.asarray(im, dtype=np.uint8).copy()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+
+
+def load_label(path: str, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """Read an index label (mode L, P or 16-bit) as HxW uint8; RGB labels are rejected."""
+    if not os.path.isfile(path):
+        raise DataError(f"label not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGB", "RGBA"):
+                raise DataError(f"label {path} is an {im.mode} colour image; expected an index PNG "
+                                f"(mode L or P) whose pixel values are class ids")
+            arr = np.asarray(im)
+    except (OSError, SyntaxError) as e:
+        raise DataError(f"cannot read label {path}: {e}") from None
+    bad = (arr >= num_classes) & (arr != ignore_index)
+    if bad.any():
+        values = np.unique(arr[bad])[:10].tolist()
+        raise DataError(f"label {path} has values {values} outside 0..{num_classes - 1} and "
+                        f"{ignore_index}")
+    return arr.astype(np.uint8)
+
+
+class SegDataset:
+    """Images (and labels) of one split; ``transform(image, label, rng_seed)`` augments.
+
+    ``__getitem__`` takes ``(index, seed)`` from the streams in ``seg_ssl.data.streams`` so that
+    augmentation depends only on the sample's position in the run, never on worker state: a resumed
+    run sees exactly the crops an uninterrupted one would.
+    """
+
+    def __init__(self, samples: list[Sample], num_classes: int, ignore_index: int = 255,
+                 transform=None, with_labels: bool = True):
+        self.samples = samples
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.transform = transform
+        self.with_labels = with_labels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        s = self.samples[i]
+        image = load_image(s.image)
+        label = None
+        if self.with_labels:
+            if s.label is None:
+                raise DataError(f"sample {s.id!r} has no label file")
+            label = load_label(s.label, self.num_classes, self.ignore_index)
+            if label.shape != image.shape[:2]:
+                raise DataError(f"image {s.image} is {image.shape[1]}x{image.shape[0]} but label "
+                                f"{s.label} is {label.shape[1]}x{label.shape[0]}")
+        return image, label
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, 0)
+        image, label = self.load(index)
+        out = self.transform(image, label, seed) if self.transform else {"image": image, "label": label}
+        out["index"] = index
+        return out
+
+
+def build_split(cfg_data, which: str, transform=None) -> SegDataset:
+    """``which`` is 'labeled', 'unlabeled' or 'val'; list paths are relative to the data root."""
+    list_key = {"labeled": "labeled_list", "unlabeled": "unlabeled_list", "val": "val_list"}[which]
+    if not os.path.isdir(cfg_data.root):
+        raise DataError(f"data.root {cfg_data.root!r} is not a directory; expected a VOC-style layout "
+                        f"root/{cfg_data.img_dir}/*{cfg_data.img_suffix}, "
+                        f"root/{cfg_data.ann_dir}/*{cfg_data.ann_suffix} and split lists")
+    list_path = resolve_list(cfg_data.root, cfg_data[list_key])
+    samples = read_split(list_path, cfg_data.root, cfg_data.img_dir, cfg_data.ann_dir,
+                         cfg_data.img_suffix, cfg_data.ann_suffix, need_labels=which != "unlabeled")
+    return SegDataset(samples, cfg_data.num_classes, cfg_data.ignore_index, transform,
+                      with_labels=which != "unlabeled")
+
+
+def resolve_list(root: str, path: str) -> str:
+    """Split lists are relative to the data root unless absolute."""
+    return path if os.path.isabs(path) else os.path.join(root, path)
+
+
+def check_disjoint(labeled: SegDataset, unlabeled: SegDataset, allow_overlap: bool, where: str):
+    both = sorted({s.id for s in labeled.samples} & {s.id for s in unlabeled.samples})
+    if both and not allow_overlap:
+        raise ConfigError(f"{where}: {len(both)} ids are in both the labeled and the unlabeled list "
+                          f"(e.g. {both[:3]}); set data.allow_overlap=true if that is intended")

@@ -1,0 +1,52 @@
+"""Reproducible, nested labeled/unlabeled splits of a train list."""
+from __future__ import annotations
+
+import math
+import os
+from fractions import Fraction
+
+import numpy as np
+
+
+def split_name(spec: str) -> str:
+    """'1/16' -> '1_16' (the UniMatch folder convention), '92' -> '92'."""
+    return spec.replace("/", "_")
+
+
+def labeled_count(spec: str, total: int) -> int:
+    """'1/16', '1/8', '1/4' of 10,582 -> 662, 1,323, 2,646: rounded up, as the CPS/U2PL counts."""
+    if "/" in spec:
+        frac = Fraction(spec)
+        if not 0 < frac <= 1:
+            raise ValueError(f"split fraction {spec!r} must be in (0, 1]")
+        return max(1, math.ceil(total * frac))
+    count = int(spec)
+    if not 0 < count <= total:
+        raise ValueError(f"split count {spec!r} must be in 1..{total}")
+    return count
+
+
+def nested_splits(ids: list[str], specs: list[str], seed: int = 0) -> dict:
+    """One seeded permutation; every labeled set is a prefix of it, so smaller sets nest in larger.
+
+    Returns ``{name: (labeled_ids, unlabeled_ids)}`` with both lists sorted; unlabeled is the
+    complement of labeled in ``ids``.
+    """
+    if len(set(ids)) != len(ids):
+        raise ValueError("train list has duplicate ids")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    out = {}
+    for spec in specs:
+        k = labeled_count(spec, len(ids))
+        chosen = set(order[:k].tolist())
+        labeled = sorted(ids[i] for i in chosen)
+        unlabeled = sorted(ids[i] for i in range(len(ids)) if i not in chosen)
+        out[split_name(spec)] = (labeled, unlabeled)
+    return out
+
+
+def write_split(folder: str, labeled: list[str], unlabeled: list[str]) -> None:
+    os.makedirs(folder, exist_ok=True)
+    for name, items in (("labeled.txt", labeled), ("unlabeled.txt", unlabeled)):
+        with open(os.path.join(folder, name), "w") as f:
+            f.write("\n".join(items) + ("\n" if items else ""))

@@ -1,0 +1,88 @@
+"""Augmentation pipelines built with albumentations, seeded per sample.
+
+Each pipeline is a callable ``(image, label, seed) -> dict`` returning a normalised CHW float
+tensor ``image`` and, when a label was given, a long ``label`` (255 on padding). Unlabeled samples
+get a ``valid`` mask instead (False on padding), so no method ever learns from padded pixels.
+"""
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+IGNORE = 255
+
+
+def normalize(image: np.ndarray, mean, std) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> 3xHxW float tensor, (x/255 - mean) / std."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (x - m) / s
+
+
+def geometric_ops(d, crop_size: int | None = None) -> list:
+    """Random scale, pad (image mean / label 255), random crop, flip and shift, from config."""
+    crop = crop_size or d.crop_size
+    fill = tuple(float(round(m * 255)) for m in d.mean)
+    ops = []
+    if d.base_size:
+        ops.append(A.LongestMaxSize(max_size=d.base_size, interpolation=cv2.INTER_LINEAR,
+                                    mask_interpolation=cv2.INTER_NEAREST))
+    lo, hi = d.scale_range
+    if (lo, hi) != (1.0, 1.0):
+        ops.append(A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
+                                 mask_interpolation=cv2.INTER_NEAREST, p=1.0))
+    ops += [A.PadIfNeeded(min_height=crop, min_width=crop, position="top_left",
+                          border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=IGNORE),
+            A.RandomCrop(crop, crop)]
+    if d.hflip:
+        ops.append(A.HorizontalFlip(p=0.5))
+    if d.shift > 0:
+        ops.append(A.Affine(translate_percent=(-d.shift, d.shift), border_mode=cv2.BORDER_CONSTANT,
+                            fill=fill, fill_mask=IGNORE, interpolation=cv2.INTER_LINEAR,
+                            mask_interpolation=cv2.INTER_NEAREST, p=1.0))
+    return ops
+
+
+def photometric_ops(p_jitter: float, p_gray: float = 0.0, p_blur: float = 0.0) -> list:
+    ops = []
+    if p_jitter > 0:
+        ops.append(A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=p_jitter))
+    if p_gray > 0:
+        ops.append(A.ToGray(p=p_gray))
+    if p_blur > 0:
+        ops.append(A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.1, 2.0), p=p_blur))
+    return ops
+
+
+class Pipeline:
+    """An albumentations Compose applied with a per-sample seed, then normalised."""
+
+    def __init__(self, ops: list, mean, std, labeled: bool = True):
+        self.compose = A.Compose(ops) if ops else None
+        self.mean, self.std, self.labeled = mean, std, labeled
+
+    def __call__(self, image: np.ndarray, label: np.ndarray | None, seed: int) -> dict:
+        if label is None:  # unlabeled: track padding through the same geometry
+            label = np.zeros(image.shape[:2], np.uint8)
+        if self.compose is not None:
+            self.compose.set_random_seed(int(seed))
+            out = self.compose(image=image, mask=label)
+            image, label = out["image"], out["mask"]
+        result = {"image": normalize(image, self.mean, self.std)}
+        if self.labeled:
+            result["label"] = torch.from_numpy(np.ascontiguousarray(label)).long()
+        else:
+            result["valid"] = torch.from_numpy(label != IGNORE)
+        return result
+
+
+def train_pipeline(d, labeled: bool = True) -> Pipeline:
+    return Pipeline(geometric_ops(d) + photometric_ops(d.color_jitter), d.mean, d.std, labeled)
+
+
+def val_pipeline(d) -> Pipeline:
+    """Original resolution, no augmentation: the evaluator pads as its mode needs."""
+    return Pipeline([], d.mean, d.std, labeled=True)

@@ -1,0 +1,375 @@
+"""The one trainer every method runs on: iterations, devices, DDP, AMP, checkpoints, logs, eval.
+
+A method supplies ``model`` (an nn.Module), ``training_step(model, labeled, unlabeled, it)`` that
+returns a dict of losses with the total under ``"loss"``, and ``predictor(model)`` for evaluation.
+Everything else (the loop, streams, optimizer, schedule, I/O) lives here.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from seg_ssl.config import ConfigError
+from seg_ssl.data.dataset import build_split, check_disjoint
+from seg_ssl.data.streams import make_stream
+from seg_ssl.data.transforms import train_pipeline, val_pipeline
+from seg_ssl.engine import dist as du
+from seg_ssl.engine.checkpoint import load_checkpoint, model_state, save_atomic
+from seg_ssl.engine.schedule import poly_lr
+from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
+from seg_ssl.evaluation.metrics import format_table, to_json
+from seg_ssl.methods import build_method
+from seg_ssl.models.segmentor import Segmentor
+
+LOG = logging.getLogger("seg_ssl")
+
+
+def setup_logging(work_dir: str | None, is_main: bool) -> None:
+    LOG.setLevel(logging.INFO if is_main else logging.WARNING)
+    LOG.propagate = False
+    for h in list(LOG.handlers):
+        LOG.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(fmt)
+    LOG.addHandler(console)
+    if work_dir and is_main:
+        fh = logging.FileHandler(os.path.join(work_dir, "train.log"))
+        fh.setFormatter(fmt)
+        LOG.addHandler(fh)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def param_groups(model: nn.Module, lr: float, backbone_mult: float) -> list[dict]:
+    """Encoders of every Segmentor at lr x backbone_mult, everything else at lr."""
+    backbone = {id(p) for m in model.modules() if isinstance(m, Segmentor) for p in m.encoder.parameters()}
+    enc = [p for p in model.parameters() if id(p) in backbone and p.requires_grad]
+    rest = [p for p in model.parameters() if id(p) not in backbone and p.requires_grad]
+    return [{"params": enc, "lr_mult": backbone_mult, "name": "backbone"},
+            {"params": rest, "lr_mult": 1.0, "name": "head"}]
+
+
+def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    t = cfg.train
+    groups = param_groups(model, t.lr, t.backbone_lr_mult)
+    for g in groups:
+        g["lr"] = t.lr * g["lr_mult"]
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def to_device(batch, device):
+    if batch is None:
+        return None
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+class StopRequested:
+    """SIGTERM/SIGINT set a flag; the loop finishes the step, saves ``latest.pth`` and exits."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread (e.g. inside some test runners)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def derived_sizes(cfg, world_size: int) -> dict:
+    """Per-process sizes computed from the global config (shown by ``--dry-run``)."""
+    d = cfg.data
+    for key, g in (("data.batch_size", d.batch_size), ("data.unlabeled_batch_size", d.unlabeled_batch_size)):
+        if g % world_size:
+            raise ConfigError(f"{key} = {g} is the global batch and must be divisible by the world "
+                              f"size {world_size}")
+    per_l, per_u = d.batch_size // world_size, d.unlabeled_batch_size // world_size
+    return {"world_size": world_size, "labeled_per_process": per_l, "unlabeled_per_process": per_u}
+
+
+class Trainer:
+    def __init__(self, cfg, info: du.DistInfo | None = None):
+        self.cfg = cfg
+        self.info = info or du.init_distributed()
+        self.device = self.info.device
+        t = cfg.train
+        if t.threads > 0:
+            torch.set_num_threads(t.threads)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        self.sizes = derived_sizes(cfg, self.info.world_size)
+        self.work_dir = cfg.work_dir
+        if self.info.is_main:
+            os.makedirs(self.work_dir, exist_ok=True)
+            cfg.dump(os.path.join(self.work_dir, "config.yaml"))
+        du.barrier()
+        setup_logging(self.work_dir, self.info.is_main)
+        seed_everything(cfg.seed + self.info.rank)
+
+        self.method = build_method(cfg)
+        model = self.method.model.to(self.device)
+        if cfg.load_from:
+            model.load_state_dict(model_state(load_checkpoint(cfg.load_from)), strict=True)
+        if self.info.distributed and t.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.method.model = model
+        self.ddp = (DistributedDataParallel(model, device_ids=[self.info.local_rank] if self.device.type == "cuda"
+                                            else None, find_unused_parameters=getattr(
+                                                self.method, "find_unused_parameters", False))
+                    if self.info.distributed else model)
+        self.optimizer = build_optimizer(cfg, model)
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
+        if self.amp_dtype is not None and self.device.type != "cuda":
+            LOG.warning("train.amp=%s needs CUDA; training in float32 on %s", t.amp, self.device)
+            self.amp_dtype = None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+
+        d = cfg.data
+        self.labeled = build_split(d, "labeled", train_pipeline(d, labeled=True))
+        self.unlabeled = None
+        if self.method.uses_unlabeled:
+            if not d.unlabeled_list:
+                raise ConfigError(f"method {cfg.method!r} needs data.unlabeled_list")
+            self.unlabeled = build_split(d, "unlabeled", self.method.unlabeled_pipeline(d)
+                                         if hasattr(self.method, "unlabeled_pipeline")
+                                         else train_pipeline(d, labeled=False))
+            check_disjoint(self.labeled, self.unlabeled, d.allow_overlap, "data")
+        self.val = build_split(d, "val", val_pipeline(d))
+
+        self.iteration = 0
+        self.best = {"mIoU": -1.0, "iteration": 0}
+        self.skipped = 0
+        self._maybe_resume()
+
+    # ------------------------------------------------------------------------------------------
+    def _ckpt_path(self, name: str) -> str:
+        return os.path.join(self.work_dir, name)
+
+    def _maybe_resume(self) -> None:
+        r = self.cfg.resume
+        path = self._ckpt_path("latest.pth") if r == "auto" else r
+        if not path or not os.path.isfile(path):
+            if r not in (None, "auto"):
+                raise ConfigError(f"resume: checkpoint not found: {r}")
+            return
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(model_state(ckpt), strict=True)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.method.load_state_dict(ckpt.get("method", {}))
+        self.iteration = int(ckpt["iteration"])
+        self.best = ckpt.get("best", self.best)
+        self.skipped = ckpt.get("skipped", 0)
+        if self.info.rank == 0 and ckpt.get("rng"):
+            set_rng_state(ckpt["rng"])
+        else:  # other ranks (and other world sizes) reseed deterministically from the position
+            seed_everything(self.cfg.seed + self.info.rank + 1000003 * self.iteration)
+        LOG.info("resumed from %s at iteration %d", path, self.iteration)
+
+    def save(self, name: str) -> None:
+        if not self.info.is_main:
+            return
+        save_atomic({
+            "iteration": self.iteration,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "method": self.method.state_dict(),
+            "rng": rng_state(),
+            "best": self.best,
+            "skipped": self.skipped,
+            "config": self.cfg.to_dict(),
+        }, self._ckpt_path(name))
+
+    # ------------------------------------------------------------------------------------------
+    def set_lr(self) -> float:
+        t = self.cfg.train
+        lr = poly_lr(t.lr, self.iteration, t.iters, t.poly_power, t.warmup_iters, t.warmup_ratio)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_mult", 1.0)
+        return lr
+
+    def evaluate(self) -> dict:
+        self.model.eval()
+        res = evaluate(self.method.predictor(self.model), self.val, self.cfg.data.num_classes,
+                       self.cfg.data.ignore_index, self.method.size_divisor(self.model), self.device,
+                       self.info.rank, self.info.world_size, self.cfg.data.val_batch_size,
+                       **predict_kwargs(self.cfg))
+        self.model.train()
+        return res
+
+    def _streams(self):
+        d, seed = self.cfg.data, self.cfg.seed
+        pin = self.device.type == "cuda"
+        lab = make_stream(self.labeled, d.batch_size, self.info.rank, self.info.world_size, seed, 0,
+                          self.iteration, d.num_workers, pin)
+        unl = (make_stream(self.unlabeled, d.unlabeled_batch_size, self.info.rank, self.info.world_size,
+                           seed, 1, self.iteration, d.num_workers, pin) if self.unlabeled else None)
+        return lab, unl
+
+    def train(self) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        writer = SummaryWriter(os.path.join(self.work_dir, "tb")) if self.info.is_main else None
+        LOG.info("method %s | %d labeled, %s unlabeled, %d val | world %d | per-process batch %d+%d | %s",
+                 cfg.method, len(self.labeled), len(self.unlabeled) if self.unlabeled else 0,
+                 len(self.val), self.info.world_size, self.sizes["labeled_per_process"],
+                 self.sizes["unlabeled_per_process"] if self.unlabeled else 0, self.device)
+        last = {}
+        if self.iteration >= t.iters:
+            LOG.info("already trained to iteration %d", self.iteration)
+        else:
+            lab_stream, unl_stream = self._streams()
+            self.model.train()
+            bar = tqdm(total=t.iters, initial=self.iteration, disable=not (self.info.is_main and sys.stderr.isatty()),
+                       dynamic_ncols=True)
+            sums, count, t0, data_time = {}, 0, time.time(), 0.0
+            with StopRequested() as stop:
+                while self.iteration < t.iters:
+                    lr = self.set_lr()
+                    td = time.time()
+                    labeled = to_device(next(lab_stream), self.device)
+                    unlabeled = to_device(next(unl_stream), self.device) if unl_stream else None
+                    data_time += time.time() - td
+                    losses = self.step(labeled, unlabeled)
+                    self.iteration += 1
+                    bar.update(1)
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    count += 1
+                    if self.iteration % t.log_interval == 0 or self.iteration == t.iters:
+                        dt = (time.time() - t0) / count
+                        avg = {k: v / count for k, v in sums.items()}
+                        eta = dt * (t.iters - self.iteration)
+                        LOG.info("it %d/%d lr %.2e %s | %.3fs/it (data %.3fs) eta %s", self.iteration,
+                                 t.iters, lr, " ".join(f"{k} {v:.4f}" for k, v in avg.items()), dt,
+                                 data_time / count, time.strftime("%H:%M:%S", time.gmtime(eta)))
+                        if writer:
+                            for k, v in avg.items():
+                                writer.add_scalar(f"train/{k}", v, self.iteration)
+                            writer.add_scalar("train/lr", lr, self.iteration)
+                        bar.set_postfix(loss=f"{avg.get('loss', 0):.3f}")
+                        sums, count, t0, data_time = {}, 0, time.time(), 0.0
+                    done = self.iteration == t.iters
+                    if (t.eval_interval and self.iteration % t.eval_interval == 0) or done:
+                        last = self._eval_and_log(writer)
+                    if self.iteration % t.ckpt_interval == 0 or done:
+                        self.save("latest.pth")
+                    if stop.signal is not None:
+                        self.save("latest.pth")
+                        LOG.warning("stopped by signal %d at iteration %d; latest.pth saved, run the same "
+                                    "command to continue", stop.signal, self.iteration)
+                        bar.close()
+                        if writer:
+                            writer.close()
+                        return {"stopped": True, "iteration": self.iteration}
+            bar.close()
+        if not last:
+            last = self._eval_and_log(writer)
+        if writer:
+            writer.close()
+        return last
+
+    def step(self, labeled, unlabeled) -> dict:
+        t = self.cfg.train
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            losses = self.method.training_step(self.ddp, labeled, unlabeled, self.iteration)
+        loss = losses["loss"]
+        bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=self.device)
+        du.all_reduce_sum(bad)
+        if bad.item() > 0:
+            terms = [k for k, v in losses.items() if not torch.isfinite(torch.as_tensor(v)).all()]
+            if t.skip_nonfinite:
+                self.skipped += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                LOG.warning("iteration %d: non-finite loss (%s); step skipped (%d so far)",
+                            self.iteration, ", ".join(terms) or "other rank", self.skipped)
+                return {"skipped": 1.0}
+            raise FloatingPointError(
+                f"non-finite loss at iteration {self.iteration} in term(s) {', '.join(terms) or 'on another rank'}; "
+                f"the last good checkpoint is {self._ckpt_path('latest.pth')} "
+                f"(set train.skip_nonfinite=true to skip such steps)")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if t.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {k: v.detach() if torch.is_tensor(v) else v for k, v in losses.items()}
+
+    def _eval_and_log(self, writer) -> dict:
+        res = self.evaluate()
+        miou = res["mIoU"]
+        LOG.info("eval at iteration %d: mIoU %.2f aAcc %.2f mAcc %.2f", self.iteration, 100 * miou,
+                 100 * res["aAcc"], 100 * res["mAcc"])
+        if writer:
+            for k in ("mIoU", "aAcc", "mAcc"):
+                writer.add_scalar(f"val/{k}", res[k], self.iteration)
+        if self.info.is_main and not math.isnan(miou) and miou > self.best["mIoU"]:
+            self.best = {"mIoU": miou, "iteration": self.iteration}
+            self.save("best.pth")
+        if self.info.is_main:
+            with open(os.path.join(self.work_dir, "metrics.json"), "w") as f:
+                json.dump({"iteration": self.iteration, **to_json(res)}, f, indent=1)
+        res["table"] = format_table(res, self.cfg.data.class_names)
+        return res
+
+
+def train(cfg) -> dict:
+    trainer = Trainer(cfg)
+    try:
+        return trainer.train()
+    finally:
+        du.cleanup()

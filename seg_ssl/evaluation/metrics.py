@@ -1,0 +1,70 @@
+"""Confusion-matrix metrics accumulated over a whole set (the field's convention, as mmseg).
+
+Rows are ground truth, columns prediction. Pixels labelled ``ignore_index`` are excluded. A class
+absent from both ground truth and prediction has IoU NaN and is left out of the means.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
+                     ignore_index: int = 255) -> torch.Tensor:
+    """(K, K) int64 counts for one batch; labels outside 0..K-1 other than ignore are errors."""
+    pred, label = pred.reshape(-1).long(), label.reshape(-1).long()
+    keep = label != ignore_index
+    pred, label = pred[keep], label[keep]
+    if label.numel() and (label.min() < 0 or label.max() >= num_classes):
+        raise ValueError(f"label values outside 0..{num_classes - 1} and {ignore_index}")
+    idx = label * num_classes + pred
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def metrics_from_confusion(cm) -> dict:
+    """aAcc, mIoU, mAcc (fractions) and per-class IoU/Acc lists (NaN for absent classes)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    gt = cm.sum(1)
+    pred = cm.sum(0)
+    union = gt + pred - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+        acc = np.where(gt > 0, tp / gt, np.nan)
+    total = cm.sum()
+    return {
+        "aAcc": float(tp.sum() / total) if total > 0 else math.nan,
+        "mIoU": float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else math.nan,
+        "mAcc": float(np.nanmean(acc)) if np.any(~np.isnan(acc)) else math.nan,
+        "IoU": iou.tolist(),
+        "Acc": acc.tolist(),
+    }
+
+
+def format_table(metrics: dict, class_names: list[str] | None = None) -> str:
+    """Per-class IoU/Acc and the summary row, in percent."""
+    k = len(metrics["IoU"])
+    names = class_names or [str(i) for i in range(k)]
+    width = max(8, max(len(n) for n in names))
+    lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}", "-" * (width + 16)]
+
+    def pct(v):
+        return "   nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.2f}"
+
+    for n, iou, acc in zip(names, metrics["IoU"], metrics["Acc"]):
+        lines.append(f"{n:<{width}}  {pct(iou)}  {pct(acc)}")
+    lines.append("-" * (width + 16))
+    lines.append(f"aAcc {pct(metrics['aAcc']).strip()}   mIoU {pct(metrics['mIoU']).strip()}   "
+                 f"mAcc {pct(metrics['mAcc']).strip()}")
+    return "\n".join(lines)
+
+
+def to_json(metrics: dict) -> dict:
+    """NaN -> null, as ``tools/eval.py --out`` writes."""
+    def clean(v):
+        return None if isinstance(v, float) and math.isnan(v) else v
+    return {"aAcc": clean(metrics["aAcc"]), "mIoU": clean(metrics["mIoU"]),
+            "mAcc": clean(metrics["mAcc"]), "IoU": [clean(v) for v in metrics["IoU"]],
+            "Acc": [clean(v) for v in metrics["Acc"]]}

@@ -1,0 +1,8 @@
+"""Training methods. Each is one readable file with a ``training_step``; this maps config names."""
+from seg_ssl.methods.supervised import Supervised
+
+METHODS = {"supervised": Supervised}
+
+
+def build_method(cfg):
+    return METHODS[cfg.method](cfg)

@@ -1,0 +1,133 @@
+"""Segmentor: an smp encoder + decoder with our own classifier and pixel-projector heads.
+
+smp's ``SegmentationModel.forward`` fuses decoder and head; the methods need the decoder features
+(CAC projects them), so we run ``encoder -> decoder`` ourselves and keep smp's weights layout.
+"""
+from __future__ import annotations
+
+import os
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from seg_ssl.config import ConfigError
+
+
+class Segmentor(nn.Module):
+    def __init__(self, arch: str = "deeplabv3plus", encoder: str = "resnet50",
+                 num_classes: int = 21, encoder_weights: str | None = None, encoder_depth: int = 5,
+                 output_stride: int = 16, decoder_channels: int = 256, aspp_separable: bool = False,
+                 dropout: float = 0.1, projector: bool = False, proj_dim: int = 128):
+        super().__init__()
+        smp_weights = "imagenet" if encoder_weights == "imagenet" else None
+        if arch == "deeplabv3plus":
+            net = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=smp_weights,
+                                    encoder_depth=encoder_depth, encoder_output_stride=output_stride,
+                                    decoder_channels=decoder_channels,
+                                    decoder_aspp_separable=aspp_separable, classes=num_classes)
+            feat_channels = decoder_channels
+            # at depth 4 the encoder stops at layer3 (stride 16) and nothing is dilated
+            self.output_stride = min(output_stride, 2 ** encoder_depth)
+            self.feature_stride = 4
+        elif arch == "pspnet":
+            # smp's default PSPNet (depth 3) stops at layer2; the published PSPNet is the full,
+            # dilated ResNet: depth 5 with layer3/layer4 dilated to the output stride.
+            net = smp.PSPNet(encoder_name=encoder, encoder_weights=smp_weights,
+                             encoder_depth=encoder_depth, psp_out_channels=512, classes=num_classes,
+                             upsampling=output_stride)
+            if encoder_depth == 5:
+                net.encoder.make_dilated(output_stride)
+                self.output_stride = output_stride
+            else:
+                self.output_stride = 2 ** encoder_depth
+            feat_channels = 512
+            self.feature_stride = self.output_stride
+        else:
+            raise ConfigError(f"model.arch {arch!r}: expected deeplabv3plus or pspnet")
+        self.encoder, self.decoder = net.encoder, net.decoder
+        self.arch, self.num_classes, self.feat_channels = arch, num_classes, feat_channels
+        self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(feat_channels, num_classes, 1))
+        self.projector = (nn.Sequential(nn.Conv2d(feat_channels, feat_channels, 1), nn.ReLU(inplace=True),
+                                        nn.Conv2d(feat_channels, proj_dim, 1)) if projector else None)
+        if encoder_weights not in (None, "imagenet"):
+            load_encoder_weights(self.encoder, encoder_weights)
+
+    @property
+    def size_divisor(self) -> int:
+        """Input height and width must be multiples of this."""
+        return self.output_stride
+
+    def backbone_parameters(self):
+        return self.encoder.parameters()
+
+    def head_parameters(self):
+        enc = {id(p) for p in self.encoder.parameters()}
+        return [p for p in self.parameters() if id(p) not in enc]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder features at ``feature_stride`` (DeepLabv3+: 256 ch at /4; PSPNet: 512 at /8)."""
+        h, w = x.shape[-2:]
+        d = self.size_divisor
+        if h % d or w % d:
+            raise ValueError(f"input {h}x{w} is not divisible by the output stride {d}; pad it "
+                             f"(seg_ssl.evaluation.inference pads for you)")
+        return self.decoder(self.encoder(x))
+
+    def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.classifier(feats)
+
+    def project(self, feats: torch.Tensor) -> torch.Tensor:
+        """L2-normalised pixel embeddings (CAC)."""
+        if self.projector is None:
+            raise RuntimeError("this Segmentor was built without a projector (model.projector=false)")
+        return F.normalize(self.projector(feats), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at the input resolution."""
+        logits = self.classify(self.features(x))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_segmentor(m, num_classes: int) -> Segmentor:
+    return Segmentor(arch=m.arch, encoder=m.encoder, num_classes=num_classes,
+                     encoder_weights=m.encoder_weights, encoder_depth=m.encoder_depth,
+                     output_stride=m.output_stride, decoder_channels=m.decoder_channels,
+                     aspp_separable=m.aspp_separable, dropout=m.dropout, projector=m.projector,
+                     proj_dim=m.proj_dim)
+
+
+def load_encoder_weights(encoder: nn.Module, path: str) -> None:
+    """Load a torchvision or smp encoder state dict strictly; report missing/unexpected keys.
+
+    Accepted: a plain state dict, ``{"state_dict": ...}`` or ``{"model": ...}``; prefixes
+    ``module.``, ``encoder.`` and ``backbone.`` are stripped; classifier keys (``fc.*``) dropped.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"model.encoder_weights: file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
+        raise ConfigError(f"model.encoder_weights: cannot read {path}: {e}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    cleaned = {}
+    for k, v in state.items():
+        for prefix in ("module.", "encoder.", "backbone."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        if k.startswith("fc."):
+            continue
+        cleaned[k] = v
+    own = encoder.state_dict()
+    missing = sorted(set(own) - set(cleaned))
+    unexpected = sorted(set(cleaned) - set(own))
+    shape = sorted(k for k in set(own) & set(cleaned) if own[k].shape != cleaned[k].shape)
+    if missing or unexpected or shape:
+        def few(keys):
+            return f"{len(keys)} (" + ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "") + ")"
+        raise ConfigError(f"model.encoder_weights {path} does not match the encoder: missing "
+                          f"{few(missing)}, unexpected {few(unexpected)}, wrong shape {few(shape)}")
+    encoder.load_state_dict(cleaned, strict=True)

@@ -1,0 +1,40 @@
+"""One palette and overlay helper for every tool that draws masks (infer, Grad-CAM, reports)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def voc_palette(n: int = 256) -> np.ndarray:
+    """The standard PASCAL VOC bit-interleaved colour map, (n, 3) uint8."""
+    pal = np.zeros((n, 3), np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal
+
+
+def get_palette(palette: list | None, ignore_index: int = 255) -> np.ndarray:
+    """A 256-entry lookup: the config's colours (or VOC's), ignore drawn white."""
+    lut = voc_palette(256)
+    if palette:
+        cols = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+        lut[:len(cols)] = cols
+    lut[ignore_index] = (255, 255, 255)
+    return lut
+
+
+def colorize(mask: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """HxW class ids -> HxWx3 uint8 colours."""
+    return lut[np.asarray(mask, dtype=np.uint8)]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, lut: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend the colourised mask over an HxWx3 uint8 image."""
+    col = colorize(mask, lut).astype(np.float32)
+    return (image.astype(np.float32) * (1 - alpha) + col * alpha).round().clip(0, 255).astype(np.uint8)
+

@@ -1,0 +1,42 @@
+#!/usr/bin/env python
+"""Train a method from a config.
+
+    python tools/train.py configs/digits_sup.yaml [key=value ...] [--dry-run]
+    torchrun --nproc_per_node=4 tools/train.py configs/voc_cps.yaml data.root=/data/VOC2012
+
+Work dir (default runs/<config name>): config.yaml, train.log, tb/, latest.pth, best.pth,
+metrics.json. Re-running the same command resumes from latest.pth (resume=auto).
+"""
+import argparse
+import json
+
+from _common import run_cli
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.iters=1000")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and derived sizes")
+    args = p.parse_args()
+
+    from seg_ssl.config import load_config
+    cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        import os
+        import yaml
+        from seg_ssl.engine.trainer import derived_sizes
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        print(json.dumps(derived_sizes(cfg, world), indent=1))
+        return 0
+    from seg_ssl.engine.trainer import train
+    res = train(cfg)
+    if res.get("stopped"):
+        return 0
+    print(res["table"])
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
