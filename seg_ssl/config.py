@@ -216,6 +216,11 @@ def _check_value(key: str, spec: Field, value: Any, origin: str) -> Any:
         if spec.nullable:
             return None
         raise ConfigError(f"{origin}: {key} must not be null (expected {spec.type_name()})")
+    if float in spec.types and isinstance(value, str):
+        try:  # PyYAML reads 1e-3 (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
     ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
     if float in spec.types and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True

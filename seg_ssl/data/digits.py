@@ -49,7 +49,8 @@ def _overlap(top: int, left: int, size: int, box: tuple) -> float:
 
 def render_canvas(rng: np.random.Generator, images: np.ndarray, targets: np.ndarray,
                   source_range: tuple[int, int], canvas: int = 64, max_digits: int = 3,
-                  size_range: tuple[int, int] = (44, 60), noise: float = 0.08
+                  size_range: tuple[int, int] = (44, 60), max_overlap: float = 0.25,
+                  noise: float = 0.08
                   ) -> tuple[np.ndarray, np.ndarray]:
     """One image (HxWx3 uint8) and its label (HxW uint8)."""
     tint = rng.uniform(0.15, 0.85, 3)
@@ -66,10 +67,10 @@ def render_canvas(rng: np.random.Generator, images: np.ndarray, targets: np.ndar
         size = int(rng.integers(size_range[0], size_range[1] + 1))
         inten = _digit_mask(images[k], size)
         # a few tries to keep each new digit mostly clear of the earlier ones
-        for _try in range(8):
-            top = int(rng.integers(-size // 6, canvas - size + size // 6 + 1))
-            left = int(rng.integers(-size // 6, canvas - size + size // 6 + 1))
-            if all(_overlap(top, left, size, b) < 0.25 for b in boxes):
+        for _try in range(20):
+            top = int(rng.integers(-size // 8, canvas - size + size // 8 + 1))
+            left = int(rng.integers(-size // 8, canvas - size + size // 8 + 1))
+            if all(_overlap(top, left, size, b) <= max_overlap for b in boxes):
                 break
         boxes.append((top, left, size))
         # clip the digit's box to the canvas
@@ -92,7 +93,7 @@ def render_canvas(rng: np.random.Generator, images: np.ndarray, targets: np.ndar
 
 
 def build_digits(out_dir: str, num_train: int = 3000, num_val: int = 500, seed: int = 0,
-                 canvas: int = 64, fractions=(16, 8)) -> dict:
+                 canvas: int = 64, fractions=(16, 8), **render) -> dict:
     """Write the dataset in the VOC layout and nested 1/16, 1/8 labeled splits; returns counts."""
     from sklearn.datasets import load_digits
 
@@ -110,7 +111,7 @@ def build_digits(out_dir: str, num_train: int = 3000, num_val: int = 500, seed: 
                                           ("val", num_val, VAL_SOURCES, 1)):
         for i in range(count):
             rng = np.random.default_rng([seed, stream, i])
-            image, label = render_canvas(rng, images, targets, sources, canvas)
+            image, label = render_canvas(rng, images, targets, sources, canvas, **render)
             sid = f"{split}_{i:05d}"
             Image.fromarray(image).save(os.path.join(img_dir, sid + ".jpg"), quality=95)
             Image.fromarray(label, mode="L").save(os.path.join(ann_dir, sid + ".png"))

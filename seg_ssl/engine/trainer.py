@@ -258,8 +258,11 @@ class Trainer:
                            seed, 1, self.iteration, d.num_workers, pin) if self.unlabeled else None)
         return lab, unl
 
-    def train(self) -> dict:
+    def train(self, max_steps: int | None = None) -> dict:
+        """Train to ``train.iters``. ``max_steps`` stops earlier, as a pre-emption would: the run
+        saves ``latest.pth`` and a later ``train()`` continues from it."""
         cfg, t = self.cfg, self.cfg.train
+        stop_at = t.iters if max_steps is None else min(t.iters, self.iteration + max_steps)
         writer = SummaryWriter(os.path.join(self.work_dir, "tb")) if self.info.is_main else None
         LOG.info("method %s | %d labeled, %s unlabeled, %d val | world %d | per-process batch %d+%d | %s",
                  cfg.method, len(self.labeled), len(self.unlabeled) if self.unlabeled else 0,
@@ -305,10 +308,11 @@ class Trainer:
                         last = self._eval_and_log(writer)
                     if self.iteration % t.ckpt_interval == 0 or done:
                         self.save("latest.pth")
-                    if stop.signal is not None:
+                    if stop.signal is not None or (self.iteration == stop_at and not done):
                         self.save("latest.pth")
-                        LOG.warning("stopped by signal %d at iteration %d; latest.pth saved, run the same "
-                                    "command to continue", stop.signal, self.iteration)
+                        LOG.warning("stopped (%s) at iteration %d; latest.pth saved, run the same "
+                                    "command to continue", f"signal {stop.signal}" if stop.signal else
+                                    "max_steps", self.iteration)
                         bar.close()
                         if writer:
                             writer.close()

@@ -1,0 +1,34 @@
+# make demo: install into .venv, build the digits set, train and evaluate on the CPU.
+# make test: install into .venv and run the test suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is pinned to the wheels this project is tested with (on this machine they come from disk)
+TORCH := torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+data/digits/.complete: | $(STAMP)
+	$(BIN)/python datasets/build_digits.py --out data/digits
+
+demo: $(STAMP) data/digits/.complete
+	$(BIN)/python tools/train.py configs/digits_sup.yaml work_dir=runs/demo_sup resume=null
+	$(BIN)/python tools/eval.py configs/digits_sup.yaml runs/demo_sup/latest.pth --out runs/demo_sup/eval.json
+	$(BIN)/python tools/infer.py configs/digits_sup.yaml runs/demo_sup/latest.pth \
+		--input data/digits/ImageSets/Segmentation/val.txt --limit 8 --out runs/demo_sup/predictions
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf runs build *.egg-info

@@ -1,0 +1,26 @@
+"""Build a method's model from a config and load a checkpoint for evaluation or inference."""
+from __future__ import annotations
+
+import torch
+
+from seg_ssl.config import ConfigError
+from seg_ssl.engine.checkpoint import load_checkpoint, model_state
+from seg_ssl.methods import build_method
+
+
+def load_for_eval(cfg, checkpoint: str, device=torch.device("cpu")):
+    """Returns ``(predict_fn, size_divisor, method)`` with the model in eval mode on ``device``."""
+    cfg.model.encoder_weights = None  # the checkpoint holds every weight; never download or read
+    method = build_method(cfg)
+    try:
+        ckpt = load_checkpoint(checkpoint)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        method.model.load_state_dict(model_state(ckpt), strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError(f"checkpoint {checkpoint} does not match the config's model ({first}); "
+                          f"was it trained with this config?") from None
+    method.model.to(device).eval()
+    return method.predictor(method.model), method.size_divisor(method.model), method

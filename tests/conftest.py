@@ -1,0 +1,27 @@
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory):
+    """A small digits set (96 train, 24 val) shared by the training tests."""
+    from seg_ssl.data.digits import build_digits
+    root = str(tmp_path_factory.mktemp("digits"))
+    build_digits(root, num_train=96, num_val=24, seed=0, fractions=(4,))
+    return root
+
+
+def digits_cfg(root, work_dir, *overrides):
+    from seg_ssl.config import load_config
+    return load_config(os.path.join(ROOT, "configs", "digits_sup.yaml"), [
+        f"data.root={root}", f"work_dir={work_dir}", "data.labeled_list=splits/1_4/labeled.txt",
+        "data.unlabeled_list=splits/1_4/unlabeled.txt", "data.num_workers=0", "data.val_batch_size=8",
+        "train.log_interval=1000", "train.eval_interval=0", "train.threads=2", *overrides])

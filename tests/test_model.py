@@ -1,0 +1,46 @@
+import pytest
+import torch
+import torchvision
+
+from seg_ssl.config import ConfigError
+from seg_ssl.models.segmentor import Segmentor
+
+
+@pytest.mark.parametrize("arch, depth, os_, stride, channels", [
+    ("deeplabv3plus", 4, 16, 4, 32),
+    ("deeplabv3plus", 5, 8, 4, 32),
+    ("pspnet", 5, 8, 8, 512),
+])
+def test_features_heads_and_shapes(arch, depth, os_, stride, channels):
+    torch.manual_seed(0)
+    net = Segmentor(arch, "resnet18", num_classes=7, encoder_depth=depth, output_stride=os_,
+                    decoder_channels=32, projector=True, proj_dim=16)
+    x = torch.randn(2, 3, 64, 96)
+    feats = net.features(x)
+    assert feats.shape == (2, channels, 64 // stride, 96 // stride)
+    assert net(x).shape == (2, 7, 64, 96)
+    z = net.project(feats)
+    assert z.shape == (2, 16, 64 // stride, 96 // stride)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(2, 64 // stride, 96 // stride))
+    if arch == "pspnet":  # the full dilated ResNet is used: layer4 gets gradients
+        net(x).sum().backward()
+        assert net.encoder.layer4[0].conv1.weight.grad is not None
+    with pytest.raises(ValueError, match="not divisible by the output stride"):
+        net.features(torch.randn(2, 3, 60, 64))
+
+
+def test_local_torchvision_weights_load_strictly(tmp_path):
+    tv = torchvision.models.resnet18(weights=None)
+    torch.nn.init.constant_(tv.layer1[0].conv1.weight, 0.5)
+    path = tmp_path / "r18.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in tv.state_dict().items()}}, path)
+    net = Segmentor("deeplabv3plus", "resnet18", num_classes=3, encoder_weights=str(path),
+                    decoder_channels=32)
+    assert torch.all(net.encoder.layer1[0].conv1.weight == 0.5)
+    bad = {k: v for k, v in tv.state_dict().items() if not k.startswith("layer4")}
+    bad["extra.weight"] = torch.zeros(1)
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(ConfigError, match=r"missing \d+ \(layer4.*unexpected 1 \(extra.weight\)"):
+        Segmentor("deeplabv3plus", "resnet18", num_classes=3, encoder_weights=str(tmp_path / "bad.pth"))
+    with pytest.raises(ConfigError, match="file not found"):
+        Segmentor("deeplabv3plus", "resnet18", num_classes=3, encoder_weights=str(tmp_path / "none.pth"))

@@ -1,0 +1,62 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args, cwd=ROOT):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def test_eval_scores_folders_of_pngs(tmp_path):
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    gt = np.array([[0, 0, 1, 1], [2, 2, 255, 255]], np.uint8)
+    pred = np.array([[0, 1, 1, 1], [2, 0, 0, 2]], np.uint8)
+    Image.fromarray(gt, mode="L").save(tmp_path / "gt" / "a.png")
+    Image.fromarray(pred, mode="L").save(tmp_path / "pred" / "a.png")
+    out = tmp_path / "m.json"
+    r = run("tools/eval.py", "--pred-dir", str(tmp_path / "pred"), "--gt-dir", str(tmp_path / "gt"),
+            "--num-classes", "4", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    m = json.loads(out.read_text())
+    # class 0: tp 1, fp 1 (gt 2 -> 0), fn 1 -> 1/3; class 1: tp 2, fp 1 -> 2/3; class 2: tp 1, fn 1 -> 1/2
+    np.testing.assert_allclose(m["IoU"][:3], [1 / 3, 2 / 3, 1 / 2])
+    assert m["IoU"][3] is None and abs(m["mIoU"] - 0.5) < 1e-12 and abs(m["aAcc"] - 4 / 6) < 1e-12
+    assert "mIoU 50.00" in r.stdout
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path):
+    r = run("tools/train.py", "configs/digits_sup.yaml", "train.itres=5")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: configs/digits_sup.yaml: unknown key 'train.itres' (did you mean 'train.iters'?)"]
+    r = run("tools/train.py", "configs/digits_sup.yaml", f"data.root={tmp_path}/missing",
+            f"work_dir={tmp_path}/w")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "is not a directory; expected a VOC-style layout" in r.stderr
+    r = run("tools/eval.py", "--pred-dir", str(tmp_path), "--gt-dir", str(tmp_path / "no"), "--num-classes", "3")
+    assert r.returncode == 2 and "not a directory" in r.stderr
+
+
+def test_dry_run_prints_derived_sizes():
+    r = run("tools/train.py", "configs/voc_sup.yaml", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert '"labeled_per_process": 8' in r.stdout and "crop_size: 512" in r.stdout
+
+
+def test_make_splits_cli(tmp_path):
+    lst = tmp_path / "train.txt"
+    lst.write_text("\n".join(f"id{i}" for i in range(100)) + "\n")
+    r = run("tools/make_splits.py", "--list", str(lst), "--out", str(tmp_path / "s"), "--splits", "1/8,1/4,10")
+    assert r.returncode == 0, r.stderr
+    lab8 = (tmp_path / "s" / "1_8" / "labeled.txt").read_text().split()
+    lab4 = (tmp_path / "s" / "1_4" / "labeled.txt").read_text().split()
+    unl4 = (tmp_path / "s" / "1_4" / "unlabeled.txt").read_text().split()
+    assert len(lab8) == 13 and len(lab4) == 25 and set(lab8) <= set(lab4) and len(unl4) == 75

@@ -1,0 +1,104 @@
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import digits_cfg
+from seg_ssl.engine.checkpoint import load_checkpoint, save_atomic
+from seg_ssl.engine.schedule import poly_lr
+from seg_ssl.engine.trainer import Trainer
+
+
+def test_poly_lr_values():
+    assert poly_lr(0.01, 0, 100) == 0.01
+    assert abs(poly_lr(0.01, 50, 100) - 0.01 * 0.5 ** 0.9) < 1e-15
+    assert poly_lr(0.01, 100, 100) == 0.0
+    # warm-up: linear from ratio x lr, multiplied into the poly curve
+    assert abs(poly_lr(0.01, 0, 100, warmup_iters=10, warmup_ratio=0.1) - 0.001) < 1e-15
+    assert abs(poly_lr(0.01, 5, 100, warmup_iters=10, warmup_ratio=0.1)
+               - 0.01 * 0.95 ** 0.9 * 0.55) < 1e-15
+
+
+def fixed_batch_loss(trainer):
+    """Cross-entropy of the current model on 16 fixed labeled images, in eval mode."""
+    ds = trainer.labeled
+    items = [ds[(i, 123)] for i in range(16)]
+    x = torch.stack([it["image"] for it in items])
+    y = torch.stack([it["label"] for it in items])
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = F.cross_entropy(trainer.model(x), y, ignore_index=255).item()
+    trainer.model.train()
+    return loss
+
+
+def test_a_few_iterations_lower_the_loss(digits_root, tmp_path):
+    cfg = digits_cfg(digits_root, str(tmp_path / "run"), "train.iters=40", "train.lr=0.002")
+    trainer = Trainer(cfg)
+    before = fixed_batch_loss(trainer)
+    res = trainer.train()
+    after = fixed_batch_loss(trainer)
+    assert after < 0.75 * before, (before, after)
+    assert 0 <= res["mIoU"] <= 1 and os.path.isfile(tmp_path / "run" / "latest.pth")
+    assert os.path.isfile(tmp_path / "run" / "best.pth") and os.path.isfile(tmp_path / "run" / "config.yaml")
+    assert os.path.isfile(tmp_path / "run" / "metrics.json") and os.path.isfile(tmp_path / "run" / "train.log")
+    ckpt = load_checkpoint(str(tmp_path / "run" / "latest.pth"))
+    assert ckpt["iteration"] == 40 and ckpt["config"]["train"]["iters"] == 40
+    assert {"model", "optimizer", "scaler", "rng", "best"} <= set(ckpt)
+
+
+def test_resume_equals_uninterrupted_run(digits_root, tmp_path):
+    common = ("train.iters=8", "train.ckpt_interval=100", "model.dropout=0.3")
+    full = Trainer(digits_cfg(digits_root, str(tmp_path / "full"), *common))
+    full.train()
+    part = Trainer(digits_cfg(digits_root, str(tmp_path / "part"), *common))
+    part.train(max_steps=3)  # pre-empted after 3 steps: latest.pth at iteration 3
+    assert load_checkpoint(str(tmp_path / "part" / "latest.pth"))["iteration"] == 3
+    resumed = Trainer(digits_cfg(digits_root, str(tmp_path / "part"), *common))  # resume=auto
+    assert resumed.iteration == 3
+    resumed.train()
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert full.optimizer.state_dict()["state"][0]["exp_avg"].equal(
+        resumed.optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+def test_atomic_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / "latest.pth")
+    save_atomic({"iteration": 1}, path)
+
+    def failing_save(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        save_atomic({"iteration": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["iteration"] == 1
+    assert os.listdir(tmp_path) == ["latest.pth"]  # no temp file left behind
+
+
+def test_nonfinite_loss_stops_with_a_message_or_is_skipped(digits_root, tmp_path):
+    cfg = digits_cfg(digits_root, str(tmp_path / "nan"), "train.iters=4")
+    trainer = Trainer(cfg)
+    original = trainer.method.training_step
+
+    def nan_at_2(model, labeled, unlabeled, iteration):
+        out = original(model, labeled, unlabeled, iteration)
+        if iteration == 2:
+            out["sup"] = out["sup"] * float("nan")
+            out["loss"] = out["sup"]
+        return out
+
+    trainer.method.training_step = nan_at_2
+    with pytest.raises(FloatingPointError, match="non-finite loss at iteration 2 in term\\(s\\) loss, sup"):
+        trainer.train()
+    cfg = digits_cfg(digits_root, str(tmp_path / "skip"), "train.iters=4", "train.skip_nonfinite=true")
+    trainer = Trainer(cfg)
+    trainer.method.training_step = nan_at_2
+    trainer.train()
+    assert trainer.iteration == 4 and trainer.skipped == 1
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())

@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Predict masks for an image, a folder or a split list (.txt of ids): writes NAME.png (class ids), NAME_color.png and
+NAME_overlay.png to --out.
+
+    python tools/infer.py CONFIG CHECKPOINT --input IMG|DIR|LIST.txt --out DIR [--limit N] [key=value ...]
+"""
+import argparse
+import os
+
+from _common import run_cli
+
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--input", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--limit", type=int, default=0, help="at most N images (0: all)")
+    args = p.parse_args()
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from seg_ssl.config import ConfigError, load_config
+    from seg_ssl.data.dataset import load_image
+    from seg_ssl.data.transforms import normalize
+    from seg_ssl.engine.loading import load_for_eval
+    from seg_ssl.evaluation.evaluator import predict_kwargs
+    from seg_ssl.evaluation.inference import predict_probs
+    from seg_ssl.viz.overlay import colorize, get_palette, overlay
+
+    cfg = load_config(args.config, args.overrides)
+    if args.input.endswith(".txt") and os.path.isfile(args.input):  # a split list of ids
+        from seg_ssl.data.dataset import read_split
+        d = cfg.data
+        files = [s.image for s in read_split(args.input, d.root, d.img_dir, d.ann_dir, d.img_suffix,
+                                             d.ann_suffix, need_labels=False)]
+    elif os.path.isdir(args.input):
+        files = sorted(os.path.join(args.input, f) for f in os.listdir(args.input)
+                       if f.lower().endswith(IMAGE_EXT))
+    elif os.path.isfile(args.input):
+        files = [args.input]
+    else:
+        raise ConfigError(f"--input {args.input}: no such file or directory")
+    if args.limit:
+        files = files[:args.limit]
+    if not files:
+        raise ConfigError(f"--input {args.input}: no images ({', '.join(IMAGE_EXT)})")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    predict_fn, divisor, _ = load_for_eval(cfg, args.checkpoint, device)
+    lut = get_palette(cfg.data.palette, cfg.data.ignore_index)
+    os.makedirs(args.out, exist_ok=True)
+    with torch.no_grad():
+        for path in files:
+            image = load_image(path)
+            x = normalize(image, cfg.data.mean, cfg.data.std)[None].to(device)
+            pred = predict_probs(predict_fn, x, size_divisor=divisor, **predict_kwargs(cfg)).argmax(1)[0]
+            mask = pred.cpu().numpy().astype(np.uint8)
+            stem = os.path.splitext(os.path.basename(path))[0]
+            Image.fromarray(mask, mode="L").save(os.path.join(args.out, stem + ".png"))
+            Image.fromarray(colorize(mask, lut)).save(os.path.join(args.out, stem + "_color.png"))
+            Image.fromarray(overlay(image, mask, lut)).save(os.path.join(args.out, stem + "_overlay.png"))
+    print(f"wrote {len(files)} predictions to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
