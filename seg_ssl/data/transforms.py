@@ -22,9 +22,9 @@ def normalize(image: np.ndarray, mean, std) -> torch.Tensor:
     return (x - m) / s
 
 
-def geometric_ops(d, crop_size: int | None = None) -> list:
-    """Random scale, pad (image mean / label 255), random crop, flip and shift, from config."""
-    crop = crop_size or d.crop_size
+def rescale_pad_ops(d, crop: int) -> list:
+    """Random scale (shared by everything after it) and padding to at least the crop
+    (image mean / label 255, at the bottom and right)."""
     fill = tuple(float(round(m * 255)) for m in d.mean)
     ops = []
     if d.base_size:
@@ -34,9 +34,16 @@ def geometric_ops(d, crop_size: int | None = None) -> list:
     if (lo, hi) != (1.0, 1.0):
         ops.append(A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
                                  mask_interpolation=cv2.INTER_NEAREST, p=1.0))
-    ops += [A.PadIfNeeded(min_height=crop, min_width=crop, position="top_left",
-                          border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=IGNORE),
-            A.RandomCrop(crop, crop)]
+    ops.append(A.PadIfNeeded(min_height=crop, min_width=crop, position="top_left",
+                             border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=IGNORE))
+    return ops
+
+
+def geometric_ops(d, crop_size: int | None = None) -> list:
+    """Rescale and pad, random crop, flip and shift, from config."""
+    crop = crop_size or d.crop_size
+    fill = tuple(float(round(m * 255)) for m in d.mean)
+    ops = rescale_pad_ops(d, crop) + [A.RandomCrop(crop, crop)]
     if d.hflip:
         ops.append(A.HorizontalFlip(p=0.5))
     if d.shift > 0:

@@ -156,6 +156,7 @@ class Trainer:
         seed_everything(cfg.seed + self.info.rank)
 
         self.method = build_method(cfg)
+        self.method.world_size = self.info.world_size
         model = self.method.model.to(self.device)
         if cfg.load_from:
             model.load_state_dict(model_state(load_checkpoint(cfg.load_from)), strict=True)
@@ -255,7 +256,7 @@ class Trainer:
         lab = make_stream(self.labeled, d.batch_size, self.info.rank, self.info.world_size, seed, 0,
                           self.iteration, d.num_workers, pin)
         unl = (make_stream(self.unlabeled, d.unlabeled_batch_size, self.info.rank, self.info.world_size,
-                           seed, 1, self.iteration, d.num_workers, pin) if self.unlabeled else None)
+                           seed, 1, self.iteration, d.num_workers, pin) if self.unlabeled is not None else None)
         return lab, unl
 
     def train(self, max_steps: int | None = None) -> dict:
@@ -276,23 +277,24 @@ class Trainer:
             self.model.train()
             bar = tqdm(total=t.iters, initial=self.iteration, disable=not (self.info.is_main and sys.stderr.isatty()),
                        dynamic_ncols=True)
-            sums, count, t0, data_time = {}, 0, time.time(), 0.0
+            sums, counts, count, t0, data_time = {}, {}, 0, time.time(), 0.0
             with StopRequested() as stop:
                 while self.iteration < t.iters:
                     lr = self.set_lr()
                     td = time.time()
                     labeled = to_device(next(lab_stream), self.device)
-                    unlabeled = to_device(next(unl_stream), self.device) if unl_stream else None
+                    unlabeled = to_device(next(unl_stream), self.device) if unl_stream is not None else None
                     data_time += time.time() - td
                     losses = self.step(labeled, unlabeled)
                     self.iteration += 1
                     bar.update(1)
-                    for k, v in losses.items():
+                    for k, v in losses.items():  # a key may appear only in some steps (warm-up)
                         sums[k] = sums.get(k, 0.0) + float(v)
+                        counts[k] = counts.get(k, 0) + 1
                     count += 1
                     if self.iteration % t.log_interval == 0 or self.iteration == t.iters:
                         dt = (time.time() - t0) / count
-                        avg = {k: v / count for k, v in sums.items()}
+                        avg = {k: v / counts[k] for k, v in sums.items()}
                         eta = dt * (t.iters - self.iteration)
                         LOG.info("it %d/%d lr %.2e %s | %.3fs/it (data %.3fs) eta %s", self.iteration,
                                  t.iters, lr, " ".join(f"{k} {v:.4f}" for k, v in avg.items()), dt,
@@ -302,7 +304,7 @@ class Trainer:
                                 writer.add_scalar(f"train/{k}", v, self.iteration)
                             writer.add_scalar("train/lr", lr, self.iteration)
                         bar.set_postfix(loss=f"{avg.get('loss', 0):.3f}")
-                        sums, count, t0, data_time = {}, 0, time.time(), 0.0
+                        sums, counts, count, t0, data_time = {}, {}, 0, time.time(), 0.0
                     done = self.iteration == t.iters
                     if (t.eval_interval and self.iteration % t.eval_interval == 0) or done:
                         last = self._eval_and_log(writer)

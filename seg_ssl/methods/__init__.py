@@ -1,7 +1,8 @@
 """Training methods. Each is one readable file with a ``training_step``; this maps config names."""
+from seg_ssl.methods.cac import CAC
 from seg_ssl.methods.supervised import Supervised
 
-METHODS = {"supervised": Supervised}
+METHODS = {"supervised": Supervised, "cac": CAC}
 
 
 def build_method(cfg):

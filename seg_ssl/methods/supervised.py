@@ -12,6 +12,7 @@ class Supervised:
     def __init__(self, cfg):
         self.cfg = cfg
         self.ignore_index = cfg.data.ignore_index
+        self.world_size = 1  # the trainer sets the number of processes
         self.model = build_segmentor(cfg.model, cfg.data.num_classes)
 
     def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:

@@ -84,10 +84,19 @@ class Segmentor(nn.Module):
             raise RuntimeError("this Segmentor was built without a projector (model.projector=false)")
         return F.normalize(self.projector(feats), dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits at the input resolution."""
-        logits = self.classify(self.features(x))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    def forward(self, x: torch.Tensor, with_projection: bool = False):
+        """Logits at the input resolution; with ``with_projection`` a dict that adds, at stride 8,
+        the L2-normalised projector embeddings ``proj`` and ``pseudo_logits`` (no gradient, no
+        dropout) for pseudo labels and confidence. One call serves a whole step, as DDP wants."""
+        feats = self.features(x)
+        logits = F.interpolate(self.classify(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        if not with_projection:
+            return logits
+        if self.feature_stride != 8:  # DeepLabv3+ decodes at stride 4; CAC works at stride 8
+            feats = F.avg_pool2d(feats, 8 // self.feature_stride)
+        with torch.no_grad():
+            pseudo_logits = self.classifier[-1](feats.detach())
+        return {"logits": logits, "proj": self.project(feats), "pseudo_logits": pseudo_logits}
 
 
 def build_segmentor(m, num_classes: int) -> Segmentor:

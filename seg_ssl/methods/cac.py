@@ -1,0 +1,168 @@
+"""CAC: Semi-Supervised Semantic Segmentation with Directional Context-aware Consistency
+(Lai et al., CVPR 2021).
+
+Each unlabeled image gives two overlapping crops (IoU in ``cac.iou_bound``) with different context.
+The same pixel seen from both crops should embed alike (projector features at stride 8), and unlike
+negatives of other pseudo classes. The direction matters: only the less confident crop is pulled,
+towards the more confident one, and only where that one is confident (``pos_thresh``).
+
+    loss = CE(labeled) + weight_unsup x ramp(it) x (L1 + L2)        (seg_ssl.losses.contrastive)
+"""
+from __future__ import annotations
+
+import collections
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from seg_ssl.config import ConfigError
+from seg_ssl.data.overlap import CropPairPipeline
+from seg_ssl.engine.dist import all_gather_rows
+from seg_ssl.losses.contrastive import directional_contrastive_loss
+from seg_ssl.methods.supervised import Supervised
+from seg_ssl.models.segmentor import build_segmentor
+
+LOG = logging.getLogger("seg_ssl")
+
+
+def unflip(t: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
+    """Undo horizontal flips per sample: ``t`` is (B, ..., W), ``flipped`` (B,) bool."""
+    shape = (-1,) + (1,) * (t.dim() - 1)
+    return torch.where(flipped.view(shape), t.flip(-1), t)
+
+
+def align_overlap(box1: torch.Tensor, box2: torch.Tensor, size: int, stride: int):
+    """Vectorised overlap alignment on the ``size x size`` feature grid.
+
+    ``box1``/``box2`` (B, 4) are the shared region in pixel coordinates of each crop. Returns
+    ``in1`` (B, size*size) bool, the grid cells of crop 1 inside the overlap, and ``idx2``
+    (B, size*size) long, the index of the same cell in crop 2 (meaningful where ``in1``).
+    """
+    b1, b2 = box1 // stride, box2 // stride
+    ii = torch.arange(size, device=box1.device).view(1, size, 1)
+    jj = torch.arange(size, device=box1.device).view(1, 1, size)
+    y0, x0, y1, x1 = (b1[:, k].view(-1, 1, 1) for k in range(4))
+    in1 = (ii >= y0) & (ii < y1) & (jj >= x0) & (jj < x1)
+    dy = (b2[:, 0] - b1[:, 0]).view(-1, 1, 1)
+    dx = (b2[:, 1] - b1[:, 1]).view(-1, 1, 1)
+    idx2 = ((ii + dy).clamp(0, size - 1) * size + (jj + dx).clamp(0, size - 1))
+    return in1.flatten(1), idx2.flatten(1)
+
+
+def overlap_pairs(z1, z2, p1, p2, valid1, valid2, box1, box2, stride):
+    """Features (n, D) and pseudo-label logits (n, K) of the overlap pixels, from both crops.
+
+    ``z*`` (B, D, h, w) embeddings and ``p*`` (B, K, h, w) logits, already unflipped; ``valid*``
+    (B, h, w) bool cells free of padding. A pixel pairs only if it is valid in both crops.
+    """
+    b, d, h, w = z1.shape
+    in1, idx2 = align_overlap(box1, box2, h, stride)
+
+    def flat(t):
+        return t.flatten(2).transpose(1, 2)  # (B, h*w, C)
+
+    def at2(t):  # crop-2 values at the cells matching crop 1's grid
+        return t.gather(1, idx2.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+
+    keep = in1 & valid1.flatten(1) & at2(valid2.flatten(1).unsqueeze(-1)).squeeze(-1)
+    return (flat(z1)[keep], at2(flat(z2))[keep], flat(p1)[keep], at2(flat(p2))[keep])
+
+
+class CAC(Supervised):
+    uses_unlabeled = True
+    find_unused_parameters = True  # the projector sits idle during the labeled-only warm-up
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        c = cfg.cac
+        self.c = c
+        if cfg.model.arch == "pspnet" and cfg.model.output_stride != 8:
+            raise ConfigError("cac with pspnet needs model.output_stride=8 (features at stride 8)")
+        if c.stride != 8:
+            raise ConfigError(f"cac.stride = {c.stride}: the features are at stride 8")
+        if cfg.data.crop_size % 8:
+            raise ConfigError(f"data.crop_size = {cfg.data.crop_size} must be a multiple of 8 for cac")
+        m = dict(cfg.model)
+        m["projector"] = True
+        self.model = build_segmentor(type(cfg.model)(m), cfg.data.num_classes)
+        self.bank = collections.deque(maxlen=c.step_save) if c.step_save > 0 else None
+        self._warned = False
+
+    def unlabeled_pipeline(self, d):
+        c = self.c
+        if c.scale_range is not None:
+            d = type(d)({**d, "scale_range": c.scale_range})
+        return CropPairPipeline(d, c.iou_bound, c.stride, c.hflip, c.color_jitter, c.grayscale, c.blur)
+
+    def ramp(self, iteration: int) -> float:
+        if iteration < self.c.unsup_start_iter:
+            return 0.0
+        if self.c.rampup_iters <= 0:
+            return 1.0
+        return min(1.0, (iteration - self.c.unsup_start_iter + 1) / self.c.rampup_iters)
+
+    def sample_negatives(self, z, valid, probs):
+        """``selected_num / world`` valid pixels without replacement from one crop's whole map."""
+        per_rank = max(1, self.c.selected_num // self.world_size)
+        feats = z.flatten(2).transpose(1, 2)[valid.flatten(1)]
+        labels = probs.argmax(1).flatten()[valid.flatten()]
+        if feats.shape[0] < per_rank and not self._warned:
+            LOG.warning("cac.selected_num asks %d negatives per crop per process but only %d valid "
+                        "pixels are available; using all of them", per_rank, feats.shape[0])
+            self._warned = True
+        pick = torch.randperm(feats.shape[0], device=z.device)[:per_rank]
+        return feats[pick].detach(), labels[pick]
+
+    def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
+        weight = self.c.weight_unsup * self.ramp(iteration)
+        if weight == 0.0:
+            return super().training_step(model, labeled, unlabeled, iteration)
+        nl, nu = labeled["image"].shape[0], unlabeled["image1"].shape[0]
+        out = model(torch.cat([labeled["image"], unlabeled["image1"], unlabeled["image2"]]),
+                    with_projection=True)
+        sup = F.cross_entropy(out["logits"][:nl], labeled["label"], ignore_index=self.ignore_index)
+        z, p = out["proj"][nl:], out["pseudo_logits"][nl:].float()
+        u = unlabeled
+        flips = (u["flip1"], u["flip2"])
+        z1, z2 = (unflip(t, f) for t, f in zip((z[:nu], z[nu:]), flips))
+        p1, p2 = (unflip(t, f) for t, f in zip((p[:nu], p[nu:]), flips))
+        # a feature cell is valid when none of its pixels is padding
+        v1, v2 = (unflip(-F.max_pool2d(-u[k].float()[:, None], 8)[:, 0], f) > 0.5
+                  for k, f in (("valid1", flips[0]), ("valid2", flips[1])))
+        f1, f2, q1, q2 = overlap_pairs(z1, z2, p1, p2, v1, v2, u["box1"], u["box2"], self.c.stride)
+        conf1, label1 = q1.softmax(1).max(1)
+        conf2, label2 = q2.softmax(1).max(1)
+        # negatives: this process's sample from both crops, gathered from all processes, plus the bank
+        n1, l1 = self.sample_negatives(z1, v1, p1)
+        n2, l2 = self.sample_negatives(z2, v2, p2)
+        neg = all_gather_rows(torch.cat([n1, n2]))
+        neg_label = all_gather_rows(torch.cat([l1, l2]))
+        if self.bank is not None:
+            fresh = (neg, neg_label)
+            if self.bank:
+                neg = torch.cat([neg] + [b[0].to(neg.device) for b in self.bank])
+                neg_label = torch.cat([neg_label] + [b[1].to(neg.device) for b in self.bank])
+            self.bank.append(fresh)
+        unsup = directional_contrastive_loss(f1, f2, conf1, conf2, label1, label2, neg, neg_label,
+                                             self.c.temperature, self.c.pos_thresh, self.c.chunk)
+        with torch.no_grad():
+            t = self.c.pos_thresh
+            d1 = (conf2 > t) & (conf1 < conf2)
+            d2 = (conf1 > t) & (conf2 < conf1)
+            counts = torch.bincount(neg_label, minlength=self.cfg.data.num_classes)
+            unmasked = torch.cat([neg.shape[0] - counts[label1[d1]], neg.shape[0] - counts[label2[d2]]])
+        return {"loss": sup + weight * unsup, "sup": sup.detach(), "unsup": unsup.detach(),
+                "pos_pairs_1": float(d1.sum()), "pos_pairs_2": float(d2.sum()),
+                "neg_pairs": float(unmasked.sum()), "neg_per_pos": float(unmasked.float().mean())
+                if unmasked.numel() else 0.0, "overlap_px": float(f1.shape[0]),
+                "crop_iou": float(u["iou"].mean())}
+
+    def state_dict(self) -> dict:
+        return {"bank": [(f.cpu(), l.cpu()) for f, l in self.bank] if self.bank is not None else []}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.bank is not None:
+            self.bank.clear()
+            for f, l in state.get("bank", []):
+                self.bank.append((f, l))
