@@ -31,17 +31,18 @@ def make(n=23, big_n=37, d=8, k=4, seed=0):
     return f1, f2, c1, c2, l1, l2, neg, nl
 
 
-def test_matches_the_formula_values_and_gradients():
+@pytest.mark.parametrize("temperature", [0.1, 0.02])
+def test_matches_the_formula_values_and_gradients(temperature):
     f1, f2, c1, c2, l1, l2, neg, nl = make()
     c2[:5], c1[:5] = 0.9, 0.2  # make sure both directions have anchors
     c1[5:10], c2[5:10] = 0.95, 0.1
-    ours = directional_contrastive_loss(f1, f2, c1, c2, l1, l2, neg, nl, 0.1, 0.75, chunk=5)
+    ours = directional_contrastive_loss(f1, f2, c1, c2, l1, l2, neg, nl, temperature, 0.75, chunk=5)
     g_ours = torch.autograd.grad(ours, [f1, f2])
-    ref = reference(f1, f2, c1, c2, l1, l2, neg.detach(), nl)
+    ref = reference(f1, f2, c1, c2, l1, l2, neg.detach(), nl, t=temperature)
     g_ref = torch.autograd.grad(ref, [f1, f2])
     torch.testing.assert_close(ours, ref.float(), rtol=1e-5, atol=1e-5)
-    for a, b in zip(g_ours, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(g_ours, g_ref):  # float32 rounding grows like 1/t
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
 
 
 def test_gradient_only_into_the_less_confident_side_and_never_the_negatives():
@@ -64,14 +65,15 @@ def test_empty_masks_give_zero_and_a_graph():
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 37, 1000])
-def test_chunked_equals_unchunked(chunk):
+@pytest.mark.parametrize("temperature", [0.1, 0.01])  # fixed shift, and the running-max path
+def test_chunked_equals_unchunked(chunk, temperature):
     f1, f2, c1, c2, l1, l2, neg, nl = make(n=50, big_n=64, seed=3)
-    full = anchor_contrast(f1, f2.detach(), l1, neg, nl, 0.1, chunk=10_000)
-    part = anchor_contrast(f1, f2.detach(), l1, neg, nl, 0.1, chunk=chunk)
-    torch.testing.assert_close(part, full)
+    full = anchor_contrast(f1, f2.detach(), l1, neg, nl, temperature, chunk=10_000)
+    part = anchor_contrast(f1, f2.detach(), l1, neg, nl, temperature, chunk=chunk)
+    torch.testing.assert_close(part, full, rtol=1e-5, atol=1e-4)
     g_full = torch.autograd.grad(full.sum(), f1)[0]
     g_part = torch.autograd.grad(part.sum(), f1)[0]
-    torch.testing.assert_close(g_part, g_full)
+    torch.testing.assert_close(g_part, g_full, rtol=1e-4, atol=1e-3 * 0.1 / temperature)
 
 
 def test_stable_at_low_temperature_and_all_negatives_masked():

@@ -6,18 +6,33 @@ pixel seen from the other crop) and negatives ``n_j``::
     s+_i  = a_i . p_i / t          s-_ij = a_i . n_j / t          M_ij = [y_i != y_j]
     l_i   = -s+_i + log( exp(s+_i) + sum_j M_ij exp(s-_ij) )
 
-The n x N similarity matrix is never held. One pass over chunks of negatives keeps an online
-(running-max) log-sum-exp and, alongside it, the softmax-weighted sum of the vectors, which *is* the
-gradient of ``l_i`` with respect to ``a_i``::
+The n x N similarity matrix is never held. One pass over chunks of negatives keeps a shifted
+log-sum-exp and, alongside it, the softmax-weighted sum of the vectors, which *is* the gradient of
+``l_i`` with respect to ``a_i``::
 
     dl_i / da_i = ( sum_k softmax_k v_k - p_i ) / t,    v = [p_i, n_1, ..., n_N]
 
 so backward only scales a stored (n, D) tensor: two (n x chunk x D) products per chunk in forward,
-none in backward, O(n x chunk) extra memory. Inputs in bf16/fp16 are accumulated in float32.
+none in backward, O(n x chunk) extra memory. Negatives are grouped by pseudo label so the mask is a
+row fill per chunk, and the shift is an exact upper bound (no max pass) unless the temperature is so
+low that it could underflow, where a running max takes over. bf16/fp16 inputs accumulate in float32.
 """
 from __future__ import annotations
 
 import torch
+
+
+def _class_chunks(neg_label: torch.Tensor, chunk: int):
+    """Order negatives by pseudo label and cut them into pieces of one class, at most ``chunk``
+    long: the mask M_ij = [y_i != y_j] then removes whole anchor rows of a piece, never a matrix."""
+    order = torch.argsort(neg_label, stable=True)
+    labels, counts = torch.unique_consecutive(neg_label[order], return_counts=True)
+    pieces, start = [], 0
+    for lab, cnt in zip(labels.tolist(), counts.tolist()):
+        for s in range(start, start + cnt, chunk):
+            pieces.append((lab, s, min(s + chunk, start + cnt)))
+        start += cnt
+    return order, pieces
 
 
 class _AnchorContrast(torch.autograd.Function):
@@ -28,27 +43,34 @@ class _AnchorContrast(torch.autograd.Function):
         in_dtype = anchor.dtype
         a = anchor.detach().float()
         p = target.detach().float()
-        neg = neg.detach().float()
         inv_t = 1.0 / temperature
+        order, pieces = _class_chunks(neg_label, chunk)
+        # [n_j | 1]: one product per chunk gives both the weighted vectors and the weight sums
+        neg1 = torch.cat([neg.detach().float()[order], a.new_ones(neg.shape[0], 1)], 1)
+        rows = {lab: (anchor_label == lab).nonzero().squeeze(1) for lab in {pc[0] for pc in pieces}}
         pos = (a * p).sum(1) * inv_t  # (n,)
-        # online log-sum-exp seeded with the positive term: max m, sum s, weighted vectors g
-        m = pos.clone()
-        s = torch.ones_like(pos)
-        g = p.clone()
-        for start in range(0, neg.shape[0], chunk):
-            nb = neg[start:start + chunk]
-            sim = (a @ nb.t()).mul_(inv_t)  # (n, c)
-            sim.masked_fill_(anchor_label[:, None] == neg_label[None, start:start + chunk], float("-inf"))
-            m_new = torch.maximum(m, sim.max(1).values)  # finite: m starts at the positive
-            scale = torch.exp(m - m_new)
-            w = torch.exp(sim.sub_(m_new[:, None]))  # in place: sim is not needed any more
-            s = s * scale + w.sum(1)
-            g = g * scale[:, None] + w @ nb
-            m = m_new
-        lse = m + torch.log(s)
+        # Cauchy-Schwarz bounds every similarity of row i by |a_i| max(|p_i|, max_j |n_j|) / t: a
+        # fixed shift that can never overflow. It is used where the positive term stays far from
+        # underflow (always for unit vectors at t >= 0.034); otherwise a running max is kept.
+        nmax = neg1[:, :-1].norm(dim=1).max() if neg.shape[0] else a.new_zeros(())
+        shift = a.norm(dim=1) * torch.maximum(p.norm(dim=1), nmax) * inv_t
+        fixed = bool((shift - pos).max() < 60.0) if a.shape[0] else True
+        m = shift if fixed else pos.clone()
+        acc = torch.cat([p, a.new_ones(a.shape[0], 1)], 1) * torch.exp(pos - m)[:, None]  # [g | s]
+        for lab, s0, s1 in pieces:
+            nb = neg1[s0:s1]
+            sim = torch.addmm(-m[:, None], a, nb[:, :-1].t(), alpha=inv_t)  # s_ij - m_i
+            sim.index_fill_(0, rows[lab], float("-inf"))  # same pseudo class: not a negative
+            if not fixed:  # rescale the running sums to a new row max
+                m_new = torch.maximum(m, sim.max(1).values + m)
+                sim.add_((m - m_new)[:, None])
+                acc.mul_(torch.exp(m - m_new)[:, None])
+                m = m_new
+            acc.addmm_(sim.exp_(), nb)
+        g, s = acc[:, :-1], acc[:, -1]
         ctx.save_for_backward((g / s[:, None] - p).mul_(inv_t))
         ctx.in_dtype = in_dtype
-        return lse - pos
+        return m + torch.log(s) - pos
 
     @staticmethod
     def backward(ctx, grad_loss):
