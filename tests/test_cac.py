@@ -92,3 +92,26 @@ def test_cac_training_iterations_on_digits(digits_root, tmp_path):
         assert 0.1 <= log["crop_iou"] <= 1.0
     assert len(trainer.method.bank) == 1
     assert trainer.model.projector[0].weight.grad is not None
+
+
+def test_tsne_tool_on_baseline_and_cac_checkpoints(digits_root, tmp_path):
+    import subprocess
+    import sys
+    runs = {}
+    for name, extra in (("sup", ()), ("cac", ("method=cac", "model.projector=true", "model.proj_dim=16",
+                                              "cac.unsup_start_iter=0", "cac.pos_thresh=0.0"))):
+        cfg = digits_cfg(digits_root, str(tmp_path / name), "train.iters=2", "data.crop_size=48",
+                         "cac.scale_range=[1.0,1.5]", *extra)
+        Trainer(cfg).train()
+        runs[name] = str(tmp_path / name / "latest.pth")
+    out = tmp_path / "tsne.png"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "tsne.py"), os.path.join(ROOT, "configs", "digits_cac.yaml"),
+                        runs["sup"], runs["cac"], "--images", "3", "--out", str(out), f"data.root={digits_root}"],
+                       capture_output=True, text=True, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if "alignment" in ln]
+    assert len(lines) == 2 and out.stat().st_size > 10_000
+    from seg_ssl.viz.tsne import alignment, uniformity
+    x = F.normalize(torch.randn(64, 8), dim=1)
+    assert alignment(x, x) == 0.0 and alignment(x, -x) == pytest.approx(4.0)
+    assert uniformity(x) < uniformity(F.normalize(x + 5.0, dim=1))  # clumped points: higher potential

@@ -60,3 +60,22 @@ def test_make_splits_cli(tmp_path):
     lab4 = (tmp_path / "s" / "1_4" / "labeled.txt").read_text().split()
     unl4 = (tmp_path / "s" / "1_4" / "unlabeled.txt").read_text().split()
     assert len(lab8) == 13 and len(lab4) == 25 and set(lab8) <= set(lab4) and len(unl4) == 75
+
+
+def test_dry_run_derives_cac_sizes_for_any_world_size():
+    for world in ("1", "2", "4"):
+        env = dict(os.environ, WORLD_SIZE=world)
+        r = subprocess.run([sys.executable, "tools/train.py", "configs/voc_cac.yaml", "--dry-run"], cwd=ROOT,
+                           capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        sizes = json.loads(r.stdout[r.stdout.index("{\n"):])
+        # the published VOC setting: every pixel of every crop, N = 51,200, whatever the GPU count
+        assert sizes["cac_negatives_per_loss"] == 51200
+        assert sizes["cac_feature_map"] == [40, 40] and sizes["unlabeled_per_process"] == 8 // int(world)
+        assert 0 < sizes["cac_expected_overlap_pixels_per_process"] < sizes["cac_pixels_per_crop_per_process"]
+    r = run("tools/train.py", "configs/cityscapes_cac.yaml", "--dry-run")
+    assert json.loads(r.stdout[r.stdout.index("{\n"):])["cac_negatives_per_loss"] == 129600
+    env = dict(os.environ, WORLD_SIZE="3")
+    r = subprocess.run([sys.executable, "tools/train.py", "configs/voc_cac.yaml", "--dry-run"], cwd=ROOT,
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "data.batch_size = 8 is the global batch and must be divisible by the world size 3" in r.stderr

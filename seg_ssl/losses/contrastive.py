@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+ROW_BLOCK = 1024  # anchors per tile
+
 
 def _class_chunks(neg_label: torch.Tensor, chunk: int):
     """Order negatives by pseudo label and cut them into pieces of one class, at most ``chunk``
@@ -55,18 +57,25 @@ class _AnchorContrast(torch.autograd.Function):
         nmax = neg1[:, :-1].norm(dim=1).max() if neg.shape[0] else a.new_zeros(())
         shift = a.norm(dim=1) * torch.maximum(p.norm(dim=1), nmax) * inv_t
         fixed = bool((shift - pos).max() < 60.0) if a.shape[0] else True
-        m = shift if fixed else pos.clone()
+        m = shift if fixed else pos.clone()  # updated in place, block by block
         acc = torch.cat([p, a.new_ones(a.shape[0], 1)], 1) * torch.exp(pos - m)[:, None]  # [g | s]
-        for lab, s0, s1 in pieces:
-            nb = neg1[s0:s1]
-            sim = torch.addmm(-m[:, None], a, nb[:, :-1].t(), alpha=inv_t)  # s_ij - m_i
-            sim.index_fill_(0, rows[lab], float("-inf"))  # same pseudo class: not a negative
-            if not fixed:  # rescale the running sums to a new row max
-                m_new = torch.maximum(m, sim.max(1).values + m)
-                sim.add_((m - m_new)[:, None])
-                acc.mul_(torch.exp(m - m_new)[:, None])
-                m = m_new
-            acc.addmm_(sim.exp_(), nb)
+        # anchor blocks keep each (rows x chunk) similarity tile in cache between the product that
+        # writes it, the exp and the product that reads it
+        for r0 in range(0, a.shape[0], ROW_BLOCK):
+            r1 = min(r0 + ROW_BLOCK, a.shape[0])
+            ab, mb, accb = a[r0:r1], m[r0:r1], acc[r0:r1]
+            for lab, s0, s1 in pieces:
+                nb = neg1[s0:s1]
+                sim = torch.addmm(-mb[:, None], ab, nb[:, :-1].t(), alpha=inv_t)  # s_ij - m_i
+                same = rows[lab]
+                same = same[(same >= r0) & (same < r1)] - r0
+                sim.index_fill_(0, same, float("-inf"))  # same pseudo class: not a negative
+                if not fixed:  # rescale the running sums to a new row max
+                    m_new = torch.maximum(mb, sim.max(1).values + mb)
+                    sim.add_((mb - m_new)[:, None])
+                    accb.mul_(torch.exp(mb - m_new)[:, None])
+                    mb.copy_(m_new)
+                accb.addmm_(sim.exp_(), nb)
         g, s = acc[:, :-1], acc[:, -1]
         ctx.save_for_backward((g / s[:, None] - p).mul_(inv_t))
         ctx.in_dtype = in_dtype

@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""t-SNE of overlap-region features: for a few val images draw an overlapping crop pair, take the
+features of the shared region from both crops, embed them jointly, colour by ground-truth class,
+one panel per checkpoint (e.g. baseline vs CAC). Also prints alignment (mean squared distance of
+matched features; lower = the two contexts agree) and uniformity (log mean Gaussian potential;
+lower = more spread).
+
+    python tools/tsne.py CONFIG CKPT [CKPT ...] [--images 8] [--out tsne.png] [key=value ...]
+
+CONFIG gives the data (val list, crop size, cac.iou_bound); each checkpoint's model is rebuilt from
+the config saved inside it, so a labeled-only checkpoint (no projector: its decoder features are
+used) and a CAC checkpoint can share a figure.
+"""
+import argparse
+import os
+
+from _common import run_cli
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config")
+    p.add_argument("checkpoints", nargs="+", help="checkpoints, then optional key=value overrides")
+    p.add_argument("--images", type=int, default=8)
+    p.add_argument("--max-points", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="tsne.png")
+    args = p.parse_args()
+    ckpts = [c for c in args.checkpoints if "=" not in c]
+    overrides = [c for c in args.checkpoints if "=" in c]
+
+    import numpy as np
+    import torch
+    from seg_ssl.config import Config, load_config, validate
+    from seg_ssl.data.dataset import build_split
+    from seg_ssl.data.transforms import val_pipeline
+    from seg_ssl.engine.checkpoint import load_checkpoint
+    from seg_ssl.engine.loading import load_for_eval
+    from seg_ssl.viz.overlay import get_palette
+    from seg_ssl.viz.tsne import alignment, overlap_features, plot_tsne, uniformity
+
+    cfg = load_config(args.config, overrides)
+    val = build_split(cfg.data, "val", val_pipeline(cfg.data))
+    picks = np.random.default_rng(args.seed).permutation(len(val))[:args.images]
+    panels = []
+    for path in ckpts:
+        ckpt_cfg = Config(validate(load_checkpoint(path)["config"], origin=path))
+        _, _, method = load_for_eval(ckpt_cfg, path)
+        model = method.model
+        rng = np.random.default_rng(args.seed)
+        f1s, f2s, ys = [], [], []
+        for i in picks:
+            item = val[int(i)]
+            f1, f2, y = overlap_features(model, item["image"], item["label"], cfg.data.crop_size,
+                                         cfg.cac.iou_bound, rng, cfg.data.ignore_index)
+            f1s.append(f1)
+            f2s.append(f2)
+            ys.append(y)
+        f1, f2, y = torch.cat(f1s), torch.cat(f2s), torch.cat(ys)
+        if f1.shape[0] > args.max_points:
+            keep = torch.randperm(f1.shape[0], generator=torch.Generator().manual_seed(args.seed))[:args.max_points]
+            f1, f2, y = f1[keep], f2[keep], y[keep]
+        al, un = alignment(f1, f2), uniformity(torch.cat([f1, f2]))
+        name = os.path.basename(os.path.dirname(os.path.abspath(path))) + "/" + os.path.basename(path)
+        print(f"{name}: {f1.shape[0]} overlap pixels, alignment {al:.4f}, uniformity {un:.4f}")
+        panels.append((f"{name}\nalign {al:.3f}  unif {un:.3f}", f1, f2, y))
+    plot_tsne(panels, cfg.data.class_names, get_palette(cfg.data.palette, cfg.data.ignore_index), args.out,
+              args.seed)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
