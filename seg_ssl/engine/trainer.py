@@ -287,7 +287,8 @@ class Trainer:
         pin = self.device.type == "cuda"
         lab = make_stream(self.labeled, d.batch_size, self.info.rank, self.info.world_size, seed, 0,
                           self.iteration, d.num_workers, pin)
-        unl = (make_stream(self.unlabeled, d.unlabeled_batch_size, self.info.rank, self.info.world_size,
+        per_step = getattr(self.method, "unlabeled_per_step", 1)  # CPS+CutMix mixes pairs of images
+        unl = (make_stream(self.unlabeled, d.unlabeled_batch_size * per_step, self.info.rank, self.info.world_size,
                            seed, 1, self.iteration, d.num_workers, pin) if self.unlabeled is not None else None)
         return lab, unl
 

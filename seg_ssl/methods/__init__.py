@@ -1,8 +1,9 @@
 """Training methods. Each is one readable file with a ``training_step``; this maps config names."""
 from seg_ssl.methods.cac import CAC
+from seg_ssl.methods.cps import CPS
 from seg_ssl.methods.supervised import Supervised
 
-METHODS = {"supervised": Supervised, "cac": CAC}
+METHODS = {"supervised": Supervised, "cac": CAC, "cps": CPS}
 
 
 def build_method(cfg):

@@ -1,0 +1,153 @@
+"""CPS: Semi-Supervised Semantic Segmentation with Cross Pseudo Supervision (Chen et al., CVPR 2021).
+
+Two Segmentors of one architecture, initialised differently, each supervise the other with its
+hard pseudo labels (argmax, no gradient):
+
+    loss = CE(f1(x_l), y) + CE(f2(x_l), y) + lambda x [CE(f1(x), argmax f2(x)) + CE(f2(x), argmax f1(x))]
+
+Without CutMix the cross term covers labeled and unlabeled images. With CutMix it covers mixed
+unlabeled images: two *different* unlabeled images are mixed with box masks, and the targets are the
+predictions on the two unmixed images mixed with the same mask. Padded pixels never get a pseudo
+label. Losses are per-process means; DDP averages gradients, nothing is divided again.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from seg_ssl.data.cutmix import box_masks, mix
+from seg_ssl.losses.ohem import ohem_cross_entropy
+from seg_ssl.models.segmentor import build_segmentor
+
+
+class TwoBranch(nn.Module):
+    """Both networks in one module, so one DDP wrapper and one forward serve a step."""
+
+    def __init__(self, branch1: nn.Module, branch2: nn.Module):
+        super().__init__()
+        self.branch1, self.branch2 = branch1, branch2
+
+    @property
+    def size_divisor(self) -> int:
+        return self.branch1.size_divisor
+
+    def forward(self, x: torch.Tensor):
+        return self.branch1(x), self.branch2(x)
+
+
+def cross_pseudo_loss(student1, student2, teacher1=None, teacher2=None, valid=None,
+                      ignore_index: int = 255, conf_thresh: float = 0.0):
+    """CE(student1, argmax teacher2) + CE(student2, argmax teacher1), targets without gradient.
+
+    Plain CPS: each branch's own logits are the other's teacher (``teacher* = None``). CutMix: the
+    teachers are the mixed predictions on the unmixed images. ``valid`` (B, H, W) bool marks pixels
+    that may get a pseudo label (False on padding); ``conf_thresh`` > 0 also drops unconfident ones.
+    """
+    def targets(logits):
+        with torch.no_grad():
+            conf, label = logits.detach().float().softmax(1).max(1)
+            if valid is not None:
+                label = label.masked_fill(~valid, ignore_index)
+            if conf_thresh > 0:
+                label = label.masked_fill(conf < conf_thresh, ignore_index)
+        return label
+
+    def ce(logits, target):  # a batch whose every pixel is ignored contributes 0, not NaN
+        if not (target != ignore_index).any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, target, ignore_index=ignore_index)
+
+    t1 = targets(student1 if teacher1 is None else teacher1)
+    t2 = targets(student2 if teacher2 is None else teacher2)
+    return ce(student1, t2) + ce(student2, t1)
+
+
+class CPS:
+    uses_unlabeled = True
+
+    def __init__(self, cfg):
+        self.cfg, self.c = cfg, cfg.cps
+        self.ignore_index = cfg.data.ignore_index
+        self.world_size = 1
+        # same pretrained encoder weights where given (loaded from the same file); everything
+        # randomly initialised is drawn from different seeds
+        torch.manual_seed(cfg.seed)
+        b1 = build_segmentor(cfg.model, cfg.data.num_classes)
+        torch.manual_seed(cfg.seed + 1)
+        b2 = build_segmentor(cfg.model, cfg.data.num_classes)
+        self.model = TwoBranch(b1, b2)
+        # CutMix mixes two different unlabeled images per output image
+        self.unlabeled_per_step = 2 if self.c.cutmix else 1
+        self.mask_rng = np.random.default_rng(cfg.seed)
+
+    def supervised_loss(self, logits, label):
+        if self.c.ohem:
+            return ohem_cross_entropy(logits, label, self.c.ohem_thresh, self.c.ohem_min_kept, self.ignore_index)
+        return F.cross_entropy(logits, label, ignore_index=self.ignore_index)
+
+    def weight(self, iteration: int) -> float:
+        if iteration < self.c.unsup_start_iter:
+            return 0.0
+        ramp = 1.0 if self.c.rampup_iters <= 0 else min(
+            1.0, (iteration - self.c.unsup_start_iter + 1) / self.c.rampup_iters)
+        return self.c.weight * ramp
+
+    def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
+        x_l, y = labeled["image"], labeled["label"]
+        nl = x_l.shape[0]
+        lam = self.weight(iteration)
+        if lam == 0.0:  # labeled-only warm-up
+            l1, l2 = model(x_l)
+            sup1, sup2 = self.supervised_loss(l1, y), self.supervised_loss(l2, y)
+            return {"loss": sup1 + sup2, "sup1": sup1, "sup2": sup2}
+        x_u, valid_u = unlabeled["image"], unlabeled["valid"]
+        if self.c.cutmix:
+            half = x_u.shape[0] // 2
+            u0, u1, v0, v1 = x_u[:half], x_u[half:], valid_u[:half], valid_u[half:]
+            masks, _ = box_masks(half, u0.shape[-2], u0.shape[-1], self.c.mask_prop_range, self.c.mask_boxes,
+                                 self.c.mask_invert, self.mask_rng)
+            masks = masks.to(u0.device)
+            with torch.no_grad():  # targets from the unmixed images, mixed with the same mask
+                t1, t2 = model(torch.cat([u0, u1]))
+                t1 = mix(t1[:half], t1[half:], masks)
+                t2 = mix(t2[:half], t2[half:], masks)
+            x_mix = mix(u0, u1, masks)
+            valid = mix(v0.float(), v1.float(), masks) > 0.5
+            l1, l2 = model(torch.cat([x_l, x_mix]))
+            sup1, sup2 = self.supervised_loss(l1[:nl], y), self.supervised_loss(l2[:nl], y)
+            # cross supervision on the mixed images: each branch learns the other's mixed targets
+            cps = cross_pseudo_loss(l1[nl:], l2[nl:], t1, t2, valid, self.ignore_index, self.c.conf_thresh)
+        else:
+            l1, l2 = model(torch.cat([x_l, x_u]))
+            sup1, sup2 = self.supervised_loss(l1[:nl], y), self.supervised_loss(l2[:nl], y)
+            valid = torch.cat([y != self.ignore_index, valid_u])  # no pseudo labels on padding
+            cps = cross_pseudo_loss(l1, l2, valid=valid, ignore_index=self.ignore_index,
+                                    conf_thresh=self.c.conf_thresh)
+        with torch.no_grad():
+            bg = float((l1[nl:].argmax(1) == 0).float().mean())
+        return {"loss": sup1 + sup2 + lam * cps, "sup1": sup1, "sup2": sup2, "cps": cps.detach(),
+                "pseudo_bg": bg}
+
+    def predictor(self, model):
+        branch = self.cfg.eval.branch
+        if branch == "1":
+            return model.branch1
+        if branch == "2":
+            return model.branch2
+
+        def ensemble(x):  # log of the mean probability: its softmax is the averaged probability
+            p = (model.branch1(x).float().softmax(1) + model.branch2(x).float().softmax(1)) / 2
+            return torch.log(p.clamp_min(1e-12))
+        return ensemble
+
+    def size_divisor(self, model) -> int:
+        return model.size_divisor
+
+    def state_dict(self) -> dict:
+        return {"mask_rng": self.mask_rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "mask_rng" in state:
+            self.mask_rng.bit_generator.state = state["mask_rng"]

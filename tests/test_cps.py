@@ -1,0 +1,124 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import digits_cfg
+from seg_ssl.data.cutmix import box_masks, mix
+from seg_ssl.engine.trainer import Trainer
+from seg_ssl.losses.ohem import ohem_cross_entropy
+from seg_ssl.methods.cps import CPS, cross_pseudo_loss
+
+
+def test_cross_loss_against_hand_computed_value():
+    # one image, 2 classes, 2 pixels (1 x 2)
+    l1 = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]]]], requires_grad=True)  # argmax: [0, 1]
+    l2 = torch.tensor([[[[0.0, 3.0]], [[1.0, 0.0]]]], requires_grad=True)  # argmax: [1, 0]
+    loss = cross_pseudo_loss(l1, l2)
+
+    def ce(logits, target):  # -log softmax(logits)[target]
+        return -(logits[target] - math.log(sum(math.exp(v) for v in logits)))
+    # branch 1 learns [1, 0] from branch 2, branch 2 learns [0, 1] from branch 1; mean over 2 pixels
+    expect = (ce([2, 0], 1) + ce([0, 1], 0)) / 2 + (ce([0, 1], 0) + ce([3, 0], 1)) / 2
+    assert loss.item() == pytest.approx(expect, rel=1e-6)
+    # padding and low confidence remove pixels
+    valid = torch.tensor([[[True, False]]])
+    only_first = cross_pseudo_loss(l1, l2, valid=valid)
+    assert only_first.item() == pytest.approx(ce([2, 0], 1) + ce([0, 1], 0), rel=1e-6)
+    assert cross_pseudo_loss(l1, l2, conf_thresh=0.999).item() == 0.0
+
+
+def test_pseudo_labels_carry_no_gradient():
+    torch.manual_seed(0)
+    l1 = torch.randn(2, 4, 3, 3, requires_grad=True)
+    l2 = torch.randn(2, 4, 3, 3, requires_grad=True)
+    t1 = torch.randn(2, 4, 3, 3, requires_grad=True)
+    t2 = torch.randn(2, 4, 3, 3, requires_grad=True)
+    cross_pseudo_loss(l1, l2, t1, t2).backward()
+    assert l1.grad.abs().sum() > 0 and l2.grad.abs().sum() > 0
+    assert t1.grad is None and t2.grad is None
+    # plain CPS: the gradient into l1 is exactly that of CE(l1, fixed argmax l2)
+    a = l1.detach().clone().requires_grad_()
+    cross_pseudo_loss(a, l2.detach()).backward()
+    b = l1.detach().clone().requires_grad_()
+    F.cross_entropy(b, l2.detach().argmax(1)).backward()
+    torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("boxes", [1, 3])
+def test_cutmix_masks_cover_the_drawn_proportion(boxes):
+    masks, props = box_masks(200, 64, 80, (0.25, 0.5), boxes, invert=False, rng=np.random.default_rng(0))
+    cover = masks.mean((1, 2))
+    assert ((props >= 0.25) & (props <= 0.5)).all()
+    if boxes == 1:  # one box: exactly the drawn area, up to rounding of its sides
+        assert (cover - props).abs().max() < 0.05
+    else:  # toggled boxes can cancel where they overlap, never exceed the drawn total
+        assert (cover <= props + 0.05).all() and cover.mean() > 0.6 * props.mean()
+    inv, props2 = box_masks(10, 32, 32, (0.3, 0.3), 1, invert=True, rng=np.random.default_rng(1))
+    assert torch.allclose(inv.mean((1, 2)), 1 - props2, atol=0.05)
+
+
+def test_mix_is_consistent_for_images_and_predictions():
+    masks, _ = box_masks(2, 8, 8, (0.3, 0.5), 3, rng=np.random.default_rng(2))
+    a, b = torch.zeros(2, 3, 8, 8), torch.ones(2, 3, 8, 8)
+    mixed = mix(a, b, masks)
+    assert torch.equal(mixed[:, 0], masks) and torch.equal(mixed[:, 2], masks)
+    # mixing logits then taking argmax equals mixing the two argmax maps with the same mask
+    la, lb = torch.randn(2, 5, 8, 8), torch.randn(2, 5, 8, 8)
+    mixed_label = mix(la, lb, masks).argmax(1)
+    expect = torch.where(masks.bool(), lb.argmax(1), la.argmax(1))
+    assert torch.equal(mixed_label, expect)
+
+
+def test_ohem_matches_brute_force():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, 5) * 3
+    target = torch.randint(0, 3, (2, 5, 5))
+    target[0, 0] = 255
+    ce = F.cross_entropy(logits, target, ignore_index=255, reduction="none")
+    prob = torch.exp(-ce)
+    valid = target != 255
+    for min_kept, thresh in ((5, 0.2), (30, 0.7), (1000, 0.7)):
+        ps = sorted(prob[valid].tolist())
+        limit = 1.0 if len(ps) <= min_kept else max(thresh, ps[min_kept - 1])
+        keep = valid & (prob <= limit)
+        expect = ce[keep].mean()
+        got = ohem_cross_entropy(logits, target, thresh, min_kept)
+        torch.testing.assert_close(got, expect)
+        assert int(keep.sum()) >= min(min_kept, int(valid.sum()))
+
+
+def test_branches_start_different(digits_root, tmp_path):
+    cfg = digits_cfg(digits_root, str(tmp_path), "method=cps")
+    m = CPS(cfg).model
+    p1 = dict(m.branch1.named_parameters())
+    p2 = dict(m.branch2.named_parameters())
+    assert p1.keys() == p2.keys()
+    assert not torch.equal(p1["classifier.1.weight"], p2["classifier.1.weight"])
+    decoder = [k for k in p1 if k.startswith("decoder.") and k.endswith("weight") and p1[k].dim() == 4]
+    assert decoder and all(not torch.equal(p1[k], p2[k]) for k in decoder)
+
+
+@pytest.mark.parametrize("cutmix", ["true", "false"])
+def test_a_few_cps_iterations_lower_the_loss(digits_root, tmp_path, cutmix):
+    cfg = digits_cfg(digits_root, str(tmp_path / cutmix), "method=cps", f"cps.cutmix={cutmix}",
+                     "cps.weight=1.0", "train.iters=16", "train.lr=0.002", "data.batch_size=4",
+                     "data.unlabeled_batch_size=4")
+    trainer = Trainer(cfg)
+    logs = []
+    original = trainer.step
+
+    def record(labeled, unlabeled):
+        out = original(labeled, unlabeled)
+        logs.append({k: float(v) for k, v in out.items()})
+        return out
+
+    trainer.step = record
+    res = trainer.train()
+    first = np.mean([l["sup1"] + l["sup2"] for l in logs[:4]])
+    last = np.mean([l["sup1"] + l["sup2"] for l in logs[-4:]])
+    assert last < 0.8 * first, (first, last)
+    assert all(math.isfinite(l["cps"]) and l["cps"] >= 0 for l in logs)
+    assert 0 <= res["mIoU"] <= 1
