@@ -79,3 +79,27 @@ def test_dry_run_derives_cac_sizes_for_any_world_size():
     r = subprocess.run([sys.executable, "tools/train.py", "configs/voc_cac.yaml", "--dry-run"], cwd=ROOT,
                        capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "data.batch_size = 8 is the global batch and must be divisible by the world size 3" in r.stderr
+
+
+def test_eval_and_infer_on_a_checkpoint(digits_root, tmp_path):
+    from conftest import digits_cfg
+    from seg_ssl.engine.trainer import Trainer
+    work = tmp_path / "w"
+    trainer = Trainer(digits_cfg(digits_root, str(work), "train.iters=3"))
+    res = trainer.train()
+    common = [f"data.root={digits_root}", "data.val_batch_size=8", "data.num_workers=0"]
+    out = tmp_path / "m.json"
+    r = run("tools/eval.py", "configs/digits_sup.yaml", str(work / "latest.pth"), *common, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    m = json.loads(out.read_text())
+    assert m["mIoU"] == res["mIoU"] and m["aAcc"] == res["aAcc"]  # same numbers as the trainer's eval
+    preds = tmp_path / "preds"
+    r = run("tools/infer.py", "configs/digits_sup.yaml", str(work / "latest.pth"), *common, "--input",
+            os.path.join(digits_root, "ImageSets", "Segmentation", "val.txt"), "--limit", "2", "--out", str(preds))
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(preds)) == ["val_00000.png", "val_00000_color.png", "val_00000_overlay.png",
+                                         "val_00001.png", "val_00001_color.png", "val_00001_overlay.png"]
+    mask = np.asarray(Image.open(preds / "val_00000.png"))
+    assert mask.shape == (64, 64) and mask.max() < 11
+    r = run("tools/eval.py", "configs/digits_cps.yaml", str(work / "latest.pth"), *common)
+    assert r.returncode == 2 and "does not match the config's model" in r.stderr

@@ -102,3 +102,34 @@ def test_nonfinite_loss_stops_with_a_message_or_is_skipped(digits_root, tmp_path
     trainer.train()
     assert trainer.iteration == 4 and trainer.skipped == 1
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_sigterm_saves_latest_and_the_same_command_continues(digits_root, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    work = tmp_path / "pre"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"), os.path.join(ROOT, "configs", "digits_sup.yaml"),
+           f"data.root={digits_root}", f"work_dir={work}", "data.labeled_list=splits/1_4/labeled.txt",
+           "data.num_workers=0", "data.val_batch_size=8", "train.iters=400", "train.log_interval=2",
+           "train.eval_interval=0", "train.ckpt_interval=1000", "data.batch_size=2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        log = work / "train.log"
+        if log.exists() and " it 4/" in log.read_text():
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    stopped_at = load_checkpoint(str(work / "latest.pth"))["iteration"]
+    assert 4 <= stopped_at < 400 and "stopped (signal 15)" in out
+    again = subprocess.run(cmd[:-4] + ["train.iters=" + str(stopped_at + 2), "train.eval_interval=0",
+                                       "train.ckpt_interval=1000", "data.batch_size=2"],
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"resumed from {work}/latest.pth at iteration {stopped_at}" in again.stdout
+    assert load_checkpoint(str(work / "latest.pth"))["iteration"] == stopped_at + 2

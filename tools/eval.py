@@ -52,7 +52,7 @@ def main():
     p.add_argument("--num-classes", type=int)
     p.add_argument("--ignore-index", type=int, default=255)
     p.add_argument("--out", help="write metrics as JSON")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()
 
     from seg_ssl.evaluation.metrics import format_table, to_json
     names = None

@@ -20,7 +20,7 @@ def main():
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--limit", type=int, default=0, help="at most N images (0: all)")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()
 
     import numpy as np
     import torch

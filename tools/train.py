@@ -18,7 +18,7 @@ def main():
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.iters=1000")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and derived sizes")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()
 
     from seg_ssl.config import load_config
     cfg = load_config(args.config, args.overrides)

@@ -25,7 +25,7 @@ def main():
     p.add_argument("--max-points", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="tsne.png")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()
     ckpts = [c for c in args.checkpoints if "=" not in c]
     overrides = [c for c in args.checkpoints if "=" in c]
 
