@@ -11,6 +11,7 @@ null for classes absent from both prediction and ground truth.
 import argparse
 import json
 import os
+import sys
 
 from _common import run_cli
 
@@ -77,7 +78,7 @@ def main():
         val = build_split(cfg.data, "val", val_pipeline(cfg.data))
         metrics = evaluate(predict_fn, val, cfg.data.num_classes, cfg.data.ignore_index, divisor,
                            info.device, info.rank, info.world_size, cfg.data.val_batch_size,
-                           progress=is_main, **predict_kwargs(cfg))
+                           progress=is_main and sys.stderr.isatty(), **predict_kwargs(cfg))
         names = cfg.data.class_names
         du.cleanup()
     if is_main:
