@@ -13,11 +13,21 @@ from seg_ssl.data.dataset import DataError  # noqa: E402
 USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FloatingPointError)
 
 
+def one_line(e: BaseException) -> str:
+    """The user-facing line of an error; a DataError re-raised from a DataLoader worker carries
+    the worker's traceback in its message, whose last line is the original message."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split("\n"))
+
+
 def run_cli(main) -> None:
     try:
         code = main()
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

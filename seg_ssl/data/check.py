@@ -1,0 +1,63 @@
+"""Scan a dataset for every problem at once (``tools/check_dataset.py``)."""
+from __future__ import annotations
+
+import os
+import numpy as np
+
+from seg_ssl.data.dataset import DataError, load_image, load_label, read_split, resolve_list
+
+
+def check_dataset(d, progress=None) -> dict:
+    """Returns ``{"problems": [str, ...], "counts": {split: n}, "class_pixels": np.ndarray}``.
+
+    Checks the root and split lists, duplicate ids, ids without image or label, unreadable images,
+    label values outside the classes and the ignore index, image/label size mismatches, empty
+    splits and labeled/unlabeled overlap."""
+    problems: list[str] = []
+    counts: dict = {}
+    class_pixels = np.zeros(d.num_classes, np.int64)
+    if not os.path.isdir(d.root):
+        problems.append(f"data.root {d.root!r} is not a directory; expected root/{d.img_dir}/*{d.img_suffix}, "
+                        f"root/{d.ann_dir}/*{d.ann_suffix} and split lists")
+        return {"problems": problems, "counts": counts, "class_pixels": class_pixels}
+    ids = {}
+    for split, key in (("labeled", "labeled_list"), ("unlabeled", "unlabeled_list"), ("val", "val_list")):
+        if not d[key]:
+            continue
+        path = resolve_list(d.root, d[key])
+        try:
+            samples = read_split(path, d.root, d.img_dir, d.ann_dir, d.img_suffix, d.ann_suffix,
+                                 need_labels=split != "unlabeled")
+        except DataError as e:
+            problems.append(f"data.{key}: {e}")
+            continue
+        counts[split] = len(samples)
+        ids[split] = {s.id for s in samples}
+        for s in (progress(samples, desc=split) if progress else samples):
+            try:
+                image = load_image(s.image)
+            except DataError as e:
+                problems.append(str(e))
+                image = None
+            if split == "unlabeled":
+                continue
+            try:
+                label = load_label(s.label, d.num_classes, d.ignore_index)
+            except DataError as e:
+                problems.append(str(e))
+                continue
+            if image is not None and label.shape != image.shape[:2]:
+                problems.append(f"image {s.image} is {image.shape[1]}x{image.shape[0]} but label {s.label} "
+                                f"is {label.shape[1]}x{label.shape[0]}")
+            if split == "labeled":
+                class_pixels += np.bincount(label[label != d.ignore_index].ravel(),
+                                            minlength=d.num_classes)[:d.num_classes]
+    both = ids.get("labeled", set()) & ids.get("unlabeled", set())
+    if both and not d.allow_overlap:
+        problems.append(f"{len(both)} ids are in both the labeled and the unlabeled list (e.g. {sorted(both)[:3]}); "
+                        f"set data.allow_overlap=true if that is intended")
+    leak = ids.get("val", set()) & (ids.get("labeled", set()) | ids.get("unlabeled", set()))
+    if leak:
+        problems.append(f"{len(leak)} val ids are also training ids (e.g. {sorted(leak)[:3]})")
+    return {"problems": problems, "counts": counts, "class_pixels": class_pixels}
+

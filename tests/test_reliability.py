@@ -1,0 +1,96 @@
+"""Bad inputs are reported clearly and interrupted runs resume exactly, for every method."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, digits_cfg
+from seg_ssl.engine.checkpoint import load_checkpoint
+from seg_ssl.engine.trainer import Trainer
+from test_data import make_voc, write_list
+
+
+def run_tool(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+
+
+def write_cfg(tmp_path, root, **data):
+    lines = [f"  {k}: {v}" for k, v in {"root": root, "num_classes": 4, "labeled_list": "lab.txt",
+                                          "unlabeled_list": "unl.txt", "val_list": "val.txt",
+                                          "num_workers": 0, "crop_size": 32, "batch_size": 2,
+                                          "unlabeled_batch_size": 2, **data}.items()]
+    path = tmp_path / "cfg.yaml"
+    path.write_text("_base_: " + os.path.join(ROOT, "configs", "_base_", "models", "deeplabv3plus_r18_digits.yaml")
+                    + "\ndata:\n" + "\n".join(lines) + f"\nwork_dir: {tmp_path}/w\ntrain:\n  iters: 2\n"
+                    "  optimizer: adamw\n  lr: 0.001\n  eval_interval: 0\n")
+    return str(path)
+
+
+def test_check_dataset_reports_every_problem_at_once(tmp_path):
+    root = make_voc(str(tmp_path / "d"), ["a", "b", "c", "d", "e", "f", "g"])
+    write_list(root, "lab.txt", ["a", "b", "c", "d", "e", "nope", "a"])
+    write_list(root, "unl.txt", ["f", "b"])
+    write_list(root, "val.txt", ["g"])
+    img = os.path.join(root, "JPEGImages")
+    lab = os.path.join(root, "SegmentationClassAug")
+    data = open(os.path.join(img, "b.jpg"), "rb").read()
+    open(os.path.join(img, "b.jpg"), "wb").write(data[:len(data) // 3])  # truncated
+    Image.fromarray(np.full((30, 40), 7, np.uint8), mode="L").save(os.path.join(lab, "c.png"))  # values
+    Image.fromarray(np.zeros((5, 5), np.uint8), mode="L").save(os.path.join(lab, "d.png"))  # size
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(os.path.join(lab, "e.png"))  # RGB label
+    r = run_tool("tools/check_dataset.py", write_cfg(tmp_path, root))
+    out = r.stdout
+    assert r.returncode == 1, r.stderr
+    # the duplicate stops the labeled list from being read at all; fix it and scan again
+    assert "lab.txt:7: duplicate id 'a' (first on line 1)" in out
+    write_list(root, "lab.txt", ["a", "b", "c", "d", "e", "nope"])
+    r = run_tool("tools/check_dataset.py", write_cfg(tmp_path, root))
+    out = r.stdout
+    assert r.returncode == 1
+    for needle in ("cannot read image", "b.jpg", "c.png has values [7] outside 0..3 and 255",
+                   "is 40x30 but label", "e.png is an RGB colour image", "image not found", "nope.jpg",
+                   "1 ids are in both the labeled and the unlabeled list", "labeled: 6 samples",
+                   "unlabeled: 2 samples", "val: 1 samples", "labeled class frequencies", "label not found",
+                   "8 problem(s)"):  # b.jpg counts twice: it is in both lists
+        assert needle in out, (needle, out)
+    write_list(root, "val.txt", [""])
+    r = run_tool("tools/check_dataset.py", write_cfg(tmp_path, str(tmp_path / "missing")))
+    assert r.returncode == 1 and "is not a directory; expected root/JPEGImages/*.jpg" in r.stdout
+
+
+def test_a_bad_file_met_by_a_worker_is_a_one_line_error(tmp_path):
+    root = make_voc(str(tmp_path / "d"), ["a", "b", "v"], size=(32, 32))
+    write_list(root, "lab.txt", ["a", "b"])
+    write_list(root, "unl.txt", ["v"])
+    write_list(root, "val.txt", ["v"])
+    Image.fromarray(np.full((32, 32), 9, np.uint8), mode="L").save(os.path.join(root, "SegmentationClassAug", "b.png"))
+    r = run_tool("tools/train.py", write_cfg(tmp_path, root, num_workers=1))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: label ")
+    assert "b.png has values [9] outside 0..3 and 255" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("cps", ("cps.unsup_start_iter=2", "cps.cutmix=true", "data.batch_size=4", "data.unlabeled_batch_size=4")),
+    ("cac", ("data.crop_size=48", "model.projector=true", "model.proj_dim=16", "cac.scale_range=[1.0,1.5]",
+             "cac.unsup_start_iter=1", "cac.pos_thresh=0.0", "cac.selected_num=64", "cac.hflip=false")),
+])
+def test_resume_is_exact_for_every_method(digits_root, tmp_path, method, extra):
+    common = (f"method={method}", "train.iters=5", "train.ckpt_interval=100", *extra)
+    full = Trainer(digits_cfg(digits_root, str(tmp_path / "full"), *common))
+    full.train()
+    part = Trainer(digits_cfg(digits_root, str(tmp_path / "part"), *common))
+    part.train(max_steps=3)
+    assert load_checkpoint(str(tmp_path / "part" / "latest.pth"))["iteration"] == 3
+    resumed = Trainer(digits_cfg(digits_root, str(tmp_path / "part"), *common))
+    resumed.train()
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
