@@ -35,3 +35,144 @@ def test_cac_gather_returns_all_ranks_negatives():
     for rank in range(world):
         gathered, needs_grad = out[rank]
         assert torch.equal(gathered, expect) and not needs_grad
+
+
+def _init(rank, world, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def small_net():
+    from seg_ssl.models.segmentor import Segmentor
+    torch.manual_seed(0)
+    return Segmentor("deeplabv3plus", "resnet18", num_classes=5, encoder_depth=4, decoder_channels=16, aspp_dropout=0.0,
+                     dropout=0.0)  # no dropout: its masks differ between processes
+
+
+def fixed_batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 5, (4, 32, 32), generator=g)
+
+
+def syncbn_worker(rank, world, port, out):
+    _init(rank, world, port)
+    try:
+        from torch.nn.parallel import DistributedDataParallel
+        from seg_ssl.models.sync_bn import convert_sync_batchnorm
+        net = convert_sync_batchnorm(small_net(), torch.device("cpu"))
+        ddp = DistributedDataParallel(net)
+        x, y = fixed_batch()
+        b = x.shape[0] // world
+        loss = torch.nn.functional.cross_entropy(ddp(x[rank * b:(rank + 1) * b]), y[rank * b:(rank + 1) * b])
+        loss.backward()
+        if rank == 0:
+            out["grads"] = {k: p.grad.clone() for k, p in net.named_parameters()}
+            out["running_mean"] = net.encoder.bn1.running_mean.clone()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_with_syncbn_give_the_gradients_of_one_process_with_the_whole_batch():
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(syncbn_worker, args=(2, free_port(), out), nprocs=2, join=True)
+    net = small_net()
+    x, y = fixed_batch()  # no ignored pixels: the mean of the two halves' losses is the whole loss
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    grads = out["grads"]
+    for k, p in net.named_parameters():
+        torch.testing.assert_close(grads[k], p.grad, rtol=1e-3, atol=2e-5, msg=k)
+    torch.testing.assert_close(out["running_mean"], net.encoder.bn1.running_mean, rtol=1e-4, atol=1e-6)
+
+
+def eval_worker(rank, world, port, root, out):
+    _init(rank, world, port)
+    try:
+        from seg_ssl.evaluation.evaluator import evaluate
+        ds = _val_set(root)
+        net = small_net().eval()
+        res = evaluate(net, ds, 5, 255, net.size_divisor, rank=rank, world_size=world)
+        out[rank] = res["confusion"]
+    finally:
+        dist.destroy_process_group()
+
+
+def _val_set(root):
+    from seg_ssl.data.dataset import SegDataset, read_split
+    from seg_ssl.data.transforms import Pipeline
+    samples = read_split(os.path.join(root, "ImageSets", "Segmentation", "val.txt"), root, "JPEGImages",
+                         "SegmentationClass", ".jpg", ".png")
+    return SegDataset(samples, 11, 255, Pipeline([], [0.5] * 3, [0.25] * 3))
+
+
+def test_distributed_eval_equals_single_process(digits_root):
+    from seg_ssl.evaluation.evaluator import evaluate
+    # a 5-class model scored on 11-class labels would be an error: remap by building a 5-class net
+    # whose predictions are compared on 5 of the classes only (labels >= 5 become ignore)
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(eval_worker, args=(3, free_port(), _remapped(digits_root), out), nprocs=3, join=True)
+    net = small_net().eval()
+    single = evaluate(net, _val_set(_remapped(digits_root)), 5, 255, net.size_divisor)["confusion"]
+    for rank in range(3):
+        assert torch.equal(out[rank], single)
+    assert int(single.sum()) > 0
+
+
+def _remapped(root):
+    """A copy of the digits val labels with classes >= 5 set to ignore (cached next to the set)."""
+    import numpy as np
+    from PIL import Image
+    dst = root + "_5cls"
+    if os.path.isdir(dst):
+        return dst
+    os.makedirs(os.path.join(dst, "SegmentationClass"))
+    os.makedirs(os.path.join(dst, "ImageSets", "Segmentation"))
+    os.symlink(os.path.join(root, "JPEGImages"), os.path.join(dst, "JPEGImages"))
+    ids = open(os.path.join(root, "ImageSets", "Segmentation", "val.txt")).read().split()
+    for i in ids:
+        lab = np.asarray(Image.open(os.path.join(root, "SegmentationClass", i + ".png"))).copy()
+        lab[(lab >= 5) & (lab != 255)] = 255
+        Image.fromarray(lab, mode="L").save(os.path.join(dst, "SegmentationClass", i + ".png"))
+    with open(os.path.join(dst, "ImageSets", "Segmentation", "val.txt"), "w") as f:
+        f.write("\n".join(ids) + "\n")
+    return dst
+
+
+def torchrun(nproc, config, *overrides):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
+        if nproc > 1 else [sys.executable]
+    return subprocess.run(launcher + [os.path.join(ROOT, "tools", "train.py"), os.path.join(ROOT, "configs", config),
+                                      *overrides], capture_output=True, text=True, env=env, cwd=ROOT)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("config, extra", [
+    ("digits_cps.yaml", ("cps.unsup_start_iter=1", "cps.rampup_iters=0", "cps.conf_thresh=0.0")),
+    ("digits_cac.yaml", ("cac.unsup_start_iter=1", "cac.pos_thresh=0.0", "cac.selected_num=64")),
+])
+def test_two_process_runs_complete_and_resume_with_any_world_size(digits_root, tmp_path, config, extra):
+    from seg_ssl.engine.checkpoint import load_checkpoint
+    common = [f"data.root={digits_root}", f"work_dir={tmp_path}", "data.labeled_list=splits/1_4/labeled.txt",
+              "data.unlabeled_list=splits/1_4/unlabeled.txt", "data.num_workers=0", "data.val_batch_size=8",
+              "data.batch_size=4", "data.unlabeled_batch_size=4", "train.threads=1", "train.log_interval=1",
+              "train.eval_interval=0", *extra]
+    r = torchrun(2, config, *common, "train.iters=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "world 2 | per-process batch 2+2" in r.stdout
+    r = torchrun(2, config, *common, "train.iters=4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout and "at iteration 2" in r.stdout and "it 4/4" in r.stdout
+    r = torchrun(1, config, *common, "train.iters=5")  # a different world size resumes too
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "at iteration 4" in r.stdout and "world 1 | per-process batch 4+4" in r.stdout
+    assert load_checkpoint(str(tmp_path / "latest.pth"))["iteration"] == 5
+    logs = [f for f in os.listdir(tmp_path) if f.endswith(".log")]
+    assert logs == ["train.log"]  # only rank 0 writes

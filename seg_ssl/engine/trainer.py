@@ -33,6 +33,7 @@ from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
 from seg_ssl.evaluation.metrics import format_table, to_json
 from seg_ssl.methods import build_method
 from seg_ssl.models.segmentor import Segmentor
+from seg_ssl.models.sync_bn import convert_sync_batchnorm
 
 LOG = logging.getLogger("seg_ssl")
 
@@ -193,7 +194,7 @@ class Trainer:
         if cfg.load_from:
             model.load_state_dict(model_state(load_checkpoint(cfg.load_from)), strict=True)
         if self.info.distributed and t.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model, self.device)
         self.model = model
         self.method.model = model
         self.ddp = (DistributedDataParallel(model, device_ids=[self.info.local_rank] if self.device.type == "cuda"

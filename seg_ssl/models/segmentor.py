@@ -19,14 +19,16 @@ class Segmentor(nn.Module):
     def __init__(self, arch: str = "deeplabv3plus", encoder: str = "resnet50",
                  num_classes: int = 21, encoder_weights: str | None = None, encoder_depth: int = 5,
                  output_stride: int = 16, decoder_channels: int = 256, aspp_separable: bool = False,
-                 dropout: float = 0.1, projector: bool = False, proj_dim: int = 128):
+                 aspp_dropout: float = 0.5, dropout: float = 0.1, projector: bool = False,
+                 proj_dim: int = 128):
         super().__init__()
         smp_weights = "imagenet" if encoder_weights == "imagenet" else None
         if arch == "deeplabv3plus":
             net = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=smp_weights,
                                     encoder_depth=encoder_depth, encoder_output_stride=output_stride,
                                     decoder_channels=decoder_channels,
-                                    decoder_aspp_separable=aspp_separable, classes=num_classes)
+                                    decoder_aspp_separable=aspp_separable, decoder_aspp_dropout=aspp_dropout,
+                                    classes=num_classes)
             feat_channels = decoder_channels
             # at depth 4 the encoder stops at layer3 (stride 16) and nothing is dilated
             self.output_stride = min(output_stride, 2 ** encoder_depth)
@@ -47,12 +49,17 @@ class Segmentor(nn.Module):
         else:
             raise ConfigError(f"model.arch {arch!r}: expected deeplabv3plus or pspnet")
         self.encoder, self.decoder = net.encoder, net.decoder
+        # smp keeps the stages past encoder_depth although forward never runs them: drop them, or
+        # DDP would wait for gradients that never come and the optimizer would carry dead weights
+        self.pruned = [f"layer{i}" for i in range(encoder_depth, 5) if hasattr(self.encoder, f"layer{i}")]
+        for name in self.pruned:
+            delattr(self.encoder, name)
         self.arch, self.num_classes, self.feat_channels = arch, num_classes, feat_channels
         self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(feat_channels, num_classes, 1))
         self.projector = (nn.Sequential(nn.Conv2d(feat_channels, feat_channels, 1), nn.ReLU(inplace=True),
                                         nn.Conv2d(feat_channels, proj_dim, 1)) if projector else None)
         if encoder_weights not in (None, "imagenet"):
-            load_encoder_weights(self.encoder, encoder_weights)
+            load_encoder_weights(self.encoder, encoder_weights, skip=self.pruned)
 
     @property
     def size_divisor(self) -> int:
@@ -103,15 +110,17 @@ def build_segmentor(m, num_classes: int) -> Segmentor:
     return Segmentor(arch=m.arch, encoder=m.encoder, num_classes=num_classes,
                      encoder_weights=m.encoder_weights, encoder_depth=m.encoder_depth,
                      output_stride=m.output_stride, decoder_channels=m.decoder_channels,
-                     aspp_separable=m.aspp_separable, dropout=m.dropout, projector=m.projector,
+                     aspp_separable=m.aspp_separable, aspp_dropout=m.aspp_dropout, dropout=m.dropout,
+                     projector=m.projector,
                      proj_dim=m.proj_dim)
 
 
-def load_encoder_weights(encoder: nn.Module, path: str) -> None:
+def load_encoder_weights(encoder: nn.Module, path: str, skip=()) -> None:
     """Load a torchvision or smp encoder state dict strictly; report missing/unexpected keys.
 
     Accepted: a plain state dict, ``{"state_dict": ...}`` or ``{"model": ...}``; prefixes
-    ``module.``, ``encoder.`` and ``backbone.`` are stripped; classifier keys (``fc.*``) dropped.
+    ``module.``, ``encoder.`` and ``backbone.`` are stripped; classifier keys (``fc.*``) and stages
+    past ``encoder_depth`` (``skip``) are dropped.
     """
     if not os.path.isfile(path):
         raise ConfigError(f"model.encoder_weights: file not found: {path}")
@@ -127,7 +136,7 @@ def load_encoder_weights(encoder: nn.Module, path: str) -> None:
         for prefix in ("module.", "encoder.", "backbone."):
             if k.startswith(prefix):
                 k = k[len(prefix):]
-        if k.startswith("fc."):
+        if k.startswith("fc.") or k.split(".")[0] in skip:  # classifier, stages cut by encoder_depth
             continue
         cleaned[k] = v
     own = encoder.state_dict()
