@@ -63,22 +63,26 @@ def test_make_splits_cli(tmp_path):
 
 
 def test_dry_run_derives_cac_sizes_for_any_world_size():
-    for world in ("1", "2", "4"):
-        env = dict(os.environ, WORLD_SIZE=world)
-        r = subprocess.run([sys.executable, "tools/train.py", "configs/voc_cac.yaml", "--dry-run"], cwd=ROOT,
-                           capture_output=True, text=True, env=env)
-        assert r.returncode == 0, r.stderr
-        sizes = json.loads(r.stdout[r.stdout.index("{\n"):])
+    import pytest
+    from seg_ssl.config import ConfigError, load_config
+    from seg_ssl.engine.trainer import derived_sizes
+    cfg = load_config(os.path.join(ROOT, "configs", "voc_cac.yaml"))
+    for world in (1, 2, 4):
+        sizes = derived_sizes(cfg, world)
         # the published VOC setting: every pixel of every crop, N = 51,200, whatever the GPU count
         assert sizes["cac_negatives_per_loss"] == 51200
-        assert sizes["cac_feature_map"] == [40, 40] and sizes["unlabeled_per_process"] == 8 // int(world)
+        assert sizes["cac_feature_map"] == [40, 40] and sizes["unlabeled_per_process"] == 8 // world
         assert 0 < sizes["cac_expected_overlap_pixels_per_process"] < sizes["cac_pixels_per_crop_per_process"]
-    r = run("tools/train.py", "configs/cityscapes_cac.yaml", "--dry-run")
-    assert json.loads(r.stdout[r.stdout.index("{\n"):])["cac_negatives_per_loss"] == 129600
-    env = dict(os.environ, WORLD_SIZE="3")
+    city = load_config(os.path.join(ROOT, "configs", "cityscapes_cac.yaml"))
+    assert derived_sizes(city, 4)["cac_negatives_per_loss"] == 129600
+    with pytest.raises(ConfigError, match="data.batch_size = 8 is the global batch and must be divisible "
+                                          "by the world size 3"):
+        derived_sizes(cfg, 3)
+    env = dict(os.environ, WORLD_SIZE="2")  # the CLI reads the world size torchrun would set
     r = subprocess.run([sys.executable, "tools/train.py", "configs/voc_cac.yaml", "--dry-run"], cwd=ROOT,
                        capture_output=True, text=True, env=env)
-    assert r.returncode == 2 and "data.batch_size = 8 is the global batch and must be divisible by the world size 3" in r.stderr
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout[r.stdout.index("{\n"):])["labeled_per_process"] == 4
 
 
 def test_eval_and_infer_on_a_checkpoint(digits_root, tmp_path):

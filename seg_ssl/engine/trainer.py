@@ -344,11 +344,15 @@ class Trainer:
                         last = self._eval_and_log(writer)
                     if self.iteration % t.ckpt_interval == 0 or done:
                         self.save("latest.pth")
-                    if stop.signal is not None or (self.iteration == stop_at and not done):
+                    signalled = stop.signal is not None
+                    if self.info.distributed:  # every rank stops at the same step, or collectives hang
+                        flag = torch.tensor(float(signalled), device=self.device)
+                        signalled = du.all_reduce_sum(flag).item() > 0
+                    if signalled or (self.iteration == stop_at and not done):
                         self.save("latest.pth")
                         LOG.warning("stopped (%s) at iteration %d; latest.pth saved, run the same "
                                     "command to continue", f"signal {stop.signal}" if stop.signal else
-                                    "max_steps", self.iteration)
+                                    ("signal on another rank" if signalled else "max_steps"), self.iteration)
                         bar.close()
                         if writer:
                             writer.close()
