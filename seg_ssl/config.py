@@ -148,6 +148,9 @@ SCHEMA: dict = {
         "unsup_start_iter": _f(int, 0, doc="labeled-only warm-up"),
         "rampup_iters": _f(int, 0),
         "conf_thresh": _f(NUM, 0.0, doc="ignore pseudo labels below this confidence (0: the paper)"),
+        "dist_align": _f(bool, False, doc="align pseudo-label class frequencies with the labeled ones "
+                         "(not in the paper; counters collapse to background)"),
+        "dist_align_momentum": _f(NUM, 0.99),
     },
     "eval": {
         "mode": _f(str, "whole", choices=["whole", "slide"]),

@@ -122,3 +122,15 @@ def test_a_few_cps_iterations_lower_the_loss(digits_root, tmp_path, cutmix):
     assert last < 0.8 * first, (first, last)
     assert all(math.isfinite(l["cps"]) and l["cps"] >= 0 for l in logs)
     assert 0 <= res["mIoU"] <= 1
+
+
+def test_distribution_alignment_reweights_pseudo_labels():
+    # class 0 at p = 0.6 everywhere; aligning by [0.5, 1.5] makes class 1 (0.4 x 1.5) the target
+    logits = torch.log(torch.tensor([0.6, 0.4])).view(1, 2, 1, 1).expand(1, 2, 2, 2).clone()
+    student = torch.zeros(1, 2, 2, 2, requires_grad=True)
+    plain = cross_pseudo_loss(student, student, logits, logits)
+    aligned = cross_pseudo_loss(student, student, logits, logits, align=torch.tensor([0.5, 1.5]))
+    assert plain.item() == pytest.approx(aligned.item())  # uniform student: same CE for any label ...
+    g_plain = torch.autograd.grad(cross_pseudo_loss(student, student, logits, logits), student)[0]
+    g_align = torch.autograd.grad(aligned, student)[0]
+    assert (g_plain[0, 0] < 0).all() and (g_align[0, 1] < 0).all()  # ... but pulled towards class 0 / 1

@@ -77,7 +77,8 @@ def test_a_bad_file_met_by_a_worker_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.parametrize("method, extra", [
-    ("cps", ("cps.unsup_start_iter=2", "cps.cutmix=true", "data.batch_size=4", "data.unlabeled_batch_size=4")),
+    ("cps", ("cps.unsup_start_iter=2", "cps.cutmix=true", "cps.dist_align=true", "data.batch_size=4",
+             "data.unlabeled_batch_size=4")),
     ("cac", ("data.crop_size=48", "model.projector=true", "model.proj_dim=16", "cac.scale_range=[1.0,1.5]",
              "cac.unsup_start_iter=1", "cac.pos_thresh=0.0", "cac.selected_num=64", "cac.hflip=false")),
 ])

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from seg_ssl.data.cutmix import box_masks, mix
+from seg_ssl.engine.dist import all_reduce_sum
 from seg_ssl.losses.ohem import ohem_cross_entropy
 from seg_ssl.models.segmentor import build_segmentor
 
@@ -38,16 +39,21 @@ class TwoBranch(nn.Module):
 
 
 def cross_pseudo_loss(student1, student2, teacher1=None, teacher2=None, valid=None,
-                      ignore_index: int = 255, conf_thresh: float = 0.0):
+                      ignore_index: int = 255, conf_thresh: float = 0.0, align=None):
     """CE(student1, argmax teacher2) + CE(student2, argmax teacher1), targets without gradient.
 
     Plain CPS: each branch's own logits are the other's teacher (``teacher* = None``). CutMix: the
     teachers are the mixed predictions on the unmixed images. ``valid`` (B, H, W) bool marks pixels
     that may get a pseudo label (False on padding); ``conf_thresh`` > 0 also drops unconfident ones.
+    ``align`` (K,) multiplies the teachers' probabilities before the argmax (distribution alignment).
     """
     def targets(logits):
         with torch.no_grad():
-            conf, label = logits.detach().float().softmax(1).max(1)
+            prob = logits.detach().float().softmax(1)
+            if align is not None:
+                prob = prob * align.view(1, -1, 1, 1)
+                prob = prob / prob.sum(1, keepdim=True)
+            conf, label = prob.max(1)
             if valid is not None:
                 label = label.masked_fill(~valid, ignore_index)
             if conf_thresh > 0:
@@ -81,6 +87,10 @@ class CPS:
         # CutMix mixes two different unlabeled images per output image
         self.unlabeled_per_step = 2 if self.c.cutmix else 1
         self.mask_rng = np.random.default_rng(cfg.seed)
+        # distribution alignment: running class frequencies of labels and of pseudo-label predictions
+        k = cfg.data.num_classes
+        self.label_dist = torch.full((k,), 1.0 / k)
+        self.pred_dist = torch.full((k,), 1.0 / k)
 
     def supervised_loss(self, logits, label):
         if self.c.ohem:
@@ -93,6 +103,24 @@ class CPS:
         ramp = 1.0 if self.c.rampup_iters <= 0 else min(
             1.0, (iteration - self.c.unsup_start_iter + 1) / self.c.rampup_iters)
         return self.c.weight * ramp
+
+    def alignment(self, labels: torch.Tensor, teacher_logits: torch.Tensor, valid: torch.Tensor):
+        """Update the running label / prediction class frequencies (averaged over processes) and
+        return their ratio, which pulls the pseudo-label distribution towards the labeled one
+        (ReMixMatch's distribution alignment); None when ``cps.dist_align`` is off."""
+        if not self.c.dist_align:
+            return None
+        k = self.cfg.data.num_classes
+        with torch.no_grad():
+            lab = labels[labels != self.ignore_index]
+            freq = torch.bincount(lab, minlength=k)[:k].float()
+            prob = teacher_logits.float().softmax(1).permute(0, 2, 3, 1)[valid].sum(0)
+            stats = all_reduce_sum(torch.cat([freq, prob]))
+            m = self.c.dist_align_momentum
+            dev = stats.device
+            self.label_dist = self.label_dist.to(dev) * m + (1 - m) * stats[:k] / stats[:k].sum().clamp_min(1)
+            self.pred_dist = self.pred_dist.to(dev) * m + (1 - m) * stats[k:] / stats[k:].sum().clamp_min(1e-6)
+            return self.label_dist / self.pred_dist.clamp_min(1e-6)
 
     def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
         x_l, y = labeled["image"], labeled["label"]
@@ -115,20 +143,26 @@ class CPS:
                 t2 = mix(t2[:half], t2[half:], masks)
             x_mix = mix(u0, u1, masks)
             valid = mix(v0.float(), v1.float(), masks) > 0.5
+            align = self.alignment(y, torch.cat([t1, t2]), torch.cat([valid, valid]))
             l1, l2 = model(torch.cat([x_l, x_mix]))
             sup1, sup2 = self.supervised_loss(l1[:nl], y), self.supervised_loss(l2[:nl], y)
             # cross supervision on the mixed images: each branch learns the other's mixed targets
-            cps = cross_pseudo_loss(l1[nl:], l2[nl:], t1, t2, valid, self.ignore_index, self.c.conf_thresh)
+            cps = cross_pseudo_loss(l1[nl:], l2[nl:], t1, t2, valid, self.ignore_index, self.c.conf_thresh,
+                                    align)
         else:
             l1, l2 = model(torch.cat([x_l, x_u]))
             sup1, sup2 = self.supervised_loss(l1[:nl], y), self.supervised_loss(l2[:nl], y)
             valid = torch.cat([y != self.ignore_index, valid_u])  # no pseudo labels on padding
+            align = self.alignment(y, torch.cat([l1[nl:], l2[nl:]]).detach(), torch.cat([valid_u, valid_u]))
             cps = cross_pseudo_loss(l1, l2, valid=valid, ignore_index=self.ignore_index,
-                                    conf_thresh=self.c.conf_thresh)
+                                    conf_thresh=self.c.conf_thresh, align=align)
         with torch.no_grad():
             bg = float((l1[nl:].argmax(1) == 0).float().mean())
-        return {"loss": sup1 + sup2 + lam * cps, "sup1": sup1, "sup2": sup2, "cps": cps.detach(),
-                "pseudo_bg": bg}
+        out = {"loss": sup1 + sup2 + lam * cps, "sup1": sup1, "sup2": sup2, "cps": cps.detach(),
+               "pseudo_bg": bg}
+        if align is not None:
+            out["pred_bg_ema"] = float(self.pred_dist[0])
+        return out
 
     def predictor(self, model):
         branch = self.cfg.eval.branch
@@ -146,8 +180,12 @@ class CPS:
         return model.size_divisor
 
     def state_dict(self) -> dict:
-        return {"mask_rng": self.mask_rng.bit_generator.state}
+        return {"mask_rng": self.mask_rng.bit_generator.state, "label_dist": self.label_dist.cpu(),
+                "pred_dist": self.pred_dist.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
         if "mask_rng" in state:
             self.mask_rng.bit_generator.state = state["mask_rng"]
+        for key in ("label_dist", "pred_dist"):
+            if key in state:
+                setattr(self, key, state[key].clone())
