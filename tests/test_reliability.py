@@ -95,3 +95,15 @@ def test_resume_is_exact_for_every_method(digits_root, tmp_path, method, extra):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_resuming_from_a_damaged_or_foreign_checkpoint_is_a_clear_error(digits_root, tmp_path):
+    from seg_ssl.config import ConfigError
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "latest.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="resume: cannot continue from .*latest.pth .*set resume=null"):
+        Trainer(digits_cfg(digits_root, str(work), "train.iters=2"))
+    Trainer(digits_cfg(digits_root, str(work), "train.iters=1", "resume=null")).train()
+    with pytest.raises(ConfigError, match="resume: cannot continue"):  # another architecture
+        Trainer(digits_cfg(digits_root, str(work), "train.iters=2", "model.decoder_channels=64"))

@@ -236,9 +236,15 @@ class Trainer:
             if r not in (None, "auto"):
                 raise ConfigError(f"resume: checkpoint not found: {r}")
             return
-        ckpt = load_checkpoint(path)
-        self.model.load_state_dict(model_state(ckpt), strict=True)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            ckpt = load_checkpoint(path)
+            self.model.load_state_dict(model_state(ckpt), strict=True)
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, RuntimeError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"resume: cannot continue from {path} ({first}); it was written by another "
+                              f"config or is damaged: set resume=null to start over or work_dir to a new "
+                              f"folder") from None
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.method.load_state_dict(ckpt.get("method", {}))
