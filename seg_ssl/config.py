@@ -251,6 +251,8 @@ def _check_value(key: str, spec: Field, value: Any, origin: str) -> Any:
         if spec.nullable:
             return None
         raise ConfigError(f"{origin}: {key} must not be null (expected {spec.type_name()})")
+    if spec.types == (str,) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # eval.branch=1 on the command line is the string "1"
     if float in spec.types and isinstance(value, str):
         try:  # PyYAML reads 1e-3 (no dot) as a string
             value = float(value)
