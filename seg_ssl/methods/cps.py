@@ -78,11 +78,13 @@ class CPS:
         self.ignore_index = cfg.data.ignore_index
         self.world_size = 1
         # same pretrained encoder weights where given (loaded from the same file); everything
-        # randomly initialised is drawn from different seeds
-        torch.manual_seed(cfg.seed)
-        b1 = build_segmentor(cfg.model, cfg.data.num_classes)
-        torch.manual_seed(cfg.seed + 1)
-        b2 = build_segmentor(cfg.model, cfg.data.num_classes)
+        # randomly initialised is drawn from different seeds. fork_rng leaves the caller's
+        # (per-process) random stream as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            b1 = build_segmentor(cfg.model, cfg.data.num_classes)
+            torch.manual_seed(cfg.seed + 1)
+            b2 = build_segmentor(cfg.model, cfg.data.num_classes)
         self.model = TwoBranch(b1, b2)
         # CutMix mixes two different unlabeled images per output image
         self.unlabeled_per_step = 2 if self.c.cutmix else 1
