@@ -38,3 +38,11 @@ def overlay(image: np.ndarray, mask: np.ndarray, lut: np.ndarray, alpha: float =
     col = colorize(mask, lut).astype(np.float32)
     return (image.astype(np.float32) * (1 - alpha) + col * alpha).round().clip(0, 255).astype(np.uint8)
 
+
+
+def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """A [0, 1] heat map in matplotlib's jet colours blended over an HxWx3 uint8 image."""
+    from matplotlib import colormaps
+
+    col = (colormaps["jet"](np.clip(heat, 0, 1))[..., :3] * 255).astype(np.float32)
+    return (image.astype(np.float32) * (1 - alpha) + col * alpha).round().clip(0, 255).astype(np.uint8)
