@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml

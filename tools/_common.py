@@ -33,3 +33,23 @@ def run_cli(main) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def image_files(path: str, data_cfg, option: str = "--input") -> list[str]:
+    """An image, a folder of images, or a split list (.txt of ids resolved through the config)."""
+    if path.endswith(".txt") and os.path.isfile(path):
+        from seg_ssl.data.dataset import read_split
+        d = data_cfg
+        return [s.image for s in read_split(path, d.root, d.img_dir, d.ann_dir, d.img_suffix, d.ann_suffix,
+                                            need_labels=False)]
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXT))
+        if not files:
+            raise ConfigError(f"{option} {path}: no images ({', '.join(IMAGE_EXT)})")
+        return files
+    if os.path.isfile(path):
+        return [path]
+    raise ConfigError(f"{option} {path}: no such file or directory")

@@ -11,9 +11,7 @@ NAME_cam_<class>.png (heat over image, the predicted class outline in white) to 
 import argparse
 import os
 
-from _common import run_cli
-
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+from _common import image_files, run_cli
 
 
 def main():
@@ -44,12 +42,7 @@ def main():
         k = names.index(args.cls)
     else:
         raise ConfigError(f"--class {args.cls!r}: expected an index below {cfg.data.num_classes} or one of {names}")
-    if os.path.isdir(args.image):
-        files = sorted(os.path.join(args.image, f) for f in os.listdir(args.image) if f.lower().endswith(IMAGE_EXT))
-    elif os.path.isfile(args.image):
-        files = [args.image]
-    else:
-        raise ConfigError(f"--image {args.image}: no such file or directory")
+    files = image_files(args.image, cfg.data, "--image")
     _, _, method = load_for_eval(cfg, args.checkpoint)
     model = method.model.branch1 if hasattr(method.model, "branch1") else method.model
     os.makedirs(args.out, exist_ok=True)

@@ -7,9 +7,7 @@ NAME_overlay.png to --out.
 import argparse
 import os
 
-from _common import run_cli
-
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+from _common import image_files, run_cli
 
 
 def main():
@@ -25,7 +23,7 @@ def main():
     import numpy as np
     import torch
     from PIL import Image
-    from seg_ssl.config import ConfigError, load_config
+    from seg_ssl.config import load_config
     from seg_ssl.data.dataset import load_image
     from seg_ssl.data.transforms import normalize
     from seg_ssl.engine.loading import load_for_eval
@@ -34,22 +32,9 @@ def main():
     from seg_ssl.viz.overlay import colorize, get_palette, overlay
 
     cfg = load_config(args.config, args.overrides)
-    if args.input.endswith(".txt") and os.path.isfile(args.input):  # a split list of ids
-        from seg_ssl.data.dataset import read_split
-        d = cfg.data
-        files = [s.image for s in read_split(args.input, d.root, d.img_dir, d.ann_dir, d.img_suffix,
-                                             d.ann_suffix, need_labels=False)]
-    elif os.path.isdir(args.input):
-        files = sorted(os.path.join(args.input, f) for f in os.listdir(args.input)
-                       if f.lower().endswith(IMAGE_EXT))
-    elif os.path.isfile(args.input):
-        files = [args.input]
-    else:
-        raise ConfigError(f"--input {args.input}: no such file or directory")
+    files = image_files(args.input, cfg.data)
     if args.limit:
         files = files[:args.limit]
-    if not files:
-        raise ConfigError(f"--input {args.input}: no images ({', '.join(IMAGE_EXT)})")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     predict_fn, divisor, _ = load_for_eval(cfg, args.checkpoint, device)
     lut = get_palette(cfg.data.palette, cfg.data.ignore_index)
