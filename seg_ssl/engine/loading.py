@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from seg_ssl.config import ConfigError
-from seg_ssl.engine.checkpoint import load_checkpoint, model_state
+from seg_ssl.engine.checkpoint import load_checkpoint, load_model_strict, model_state
 from seg_ssl.methods import build_method
 
 
@@ -17,10 +17,9 @@ def load_for_eval(cfg, checkpoint: str, device=torch.device("cpu")):
     except ValueError as e:
         raise ConfigError(str(e)) from None
     try:
-        method.model.load_state_dict(model_state(ckpt), strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise ConfigError(f"checkpoint {checkpoint} does not match the config's model ({first}); "
+        load_model_strict(method.model, model_state(ckpt))
+    except ValueError as e:
+        raise ConfigError(f"checkpoint {checkpoint} does not match the config's model: {e}; "
                           f"was it trained with this config?") from None
     method.model.to(device).eval()
     return method.predictor(method.model), method.size_divisor(method.model), method

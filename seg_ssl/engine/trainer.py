@@ -27,7 +27,7 @@ from seg_ssl.data.dataset import build_split, check_disjoint
 from seg_ssl.data.streams import make_stream
 from seg_ssl.data.transforms import train_pipeline, val_pipeline
 from seg_ssl.engine import dist as du
-from seg_ssl.engine.checkpoint import load_checkpoint, model_state, save_atomic
+from seg_ssl.engine.checkpoint import load_checkpoint, load_model_strict, model_state, save_atomic
 from seg_ssl.engine.schedule import poly_lr
 from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
 from seg_ssl.evaluation.metrics import format_table, to_json
@@ -192,7 +192,10 @@ class Trainer:
         self.method.world_size = self.info.world_size
         model = self.method.model.to(self.device)
         if cfg.load_from:
-            model.load_state_dict(model_state(load_checkpoint(cfg.load_from)), strict=True)
+            try:
+                load_model_strict(model, model_state(load_checkpoint(cfg.load_from)))
+            except ValueError as e:
+                raise ConfigError(f"load_from {cfg.load_from}: {e}") from None
         if self.info.distributed and t.sync_bn:
             model = convert_sync_batchnorm(model, self.device)
         self.model = model
@@ -238,7 +241,7 @@ class Trainer:
             return
         try:
             ckpt = load_checkpoint(path)
-            self.model.load_state_dict(model_state(ckpt), strict=True)
+            load_model_strict(self.model, model_state(ckpt))
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, RuntimeError, KeyError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
