@@ -1,6 +1,5 @@
 """The dataset preparation scripts, on tiny fake releases made here."""
 import json
-import os
 import subprocess
 import sys
 

@@ -43,16 +43,3 @@ def model_state(ckpt: dict) -> dict:
     state = ckpt.get("model", ckpt)
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
-
-def load_model_strict(model, state: dict) -> None:
-    """Load every weight or raise ValueError naming what differs (a few keys of each kind)."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shape:
-        def few(keys):
-            return f"{len(keys)}" + (" (" + ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "") + ")" if keys else "")
-        raise ValueError(f"weights do not match the model: missing {few(missing)}, unexpected {few(unexpected)}, "
-                         f"wrong shape {few(shape)}")
-    model.load_state_dict(state, strict=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 
 from seg_ssl.config import ConfigError
-from seg_ssl.engine.checkpoint import load_checkpoint, load_model_strict, model_state
+from seg_ssl.engine.checkpoint import load_checkpoint, model_state
 from seg_ssl.methods import build_method
+from seg_ssl.models.weights import load_strict
 
 
 def load_for_eval(cfg, checkpoint: str, device=torch.device("cpu")):
@@ -17,7 +18,7 @@ def load_for_eval(cfg, checkpoint: str, device=torch.device("cpu")):
     except ValueError as e:
         raise ConfigError(str(e)) from None
     try:
-        load_model_strict(method.model, model_state(ckpt))
+        load_strict(method.model, model_state(ckpt))
     except ValueError as e:
         raise ConfigError(f"checkpoint {checkpoint} does not match the config's model: {e}; "
                           f"was it trained with this config?") from None

@@ -27,11 +27,12 @@ from seg_ssl.data.dataset import build_split, check_disjoint
 from seg_ssl.data.streams import make_stream
 from seg_ssl.data.transforms import train_pipeline, val_pipeline
 from seg_ssl.engine import dist as du
-from seg_ssl.engine.checkpoint import load_checkpoint, load_model_strict, model_state, save_atomic
+from seg_ssl.engine.checkpoint import load_checkpoint, model_state, save_atomic
 from seg_ssl.engine.schedule import poly_lr
 from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
 from seg_ssl.evaluation.metrics import format_table, to_json
 from seg_ssl.methods import build_method
+from seg_ssl.models.weights import load_strict
 from seg_ssl.models.segmentor import Segmentor
 from seg_ssl.models.sync_bn import convert_sync_batchnorm
 
@@ -193,7 +194,7 @@ class Trainer:
         model = self.method.model.to(self.device)
         if cfg.load_from:
             try:
-                load_model_strict(model, model_state(load_checkpoint(cfg.load_from)))
+                load_strict(model, model_state(load_checkpoint(cfg.load_from)))
             except ValueError as e:
                 raise ConfigError(f"load_from {cfg.load_from}: {e}") from None
         if self.info.distributed and t.sync_bn:
@@ -241,7 +242,7 @@ class Trainer:
             return
         try:
             ckpt = load_checkpoint(path)
-            load_model_strict(self.model, model_state(ckpt))
+            load_strict(self.model, model_state(ckpt))
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, RuntimeError, KeyError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from seg_ssl.config import ConfigError
+from seg_ssl.models.weights import load_strict
 
 
 class Segmentor(nn.Module):
@@ -139,13 +140,7 @@ def load_encoder_weights(encoder: nn.Module, path: str, skip=()) -> None:
         if k.startswith("fc.") or k.split(".")[0] in skip:  # classifier, stages cut by encoder_depth
             continue
         cleaned[k] = v
-    own = encoder.state_dict()
-    missing = sorted(set(own) - set(cleaned))
-    unexpected = sorted(set(cleaned) - set(own))
-    shape = sorted(k for k in set(own) & set(cleaned) if own[k].shape != cleaned[k].shape)
-    if missing or unexpected or shape:
-        def few(keys):
-            return f"{len(keys)} (" + ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "") + ")"
-        raise ConfigError(f"model.encoder_weights {path} does not match the encoder: missing "
-                          f"{few(missing)}, unexpected {few(unexpected)}, wrong shape {few(shape)}")
-    encoder.load_state_dict(cleaned, strict=True)
+    try:
+        load_strict(encoder, cleaned)
+    except ValueError as e:
+        raise ConfigError(f"model.encoder_weights {path}: {e}") from None
