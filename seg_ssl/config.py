@@ -151,6 +151,8 @@ SCHEMA: dict = {
         "dist_align": _f(bool, False, doc="align pseudo-label class frequencies with the labeled ones "
                          "(not in the paper; counters collapse to background)"),
         "dist_align_momentum": _f(NUM, 0.99),
+        "fg_marginal": _f(bool, False, doc="class 0 is background: pseudo label background only where "
+                          "p(background) >= 0.5, else the likeliest foreground class (not in the paper)"),
     },
     "eval": {
         "mode": _f(str, "whole", choices=["whole", "slide"]),

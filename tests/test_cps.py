@@ -134,3 +134,30 @@ def test_distribution_alignment_reweights_pseudo_labels():
     g_plain = torch.autograd.grad(cross_pseudo_loss(student, student, logits, logits), student)[0]
     g_align = torch.autograd.grad(aligned, student)[0]
     assert (g_plain[0, 0] < 0).all() and (g_align[0, 1] < 0).all()  # ... but pulled towards class 0 / 1
+
+
+def test_fg_marginal_pseudo_labels():
+    # 4 classes (0 = background), 3 pixels. Teacher probabilities per pixel:
+    #   a: bg 0.4, fg spread 0.2 / 0.2 / 0.2: argmax says bg (conf 0.4); the foreground marginal (0.6)
+    #      says fg, the likeliest foreground class being the first of the ties, 1 (conf 0.6)
+    #   b: bg 0.7: background under both rules (conf 0.7)
+    #   c: bg 0.1, class 3 0.6: class 3 under both rules (conf 0.6 plain, 0.9 as fg marginal)
+    probs = torch.tensor([[0.4, 0.2, 0.2, 0.2], [0.7, 0.1, 0.1, 0.1], [0.1, 0.2, 0.1, 0.6]])
+    teacher = probs.log().T.reshape(1, 4, 1, 3)
+
+    def certain_of(k):  # a student certain of class k everywhere: CE 40 where the label is not k, ~0 where it is
+        s = torch.full((1, 4, 1, 3), -20.0)
+        s[:, k] = 20.0
+        return s
+
+    def loss(k, **kw):  # one branch's mean CE over the kept pixels (both branches see the same here)
+        return cross_pseudo_loss(certain_of(k), certain_of(k), teacher, teacher, **kw).item() / 2
+
+    # labels: plain [0, 0, 3], fg_marginal [1, 0, 3]
+    assert loss(1) == pytest.approx(40.0, rel=1e-4)
+    assert loss(1, fg_marginal=True) == pytest.approx(40 * 2 / 3, rel=1e-4)
+    assert loss(0, fg_marginal=True) == pytest.approx(40 * 2 / 3, rel=1e-4)
+    assert loss(0) == pytest.approx(40 * 1 / 3, rel=1e-4)
+    # threshold 0.65: plain keeps b only; fg_marginal keeps b and c (c's confidence is 1 - p_bg = 0.9)
+    assert loss(3, conf_thresh=0.65) == pytest.approx(40.0, rel=1e-4)
+    assert loss(3, conf_thresh=0.65, fg_marginal=True) == pytest.approx(20.0, rel=1e-4)

@@ -332,7 +332,8 @@ class Trainer:
                     losses = self.step(labeled, unlabeled)
                     self.iteration += 1
                     bar.update(1)
-                    for k, v in losses.items():  # a key may appear only in some steps (warm-up)
+                    # a key may appear only in some steps (warm-up); keys with a "/" go to TensorBoard only
+                    for k, v in losses.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
                         counts[k] = counts.get(k, 0) + 1
                     count += 1
@@ -341,7 +342,7 @@ class Trainer:
                         avg = {k: v / counts[k] for k, v in sums.items()}
                         eta = dt * (t.iters - self.iteration)
                         LOG.info("it %d/%d lr %.2e %s | %.3fs/it (data %.3fs) eta %s", self.iteration,
-                                 t.iters, lr, " ".join(f"{k} {v:.4f}" for k, v in avg.items()), dt,
+                                 t.iters, lr, " ".join(f"{k} {v:.4f}" for k, v in avg.items() if "/" not in k), dt,
                                  data_time / count, time.strftime("%H:%M:%S", time.gmtime(eta)))
                         if writer:
                             for k, v in avg.items():

@@ -38,36 +38,56 @@ class TwoBranch(nn.Module):
         return self.branch1(x), self.branch2(x)
 
 
+def pseudo_labels(logits, valid=None, ignore_index: int = 255, conf_thresh: float = 0.0, align=None,
+                  fg_marginal: bool = False) -> torch.Tensor:
+    """Hard pseudo labels (B, H, W) from teacher logits (B, K, H, W), without gradient.
+
+    ``valid`` (B, H, W) bool marks pixels that may get a pseudo label (False on padding);
+    ``conf_thresh`` > 0 also drops unconfident ones. ``align`` (K,) multiplies the probabilities
+    before the decision (distribution alignment). ``fg_marginal``: class 0 is background; a pixel is
+    background only where its probability beats all foreground classes together (p0 >= 0.5), else
+    it takes the likeliest foreground class, and its confidence is 1 - p0. The plain argmax calls a
+    pixel background whenever the foreground mass is spread over several classes, which biases
+    pseudo labels towards background.
+    """
+    with torch.no_grad():
+        prob = logits.detach().float().softmax(1)
+        if align is not None:
+            prob = prob * align.view(1, -1, 1, 1)
+            prob = prob / prob.sum(1, keepdim=True)
+        if fg_marginal:
+            p_bg = prob[:, 0]
+            is_bg = p_bg >= 0.5
+            label = torch.where(is_bg, 0, prob[:, 1:].argmax(1) + 1)
+            conf = torch.where(is_bg, p_bg, 1 - p_bg)
+        else:
+            conf, label = prob.max(1)
+        if valid is not None:
+            label = label.masked_fill(~valid, ignore_index)
+        if conf_thresh > 0:
+            label = label.masked_fill(conf < conf_thresh, ignore_index)
+    return label
+
+
 def cross_pseudo_loss(student1, student2, teacher1=None, teacher2=None, valid=None,
-                      ignore_index: int = 255, conf_thresh: float = 0.0, align=None):
-    """CE(student1, argmax teacher2) + CE(student2, argmax teacher1), targets without gradient.
+                      ignore_index: int = 255, conf_thresh: float = 0.0, align=None,
+                      fg_marginal: bool = False, return_targets: bool = False):
+    """CE(student1, pseudo labels of teacher2) + CE(student2, pseudo labels of teacher1).
 
     Plain CPS: each branch's own logits are the other's teacher (``teacher* = None``). CutMix: the
-    teachers are the mixed predictions on the unmixed images. ``valid`` (B, H, W) bool marks pixels
-    that may get a pseudo label (False on padding); ``conf_thresh`` > 0 also drops unconfident ones.
-    ``align`` (K,) multiplies the teachers' probabilities before the argmax (distribution alignment).
+    teachers are the mixed predictions on the unmixed images. The other arguments are those of
+    :func:`pseudo_labels`. ``return_targets`` also returns both branches' pseudo labels.
     """
-    def targets(logits):
-        with torch.no_grad():
-            prob = logits.detach().float().softmax(1)
-            if align is not None:
-                prob = prob * align.view(1, -1, 1, 1)
-                prob = prob / prob.sum(1, keepdim=True)
-            conf, label = prob.max(1)
-            if valid is not None:
-                label = label.masked_fill(~valid, ignore_index)
-            if conf_thresh > 0:
-                label = label.masked_fill(conf < conf_thresh, ignore_index)
-        return label
-
     def ce(logits, target):  # a batch whose every pixel is ignored contributes 0, not NaN
         if not (target != ignore_index).any():
             return logits.sum() * 0.0
         return F.cross_entropy(logits, target, ignore_index=ignore_index)
 
-    t1 = targets(student1 if teacher1 is None else teacher1)
-    t2 = targets(student2 if teacher2 is None else teacher2)
-    return ce(student1, t2) + ce(student2, t1)
+    kw = dict(valid=valid, ignore_index=ignore_index, conf_thresh=conf_thresh, align=align, fg_marginal=fg_marginal)
+    t1 = pseudo_labels(student1 if teacher1 is None else teacher1, **kw)
+    t2 = pseudo_labels(student2 if teacher2 is None else teacher2, **kw)
+    loss = ce(student1, t2) + ce(student2, t1)
+    return (loss, t1, t2) if return_targets else loss
 
 
 class CPS:
@@ -124,6 +144,17 @@ class CPS:
             self.pred_dist = self.pred_dist.to(dev) * m + (1 - m) * stats[k:] / stats[k:].sum().clamp_min(1e-6)
             return self.label_dist / self.pred_dist.clamp_min(1e-6)
 
+    def pseudo_label_stats(self, targets: torch.Tensor, valid: torch.Tensor) -> dict:
+        """What drifts when CPS collapses: the class shares of the kept pseudo labels on unlabeled
+        pixels (``pseudo_bg`` for background, ``pseudo_cls/k`` per class, TensorBoard only) and the
+        share of valid pixels that keep one (``pseudo_kept``)."""
+        k = self.cfg.data.num_classes
+        kept = targets[targets != self.ignore_index]
+        share = torch.bincount(kept, minlength=k)[:k].float() / max(kept.numel(), 1)
+        out = {"pseudo_bg": share[0], "pseudo_kept": kept.numel() / max(int(valid.sum()), 1)}
+        out.update({f"pseudo_cls/{i}": share[i] for i in range(k)})
+        return out
+
     def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
         x_l, y = labeled["image"], labeled["label"]
         nl = x_l.shape[0]
@@ -149,19 +180,19 @@ class CPS:
             l1, l2 = model(torch.cat([x_l, x_mix]))
             sup1, sup2 = self.supervised_loss(l1[:nl], y), self.supervised_loss(l2[:nl], y)
             # cross supervision on the mixed images: each branch learns the other's mixed targets
-            cps = cross_pseudo_loss(l1[nl:], l2[nl:], t1, t2, valid, self.ignore_index, self.c.conf_thresh,
-                                    align)
+            cps, p1, p2 = cross_pseudo_loss(l1[nl:], l2[nl:], t1, t2, valid, self.ignore_index,
+                                            self.c.conf_thresh, align, self.c.fg_marginal, return_targets=True)
         else:
             l1, l2 = model(torch.cat([x_l, x_u]))
             sup1, sup2 = self.supervised_loss(l1[:nl], y), self.supervised_loss(l2[:nl], y)
             valid = torch.cat([y != self.ignore_index, valid_u])  # no pseudo labels on padding
             align = self.alignment(y, torch.cat([l1[nl:], l2[nl:]]).detach(), torch.cat([valid_u, valid_u]))
-            cps = cross_pseudo_loss(l1, l2, valid=valid, ignore_index=self.ignore_index,
-                                    conf_thresh=self.c.conf_thresh, align=align)
-        with torch.no_grad():
-            bg = float((l1[nl:].argmax(1) == 0).float().mean())
+            cps, p1, p2 = cross_pseudo_loss(l1, l2, valid=valid, ignore_index=self.ignore_index,
+                                            conf_thresh=self.c.conf_thresh, align=align,
+                                            fg_marginal=self.c.fg_marginal, return_targets=True)
+            p1, p2, valid = p1[nl:], p2[nl:], valid_u  # report the unlabeled images only
         out = {"loss": sup1 + sup2 + lam * cps, "sup1": sup1, "sup2": sup2, "cps": cps.detach(),
-               "pseudo_bg": bg}
+               **self.pseudo_label_stats(torch.cat([p1, p2]), torch.cat([valid, valid]))}
         if align is not None:
             out["pred_bg_ema"] = float(self.pred_dist[0])
         return out

@@ -1,0 +1,188 @@
+"""Semi-supervised gain on the embedded digits set: labeled-only vs CPS, CPS+CutMix and CAC.
+
+For each labeled ratio, method and seed, trains ``tools/train.py`` in a subprocess with the same
+model, labeled batch, warm-up and iterations, and reads the final val mIoU from its metrics.json.
+The labeled-only baseline is also trained for the wall time of the slowest method (more
+iterations), which is the fair comparison for a user with a fixed compute budget. Finished runs
+are kept under --work-root and skipped when the script is run again, so an interrupted benchmark
+continues where it stopped.
+
+    python benchmarks/ssl_digits.py                 # 1/16 and 1/8, 4 methods, 3 seeds (hours on 2 cores)
+    python benchmarks/ssl_digits.py --quick         # smoke run: 1/16, 1 seed, 60 iterations
+    python benchmarks/ssl_digits.py --write-readme  # also put the table into benchmarks/README.md
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "benchmarks", "README.md")
+BEGIN, END = "<!-- ssl_digits:begin -->", "<!-- ssl_digits:end -->"
+
+# method name -> (config, extra overrides). Every method shares digits_sup.yaml's model, optimiser,
+# labeled batch and schedule; the semi-supervised ones start after the same labeled-only warm-up.
+METHODS = {
+    "labeled-only": ("configs/digits_sup.yaml", []),
+    "CPS": ("configs/digits_cps.yaml", ["cps.cutmix=false"]),
+    "CPS+CutMix": ("configs/digits_cps.yaml", []),
+    "CAC": ("configs/digits_cac.yaml", []),
+}
+
+
+def run_one(name: str, config: str, overrides: list[str], work_dir: str, threads: int) -> dict:
+    """Train one run (or reuse a finished one) and return its final mIoU and wall time."""
+    result_path = os.path.join(work_dir, "bench_result.json")
+    if os.path.isfile(result_path):
+        with open(result_path) as f:
+            return json.load(f)
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"), os.path.join(ROOT, config),
+           f"work_dir={work_dir}", f"train.threads={threads}", "train.eval_interval=0", *overrides]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+        raise RuntimeError(f"{name}: {' '.join(cmd)} failed: {tail[0] if tail else proc.returncode}")
+    with open(os.path.join(work_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    result = {"name": name, "mIoU": 100 * metrics["mIoU"], "iteration": metrics["iteration"],
+              "wall_s": wall, "IoU": [100 * v for v in metrics["IoU"]], "command": " ".join(cmd[1:])}
+    with open(result_path, "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def table(results: dict, ratios: list[str], seeds: list[int], base_iters: int) -> str:
+    """Markdown: one row per method, columns per ratio (mean ± std of val mIoU, mean wall time)."""
+    head = "| method | " + " | ".join(f"{r.replace('_', '/')} mIoU | {r.replace('_', '/')} wall"
+                                       for r in ratios) + " |"
+    lines = [head, "|---|" + "---|---|" * len(ratios)]
+    names = list(dict.fromkeys(n for (n, _, _) in results))
+    for name in names:
+        cells = []
+        for r in ratios:
+            runs = [results[(name, r, s)] for s in seeds if (name, r, s) in results]
+            if not runs:
+                cells += ["", ""]
+                continue
+            miou = mean_std([x["mIoU"] for x in runs])
+            mins = statistics.mean(x["wall_s"] for x in runs) / 60
+            iters = runs[0]["iteration"]
+            suffix = f" ({iters} it)" if iters != base_iters else ""
+            cells += [miou + suffix, f"{mins:.1f} min"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_readme(text: str) -> None:
+    with open(README) as f:
+        doc = f.read()
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in doc and END in doc:
+        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    with open(README, "w") as f:
+        f.write(doc)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ratios", nargs="+", default=["1_16", "1_8"])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--iters", type=int, default=None, help="default: the configs' train.iters")
+    p.add_argument("--jobs", type=int, default=2, help="runs at once (each with --threads)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--work-root", default=os.path.join(ROOT, "runs", "bench_ssl_digits"))
+    p.add_argument("--data-root", default="data/digits")
+    p.add_argument("--no-equal-wall", action="store_true", help="skip the equal-wall-time baseline")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1/16, one seed, 60 iterations")
+    p.add_argument("--write-readme", action="store_true")
+    p.add_argument("--extra", nargs="*", default=[], help="overrides for every run, key=value")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.ratios, a.seeds, a.iters = ["1_16"], [0], 60
+        a.work_root = a.work_root + "_quick"
+    if not os.path.isfile(os.path.join(ROOT, a.data_root, ".complete")):
+        sys.exit(f"ssl_digits: {a.data_root} is not built; run: python datasets/build_digits.py {a.data_root}")
+
+    def overrides(ratio, seed, extra):
+        ov = [f"seed={seed}", f"data.root={a.data_root}", f"data.labeled_list=splits/{ratio}/labeled.txt",
+              f"data.unlabeled_list=splits/{ratio}/unlabeled.txt"]
+        if a.iters:
+            ov += [f"train.iters={a.iters}", f"train.ckpt_interval={a.iters}"]
+        if a.quick:  # warm-ups scaled to the smoke run
+            ov += ["cps.unsup_start_iter=20", "cps.rampup_iters=10", "cac.unsup_start_iter=20"]
+        return ov + [*a.extra, *extra]  # later overrides win
+
+    jobs = {}
+    for ratio in a.ratios:
+        for name in a.methods:
+            config, extra = METHODS[name]
+            for seed in a.seeds:
+                wd = os.path.join(a.work_root, ratio, name.replace("+", "_"), f"seed{seed}")
+                jobs[(name, ratio, seed)] = (name, config, overrides(ratio, seed, extra), wd, a.threads)
+
+    results = {}
+    t0 = time.time()
+
+    def run_all(todo):
+        with cf.ThreadPoolExecutor(max_workers=a.jobs) as pool:
+            futures = {pool.submit(run_one, *args): key for key, args in todo.items()}
+            for fut in cf.as_completed(futures):
+                key = futures[fut]
+                results[key] = fut.result()
+                print(f"[{(time.time() - t0) / 60:6.1f} min] {key[0]:<14} {key[1]:<5} seed {key[2]}: "
+                      f"mIoU {results[key]['mIoU']:.1f} in {results[key]['wall_s'] / 60:.1f} min", flush=True)
+
+    run_all(jobs)
+
+    base_iters = next(iter(results.values()))["iteration"]
+    if not a.no_equal_wall and "labeled-only" in a.methods and len(a.methods) > 1:
+        # labeled-only for as long as the slowest method took (mean over seeds, per ratio)
+        extra_jobs = {}
+        for ratio in a.ratios:
+            walls = {n: statistics.mean(results[(n, ratio, s)]["wall_s"] for s in a.seeds) for n in a.methods}
+            slowest = max(walls.values())
+            iters = math.ceil(base_iters * slowest / walls["labeled-only"])
+            name = "labeled-only, equal wall time"
+            for seed in a.seeds:
+                wd = os.path.join(a.work_root, ratio, f"sup_wall_{iters}", f"seed{seed}")
+                extra_jobs[(name, ratio, seed)] = (name, METHODS["labeled-only"][0], overrides(
+                    ratio, seed, [f"train.iters={iters}", f"train.ckpt_interval={iters}"]), wd, a.threads)
+        run_all(extra_jobs)
+
+    text = table(results, a.ratios, a.seeds, base_iters)
+    collapsed = [f"{k[0]} {k[1]} seed {k[2]}" for k, v in results.items()
+                 if v["IoU"] and max(v["IoU"][1:]) < 1.0]
+    print(text)
+    if collapsed:
+        print("collapsed to background (every foreground IoU < 1%):", ", ".join(collapsed))
+    with open(os.path.join(a.work_root, "results.json"), "w") as f:
+        json.dump({" ".join(map(str, k)): v for k, v in results.items()}, f, indent=1)
+    if a.write_readme:
+        seeds = ", ".join(map(str, a.seeds))
+        cmd = "python benchmarks/ssl_digits.py" + (" --quick" if a.quick else "")
+        write_readme(f"Val mIoU (%), mean ± std over seeds {seeds}; wall time per run with {a.jobs} runs "
+                     f"at once, {a.threads} thread(s) each; {base_iters} iterations unless noted. "
+                     f"Reproduce: `{cmd} --write-readme`.\n\n{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
