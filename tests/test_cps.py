@@ -1,3 +1,4 @@
+import os
 import math
 
 import numpy as np
@@ -161,3 +162,37 @@ def test_fg_marginal_pseudo_labels():
     # threshold 0.65: plain keeps b only; fg_marginal keeps b and c (c's confidence is 1 - p_bg = 0.9)
     assert loss(3, conf_thresh=0.65) == pytest.approx(40.0, rel=1e-4)
     assert loss(3, conf_thresh=0.65, fg_marginal=True) == pytest.approx(20.0, rel=1e-4)
+
+
+def test_short_cps_run_on_digits_predicts_more_than_background(digits_root, tmp_path):
+    """The failure this guards against: both branches agree on background and push each other into
+    it until every pixel is background (the all-background floor). digits_cps.yaml's setting
+    (labeled-only warm-up, fg_marginal pseudo labels) keeps predicting digits once CPS is on."""
+    from seg_ssl.config import load_config
+    from conftest import ROOT
+    cfg = load_config(os.path.join(ROOT, "configs", "digits_cps.yaml"), [
+        f"data.root={digits_root}", f"work_dir={tmp_path}", "data.labeled_list=splits/1_4/labeled.txt",
+        "data.unlabeled_list=splits/1_4/unlabeled.txt", "data.num_workers=0", "data.val_batch_size=8",
+        "train.log_interval=1000", "train.eval_interval=0", "train.threads=2", "train.iters=60",
+        "train.lr=0.003", "cps.unsup_start_iter=30", "cps.rampup_iters=10"])
+    trainer = Trainer(cfg)
+    shares = []
+    original = trainer.step
+
+    def record(labeled, unlabeled):
+        out = original(labeled, unlabeled)
+        if "pseudo_bg" in out:
+            shares.append(float(out["pseudo_bg"]))
+        return out
+
+    trainer.step = record
+    res = trainer.train()
+    assert len(shares) == 30  # CPS ran for the last 30 iterations
+    # the val labels' own background share is the all-background floor's only non-zero IoU
+    labels = torch.cat([torch.as_tensor(trainer.val[i]["label"]).flatten() for i in range(len(trainer.val))])
+    labels = labels[labels != 255]
+    floor = float((labels == 0).float().mean()) / cfg.data.num_classes
+    digit_iou = [v for v in res["IoU"][1:] if v == v]
+    assert res["mIoU"] > floor + 0.02, (res["mIoU"], floor)
+    assert sum(v > 0.02 for v in digit_iou) >= 3, digit_iou
+    assert max(shares[-10:]) < 0.95, shares  # pseudo labels are not all background

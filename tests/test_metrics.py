@@ -64,3 +64,19 @@ def test_table_and_json():
     assert "mIoU 70.83" in table and "nan" in table.splitlines()[4]
     js = to_json(m)
     assert js["IoU"][2] is None and abs(js["mIoU"] - (0.75 + 2 / 3) / 2) < 1e-12
+
+
+def test_comparison_lines_up_runs_and_differences():
+    from seg_ssl.evaluation.metrics import format_comparison
+    a = {"IoU": [0.9, 0.1, float("nan")], "mIoU": 0.5, "aAcc": 0.8, "mAcc": 0.6, "Acc": [0, 0, 0]}
+    b = {"IoU": [0.85, 0.3, 0.2], "mIoU": 0.45, "aAcc": 0.81, "mAcc": 0.7, "Acc": [0, 0, 0]}
+    text = format_comparison({"sup": a, "cps": b}, ["bg", "one", "two"])
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line and line[0] not in "-"}
+    assert rows["IoU"] == ["sup", "cps", "diff"]
+    assert rows["bg"] == ["90.00", "85.00", "-5.00"]
+    assert rows["one"] == ["10.00", "30.00", "+20.00"]
+    assert rows["two"] == ["nan", "20.00"]  # no difference against an absent class
+    assert rows["mIoU"] == ["50.00", "45.00", "-5.00"]
+    import pytest
+    with pytest.raises(ValueError, match="different numbers of classes"):
+        format_comparison({"a": a, "b": {**b, "IoU": [0.1, 0.2]}})

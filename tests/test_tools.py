@@ -107,3 +107,16 @@ def test_eval_and_infer_on_a_checkpoint(digits_root, tmp_path):
     assert mask.shape == (64, 64) and mask.max() < 11
     r = run("tools/eval.py", "configs/digits_cps.yaml", str(work / "latest.pth"), *common)
     assert r.returncode == 2 and "does not match the config's model" in r.stderr
+
+
+def test_compare_prints_runs_side_by_side(tmp_path):
+    a = {"IoU": [0.9, 0.2], "Acc": [1, 1], "mIoU": 0.55, "aAcc": 0.9, "mAcc": 0.7}
+    b = {"IoU": [0.8, 0.4], "Acc": [1, 1], "mIoU": 0.6, "aAcc": 0.85, "mAcc": 0.75}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    r = run("tools/compare.py", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--names", "sup", "cps")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in r.stdout.splitlines() if line and line[0] != "-"}
+    assert rows["1"] == ["20.00", "40.00", "+20.00"] and rows["mIoU"] == ["55.00", "60.00", "+5.00"]
+    r = run("tools/compare.py", str(tmp_path / "a.json"), str(tmp_path / "missing.json"))
+    assert r.returncode != 0 and "missing.json" in r.stderr and "Traceback" not in r.stderr

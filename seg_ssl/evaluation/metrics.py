@@ -68,3 +68,36 @@ def to_json(metrics: dict) -> dict:
     return {"aAcc": clean(metrics["aAcc"]), "mIoU": clean(metrics["mIoU"]),
             "mAcc": clean(metrics["mAcc"]), "IoU": [clean(v) for v in metrics["IoU"]],
             "Acc": [clean(v) for v in metrics["Acc"]]}
+
+
+def format_comparison(runs: dict, class_names: list[str] | None = None) -> str:
+    """Per-class IoU of several runs side by side (``{name: metrics}``), then aAcc/mIoU/mAcc rows,
+    in percent; a last column gives the difference of the last run from the first."""
+    names = list(runs)
+    ks = {len(m["IoU"]) for m in runs.values()}
+    if len(ks) != 1:
+        raise ValueError(f"runs have different numbers of classes: {sorted(ks)}")
+    k = ks.pop()
+    classes = class_names or [str(i) for i in range(k)]
+    width = max(8, max(len(n) for n in classes))
+    col = max(8, max(len(n) for n in names))
+    delta = len(names) > 1
+
+    def pct(v):
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else 100 * v
+
+    def row(label, values):
+        cells = [f"{v:>{col}.2f}" if v is not None else f"{'nan':>{col}}" for v in values]
+        if delta:
+            d = (values[-1] - values[0]) if values[0] is not None and values[-1] is not None else None
+            cells.append(f"{d:>+8.2f}" if d is not None else f"{'':>8}")
+        return f"{label:<{width}}  " + "  ".join(cells)
+
+    head = f"{'IoU':<{width}}  " + "  ".join(f"{n:>{col}}" for n in names) + (f"  {'diff':>8}" if delta else "")
+    lines = [head, "-" * len(head)]
+    for c in range(k):
+        lines.append(row(classes[c], [pct(runs[n]["IoU"][c]) for n in names]))
+    lines.append("-" * len(head))
+    for key in ("mIoU", "aAcc", "mAcc"):
+        lines.append(row(key, [pct(runs[n][key]) for n in names]))
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Print the metrics of several runs side by side (per-class IoU, mIoU, aAcc, mAcc).
+
+    python tools/compare.py runs/demo_sup/eval.json runs/demo_cps/eval.json \
+        [--names labeled-only CPS] [--config configs/digits_sup.yaml]
+
+Each file is what ``tools/eval.py --out`` or a run's ``metrics.json`` holds. ``--config`` gives
+the class names; the last column is the last run minus the first.
+"""
+import argparse
+import json
+import os
+
+from _common import run_cli
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("metrics", nargs="+", help="JSON files from tools/eval.py --out or metrics.json")
+    p.add_argument("--names", nargs="+", help="a column title per file (default: the file's folder)")
+    p.add_argument("--config", help="a config whose data.class_names label the rows")
+    args = p.parse_args()
+    from seg_ssl.config import ConfigError, load_config
+    from seg_ssl.evaluation.metrics import format_comparison
+    if args.names and len(args.names) != len(args.metrics):
+        raise ConfigError(f"--names has {len(args.names)} titles for {len(args.metrics)} files")
+    names = args.names or [os.path.basename(os.path.dirname(os.path.abspath(f))) for f in args.metrics]
+    runs = {}
+    for name, path in zip(names, args.metrics):
+        try:
+            with open(path) as f:
+                m = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read metrics ({e})") from None
+        if not all(k in m for k in ("IoU", "mIoU", "aAcc", "mAcc")):
+            raise ConfigError(f"{path}: not a metrics file (expected the keys IoU, mIoU, aAcc, mAcc)")
+        runs[name] = m
+    classes = load_config(args.config).data.class_names if args.config else None
+    try:
+        print(format_comparison(runs, classes))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
