@@ -118,8 +118,11 @@ def main(argv=None) -> int:
     if a.quick:
         a.ratios, a.seeds, a.iters = ["1_16"], [0], 60
         a.work_root = a.work_root + "_quick"
-    if not os.path.isfile(os.path.join(ROOT, a.data_root, ".complete")):
-        sys.exit(f"ssl_digits: {a.data_root} is not built; run: python datasets/build_digits.py {a.data_root}")
+    for ratio in a.ratios:
+        split = os.path.join(ROOT, a.data_root, "splits", ratio, "labeled.txt")
+        if not os.path.isfile(split):
+            sys.exit(f"ssl_digits: {split} not found; build the set with: python datasets/build_digits.py "
+                     f"--out {a.data_root}")
 
     def overrides(ratio, seed, extra):
         ov = [f"seed={seed}", f"data.root={a.data_root}", f"data.labeled_list=splits/{ratio}/labeled.txt",

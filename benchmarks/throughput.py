@@ -82,11 +82,11 @@ def measure_one(a) -> dict:
 
     config, extra = CONFIGS[a.scale][a.method]
     ov = [f"work_dir={a.work_dir}", "resume=null", "train.eval_interval=0", f"train.threads={a.threads}",
-          f"train.amp={a.amp}", f"data.num_workers={a.workers}", *extra]
+          f"train.amp={a.amp}", f"data.num_workers={a.workers}", f"data.root={a.data_root}", *extra]
     if a.scale == "voc":
-        ov += [f"data.root={a.data_root}", "model.encoder_weights=null", f"data.crop_size={a.crop}",
-               f"data.batch_size={a.batch}", f"data.unlabeled_batch_size={a.batch}",
-               f"cac.selected_num={a.selected_num}"]
+        ov += ["model.encoder_weights=null", f"data.crop_size={a.crop}", f"data.batch_size={a.batch}",
+               f"data.unlabeled_batch_size={a.batch}", f"cac.selected_num={a.selected_num}"]
+    ov += a.extra  # last: the caller's overrides win
     cfg = load_config(os.path.join(ROOT, config), ov)
     trainer = Trainer(cfg)
     dev = trainer.device
@@ -138,9 +138,11 @@ def measure_eval(a) -> dict:
     from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
 
     config, _ = CONFIGS[a.scale]["labeled-only"]
-    ov = [f"work_dir={a.work_dir}", "resume=null", f"train.threads={a.threads}", f"data.num_workers={a.workers}"]
+    ov = [f"work_dir={a.work_dir}", "resume=null", f"train.threads={a.threads}", f"data.num_workers={a.workers}",
+          f"data.root={a.data_root}"]
     if a.scale == "voc":
-        ov += [f"data.root={a.data_root}", "model.encoder_weights=null", f"data.crop_size={a.crop}"]
+        ov += ["model.encoder_weights=null", f"data.crop_size={a.crop}"]
+    ov += a.extra
     out = {}
     for mode in ("whole", "slide"):
         cfg = load_config(os.path.join(ROOT, config), ov + [f"eval.mode={mode}"])
@@ -185,6 +187,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default=None, help="default: data/digits, or a synthetic VOC set")
     p.add_argument("--no-eval", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--extra", nargs="*", default=[], help="config overrides for every run, key=value")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     p.add_argument("--eval-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--work-dir", default=None, help=argparse.SUPPRESS)
@@ -204,7 +207,7 @@ def main(argv=None) -> int:
                 a.data_root = "data/digits"
         common = ["--scale", a.scale, "--crop", str(a.crop), "--batch", str(a.batch), "--steps", str(a.steps),
                   "--warmup", str(a.warmup), "--threads", str(a.threads), "--workers", str(a.workers),
-                  "--data-root", a.data_root, "--selected-num", str(a.selected_num)]
+                  "--data-root", a.data_root, "--selected-num", str(a.selected_num), "--extra", *a.extra]
         rows = []
         for amp in a.amp:
             for method in a.methods:

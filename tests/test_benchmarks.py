@@ -1,0 +1,81 @@
+"""The benchmark scripts on the small digits set: they run, measure and report what they claim.
+(The measurements themselves live in benchmarks/README.md, not here.)"""
+import json
+import math
+import os
+import statistics
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import ssl_digits  # noqa: E402
+import throughput  # noqa: E402
+
+SMALL = ["data.labeled_list=splits/1_4/labeled.txt", "data.unlabeled_list=splits/1_4/unlabeled.txt",
+         "data.num_workers=0", "data.val_batch_size=8"]
+
+
+def test_ssl_digits_runs_resumes_and_adds_the_equal_wall_baseline(digits_root, tmp_path, capsys):
+    args = ["--ratios", "1_4", "--methods", "labeled-only", "CAC", "--seeds", "0", "1", "--iters", "4",
+            "--jobs", "2", "--threads", "1", "--work-root", str(tmp_path), "--data-root", digits_root,
+            "--extra", "cac.unsup_start_iter=2", "data.num_workers=0", "data.val_batch_size=8"]
+    assert ssl_digits.main(args) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    sup = [results[f"labeled-only 1_4 {s}"] for s in (0, 1)]
+    cac = [results[f"CAC 1_4 {s}"] for s in (0, 1)]
+    wall = [results[f"labeled-only, equal wall time 1_4 {s}"] for s in (0, 1)]
+    assert all(r["iteration"] == 4 for r in sup + cac)
+    # the equal-wall baseline trains labeled-only for as long as the slower CAC ran, in iterations
+    sup_wall, cac_wall = (statistics.mean(r["wall_s"] for r in runs) for runs in (sup, cac))
+    assert wall[0]["iteration"] == wall[1]["iteration"] == math.ceil(4 * max(sup_wall, cac_wall) / sup_wall)
+    assert "seed=0" in sup[0]["command"] and "seed=1" in sup[1]["command"]
+    assert sup[0]["mIoU"] != sup[1]["mIoU"] or sup[0]["IoU"] != sup[1]["IoU"]  # seeds differ
+    table = capsys.readouterr().out
+    assert "| labeled-only |" in table and "| CAC |" in table and "| labeled-only, equal wall time |" in table
+    # a second call reuses every finished run instead of training again
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("bench_result.json")}
+    assert len(stamps) == 6
+    assert ssl_digits.main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("bench_result.json")} == stamps
+
+
+def test_ssl_digits_table_and_readme_block(tmp_path, monkeypatch):
+    results = {("A", "1_16", 0): {"mIoU": 10.0, "wall_s": 60, "iteration": 100},
+               ("A", "1_16", 1): {"mIoU": 12.0, "wall_s": 180, "iteration": 100},
+               ("B", "1_16", 0): {"mIoU": 20.0, "wall_s": 120, "iteration": 300}}
+    text = ssl_digits.table(results, ["1_16"], [0, 1], base_iters=100)
+    rows = [line for line in text.splitlines() if line.startswith("| A") or line.startswith("| B")]
+    assert rows[0] == "| A | 11.0 ± 1.4 | 2.0 min |"  # mean and sample std of 10 and 12; mean wall
+    assert rows[1] == "| B | 20.0 (300 it) | 2.0 min |"
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n\nintro\n")
+    monkeypatch.setattr(ssl_digits, "README", str(readme))
+    ssl_digits.write_readme("first")
+    ssl_digits.write_readme("second")  # replaces the block, keeps the rest
+    doc = readme.read_text()
+    assert doc.count(ssl_digits.BEGIN) == 1 and "second" in doc and "first" not in doc and "intro" in doc
+
+
+def test_throughput_measures_every_part(digits_root, tmp_path):
+    out = tmp_path / "t.json"
+    assert throughput.main(["--methods", "labeled-only", "CPS+CutMix", "--steps", "2", "--warmup", "1",
+                            "--threads", "1", "--workers", "0", "--data-root", digits_root, "--json", str(out),
+                            "--extra", *SMALL]) == 0
+    res = json.loads(out.read_text())
+    sup, cps = res["rows"]
+    for r in (sup, cps):
+        assert r["train_s"] > 0 and r["step_s"] > 0 and r["loader_s"] > 0
+        assert 0 < r["training_mib"] < r["peak_mib"]
+    assert sup["batch"] == "8+0" and cps["batch"] == "8+8"
+    assert cps["step_s"] > sup["step_s"]  # two networks, three passes
+    assert res["eval"]["val_images"] == 24 and res["eval"]["whole_img_s"] > 0 and res["eval"]["slide_img_s"] > 0
+
+
+def test_throughput_voc_scale_runs_on_a_synthetic_voc_set(tmp_path):
+    out = tmp_path / "t.json"
+    assert throughput.main(["--scale", "voc", "--crop", "64", "--methods", "labeled-only", "--steps", "1",
+                            "--warmup", "0", "--threads", "1", "--workers", "0", "--no-eval",
+                            "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["crop"] == 64 and row["batch"] == "2+0" and row["train_s"] > 0
