@@ -37,6 +37,9 @@ METHODS = {
 }
 
 
+EQUAL_WALL = "labeled-only, equal wall time"
+
+
 def run_one(name: str, config: str, overrides: list[str], work_dir: str, threads: int) -> dict:
     """Train one run (or reuse a finished one) and return its final mIoU and wall time."""
     result_path = os.path.join(work_dir, "bench_result.json")
@@ -60,18 +63,36 @@ def run_one(name: str, config: str, overrides: list[str], work_dir: str, threads
     return result
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], show_n: bool = False) -> str:
+    n = f" (n={len(values)})" if show_n else ""
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:.1f}{n}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}{n}"
+
+
+def finished_runs(work_root: str) -> dict:
+    """Every finished run under ``work_root`` (RATIO/RUN/seedN/bench_result.json), by (name, ratio, seed)."""
+    found = {}
+    for ratio in sorted(os.listdir(work_root)) if os.path.isdir(work_root) else []:
+        for run in sorted(os.listdir(os.path.join(work_root, ratio))):
+            folder = os.path.join(work_root, ratio, run)
+            for seed_dir in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+                path = os.path.join(folder, seed_dir, "bench_result.json")
+                if seed_dir.startswith("seed") and os.path.isfile(path):
+                    with open(path) as f:
+                        r = json.load(f)
+                    found[(r["name"], ratio, int(seed_dir[4:]))] = r
+    return found
 
 
 def table(results: dict, ratios: list[str], seeds: list[int], base_iters: int) -> str:
-    """Markdown: one row per method, columns per ratio (mean ± std of val mIoU, mean wall time)."""
+    """Markdown: one row per method, columns per ratio (mean ± std of val mIoU, mean wall time).
+    Cells with fewer runs than ``seeds`` say how many they average."""
     head = "| method | " + " | ".join(f"{r.replace('_', '/')} mIoU | {r.replace('_', '/')} wall"
                                        for r in ratios) + " |"
     lines = [head, "|---|" + "---|---|" * len(ratios)]
-    names = list(dict.fromkeys(n for (n, _, _) in results))
+    order = {n: i for i, n in enumerate([*METHODS, EQUAL_WALL])}
+    names = sorted(dict.fromkeys(n for (n, _, _) in results), key=lambda n: order.get(n, len(order)))
     for name in names:
         cells = []
         for r in ratios:
@@ -79,7 +100,7 @@ def table(results: dict, ratios: list[str], seeds: list[int], base_iters: int) -
             if not runs:
                 cells += ["", ""]
                 continue
-            miou = mean_std([x["mIoU"] for x in runs])
+            miou = mean_std([x["mIoU"] for x in runs], show_n=len(runs) != len(seeds))
             mins = statistics.mean(x["wall_s"] for x in runs) / 60
             iters = runs[0]["iteration"]
             suffix = f" ({iters} it)" if iters != base_iters else ""
@@ -113,6 +134,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-equal-wall", action="store_true", help="skip the equal-wall-time baseline")
     p.add_argument("--quick", action="store_true", help="smoke run: 1/16, one seed, 60 iterations")
     p.add_argument("--write-readme", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: tabulate every finished run under --work-root")
     p.add_argument("--extra", nargs="*", default=[], help="overrides for every run, key=value")
     a = p.parse_args(argv)
     if a.quick:
@@ -141,6 +164,13 @@ def main(argv=None) -> int:
                 wd = os.path.join(a.work_root, ratio, name.replace("+", "_"), f"seed{seed}")
                 jobs[(name, ratio, seed)] = (name, config, overrides(ratio, seed, extra), wd, a.threads)
 
+    if a.report_only:
+        results = {k: v for k, v in finished_runs(a.work_root).items() if k[1] in a.ratios and k[2] in a.seeds}
+        if not results:
+            sys.exit(f"ssl_digits: no finished runs under {a.work_root}")
+        base_iters = statistics.mode(v["iteration"] for v in results.values())
+        return report(a, results, base_iters)
+
     results = {}
     t0 = time.time()
 
@@ -163,16 +193,20 @@ def main(argv=None) -> int:
             walls = {n: statistics.mean(results[(n, ratio, s)]["wall_s"] for s in a.seeds) for n in a.methods}
             slowest = max(walls.values())
             iters = math.ceil(base_iters * slowest / walls["labeled-only"])
-            name = "labeled-only, equal wall time"
+            name = EQUAL_WALL
             for seed in a.seeds:
                 wd = os.path.join(a.work_root, ratio, f"sup_wall_{iters}", f"seed{seed}")
                 extra_jobs[(name, ratio, seed)] = (name, METHODS["labeled-only"][0], overrides(
                     ratio, seed, [f"train.iters={iters}", f"train.ckpt_interval={iters}"]), wd, a.threads)
         run_all(extra_jobs)
 
+    return report(a, results, base_iters)
+
+
+def report(a, results: dict, base_iters: int) -> int:
     text = table(results, a.ratios, a.seeds, base_iters)
     collapsed = [f"{k[0]} {k[1]} seed {k[2]}" for k, v in results.items()
-                 if v["IoU"] and max(v["IoU"][1:]) < 1.0]
+                 if max([x for x in v["IoU"][1:] if x is not None], default=0.0) < 1.0]
     print(text)
     if collapsed:
         print("collapsed to background (every foreground IoU < 1%):", ", ".join(collapsed))

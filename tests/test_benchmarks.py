@@ -47,7 +47,7 @@ def test_ssl_digits_table_and_readme_block(tmp_path, monkeypatch):
     text = ssl_digits.table(results, ["1_16"], [0, 1], base_iters=100)
     rows = [line for line in text.splitlines() if line.startswith("| A") or line.startswith("| B")]
     assert rows[0] == "| A | 11.0 ± 1.4 | 2.0 min |"  # mean and sample std of 10 and 12; mean wall
-    assert rows[1] == "| B | 20.0 (300 it) | 2.0 min |"
+    assert rows[1] == "| B | 20.0 (n=1) (300 it) | 2.0 min |"  # one of the two seeds
     readme = tmp_path / "README.md"
     readme.write_text("# Benchmarks\n\nintro\n")
     monkeypatch.setattr(ssl_digits, "README", str(readme))
@@ -79,3 +79,22 @@ def test_throughput_voc_scale_runs_on_a_synthetic_voc_set(tmp_path):
                             "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())["rows"]
     assert row["crop"] == 64 and row["batch"] == "2+0" and row["train_s"] > 0
+
+
+def test_ssl_digits_report_only_tabulates_finished_runs(tmp_path, capsys):
+    def put(ratio, folder, seed, name, miou, iters=100):
+        d = tmp_path / ratio / folder / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "bench_result.json").write_text(json.dumps(
+            {"name": name, "mIoU": miou, "wall_s": 60.0, "iteration": iters, "IoU": [90.0, 0.5, None]}))
+    put("1_16", "labeled-only", 0, "labeled-only", 10.0)
+    put("1_16", "labeled-only", 1, "labeled-only", 14.0)
+    put("1_16", "CAC", 0, "CAC", 13.0)
+    put("1_16", "sup_wall_300", 0, ssl_digits.EQUAL_WALL, 15.0, iters=300)
+    assert ssl_digits.main(["--report-only", "--ratios", "1_16", "--seeds", "0", "1",
+                            "--work-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| labeled-only | 12.0 ± 2.8 | 1.0 min |" in out
+    assert "| CAC | 13.0 (n=1) | 1.0 min |" in out
+    assert "| labeled-only, equal wall time | 15.0 (n=1) (300 it) | 1.0 min |" in out
+    assert "collapsed to background" in out  # every foreground IoU below 1%
