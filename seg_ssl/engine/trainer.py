@@ -334,12 +334,16 @@ class Trainer:
                     bar.update(1)
                     # a key may appear only in some steps (warm-up); keys with a "/" go to TensorBoard only
                     for k, v in losses.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
+                        # tensors stay on the device until the log line: no device sync per value
+                        sums[k] = sums.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else float(v))
                         counts[k] = counts.get(k, 0) + 1
                     count += 1
                     if self.iteration % t.log_interval == 0 or self.iteration == t.iters:
                         dt = (time.time() - t0) / count
-                        avg = {k: v / counts[k] for k, v in sums.items()}
+                        keys = list(sums)
+                        values = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32, device=self.device)
+                                              for k in keys]).tolist()  # one transfer
+                        avg = {k: v / counts[k] for k, v in zip(keys, values)}
                         eta = dt * (t.iters - self.iteration)
                         LOG.info("it %d/%d lr %.2e %s | %.3fs/it (data %.3fs) eta %s", self.iteration,
                                  t.iters, lr, " ".join(f"{k} {v:.4f}" for k, v in avg.items() if "/" not in k), dt,
