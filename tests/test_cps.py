@@ -142,7 +142,8 @@ def test_fg_marginal_pseudo_labels():
     #   a: bg 0.4, fg spread 0.2 / 0.2 / 0.2: argmax says bg (conf 0.4); the foreground marginal (0.6)
     #      says fg, the likeliest foreground class being the first of the ties, 1 (conf 0.6)
     #   b: bg 0.7: background under both rules (conf 0.7)
-    #   c: bg 0.1, class 3 0.6: class 3 under both rules (conf 0.6 plain, 0.9 as fg marginal)
+    #   c: bg 0.1, class 3 0.6: class 3 under both rules (conf 0.6 plain, p(3 | fg) = 0.6 / 0.9
+    #      with fg_marginal, where a's is 0.2 / 0.6)
     probs = torch.tensor([[0.4, 0.2, 0.2, 0.2], [0.7, 0.1, 0.1, 0.1], [0.1, 0.2, 0.1, 0.6]])
     teacher = probs.log().T.reshape(1, 4, 1, 3)
 
@@ -159,9 +160,12 @@ def test_fg_marginal_pseudo_labels():
     assert loss(1, fg_marginal=True) == pytest.approx(40 * 2 / 3, rel=1e-4)
     assert loss(0, fg_marginal=True) == pytest.approx(40 * 2 / 3, rel=1e-4)
     assert loss(0) == pytest.approx(40 * 1 / 3, rel=1e-4)
-    # threshold 0.65: plain keeps b only; fg_marginal keeps b and c (c's confidence is 1 - p_bg = 0.9)
+    # threshold 0.65: plain keeps b only; fg_marginal keeps b and c (0.667) and drops a (0.333)
     assert loss(3, conf_thresh=0.65) == pytest.approx(40.0, rel=1e-4)
     assert loss(3, conf_thresh=0.65, fg_marginal=True) == pytest.approx(20.0, rel=1e-4)
+    # threshold 0.7: c's class is no longer certain enough, b (0.7) alone stays
+    assert loss(3, conf_thresh=0.7, fg_marginal=True) == pytest.approx(40.0, rel=1e-4)
+    assert loss(0, conf_thresh=0.7, fg_marginal=True) == pytest.approx(0.0, abs=1e-4)
 
 
 def test_short_cps_run_on_digits_predicts_more_than_background(digits_root, tmp_path):

@@ -46,9 +46,11 @@ def pseudo_labels(logits, valid=None, ignore_index: int = 255, conf_thresh: floa
     ``conf_thresh`` > 0 also drops unconfident ones. ``align`` (K,) multiplies the probabilities
     before the decision (distribution alignment). ``fg_marginal``: class 0 is background; a pixel is
     background only where its probability beats all foreground classes together (p0 >= 0.5), else
-    it takes the likeliest foreground class, and its confidence is 1 - p0. The plain argmax calls a
-    pixel background whenever the foreground mass is spread over several classes, which biases
-    pseudo labels towards background.
+    it takes the likeliest foreground class. The plain argmax calls a pixel background whenever the
+    foreground mass is spread over several classes, which biases pseudo labels towards background.
+    Its confidence is then p0 for background and p(class | foreground) = p_k / (1 - p0) for a
+    foreground class, so a threshold drops foreground pixels whose class is uncertain without
+    turning them into background.
     """
     with torch.no_grad():
         prob = logits.detach().float().softmax(1)
@@ -59,7 +61,8 @@ def pseudo_labels(logits, valid=None, ignore_index: int = 255, conf_thresh: floa
             p_bg = prob[:, 0]
             is_bg = p_bg >= 0.5
             label = torch.where(is_bg, 0, prob[:, 1:].argmax(1) + 1)
-            conf = torch.where(is_bg, p_bg, 1 - p_bg)
+            p_fg_top = prob[:, 1:].max(1).values
+            conf = torch.where(is_bg, p_bg, p_fg_top / (1 - p_bg).clamp_min(1e-12))
         else:
             conf, label = prob.max(1)
         if valid is not None:
