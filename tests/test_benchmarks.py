@@ -98,3 +98,34 @@ def test_ssl_digits_report_only_tabulates_finished_runs(tmp_path, capsys):
     assert "| CAC | 13.0 (n=1) | 1.0 min |" in out
     assert "| labeled-only, equal wall time | 15.0 (n=1) (300 it) | 1.0 min |" in out
     assert "collapsed to background" in out  # every foreground IoU below 1%
+
+
+def test_pseudo_label_quality_against_hand_counts():
+    import pytest
+    import torch
+    import pseudo_labels
+    # 3 classes (0 background), 4 pixels with true labels [0, 1, 2, 255]
+    probs = torch.tensor([[0.6, 0.3, 0.1],    # bg right under both rules
+                          [0.4, 0.35, 0.25],  # argmax: bg (wrong); fg_marginal: 1 (right), p(1|fg) 0.583
+                          [0.1, 0.8, 0.1],    # class 1 under both (wrong: truth 2), p(1|fg) 0.889
+                          [0.2, 0.7, 0.1]])   # ignored
+    q = pseudo_labels.quality(probs.T.reshape(1, 3, 1, 4), torch.tensor([[[0, 1, 2, 255]]]),
+                              thresholds=(0.0, 0.6, 0.95))
+    assert q["argmax"] == pytest.approx({"pixel_acc": 1 / 3, "fg_as_bg": 1 / 2, "class_acc": 0.0})
+    assert q["fg_marginal"] == pytest.approx({"pixel_acc": 2 / 3, "fg_as_bg": 0.0, "class_acc": 1 / 2})
+    t0, t6, t95 = q["by_threshold"]
+    assert (t0["kept"], t0["class_acc"]) == (1.0, 0.5)
+    assert (t6["kept"], t6["class_acc"]) == (0.5, 0.0)  # only the confident, wrong pixel is left
+    assert t95["kept"] == 0.0 and math.isnan(t95["class_acc"])
+
+
+def test_pseudo_label_script_runs_on_a_checkpoint(digits_root, tmp_path, capsys):
+    from conftest import digits_cfg
+    from seg_ssl.engine.trainer import Trainer
+    import pseudo_labels
+    cfg = digits_cfg(digits_root, str(tmp_path), "train.iters=2")
+    Trainer(cfg).train()
+    cfg_path = tmp_path / "config.yaml"  # the resolved config the run saved
+    assert pseudo_labels.main([str(cfg_path), str(tmp_path / "latest.pth"), "--limit", "10", "--batch", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "10 images of splits/1_4/unlabeled.txt" in out and "| fg_marginal |" in out
