@@ -132,6 +132,9 @@ def main(argv=None) -> int:
     p.add_argument("--work-root", default=os.path.join(ROOT, "runs", "bench_ssl_digits"))
     p.add_argument("--data-root", default="data/digits")
     p.add_argument("--no-equal-wall", action="store_true", help="skip the equal-wall-time baseline")
+    p.add_argument("--equal-wall-iters", type=int, default=None,
+                   help="iterations of that baseline (default: from the measured wall times; give it when "
+                        "the runs shared the machine unevenly)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1/16, one seed, 60 iterations")
     p.add_argument("--write-readme", action="store_true")
     p.add_argument("--report-only", action="store_true",
@@ -192,7 +195,7 @@ def main(argv=None) -> int:
         for ratio in a.ratios:
             walls = {n: statistics.mean(results[(n, ratio, s)]["wall_s"] for s in a.seeds) for n in a.methods}
             slowest = max(walls.values())
-            iters = math.ceil(base_iters * slowest / walls["labeled-only"])
+            iters = a.equal_wall_iters or math.ceil(base_iters * slowest / walls["labeled-only"])
             name = EQUAL_WALL
             for seed in a.seeds:
                 wd = os.path.join(a.work_root, ratio, f"sup_wall_{iters}", f"seed{seed}")
