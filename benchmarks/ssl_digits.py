@@ -144,11 +144,6 @@ def main(argv=None) -> int:
     if a.quick:
         a.ratios, a.seeds, a.iters = ["1_16"], [0], 60
         a.work_root = a.work_root + "_quick"
-    for ratio in a.ratios:
-        split = os.path.join(ROOT, a.data_root, "splits", ratio, "labeled.txt")
-        if not os.path.isfile(split):
-            sys.exit(f"ssl_digits: {split} not found; build the set with: python datasets/build_digits.py "
-                     f"--out {a.data_root}")
 
     def overrides(ratio, seed, extra):
         ov = [f"seed={seed}", f"data.root={a.data_root}", f"data.labeled_list=splits/{ratio}/labeled.txt",
@@ -174,6 +169,11 @@ def main(argv=None) -> int:
         base_iters = statistics.mode(v["iteration"] for v in results.values())
         return report(a, results, base_iters)
 
+    for ratio in a.ratios:
+        split = os.path.join(ROOT, a.data_root, "splits", ratio, "labeled.txt")
+        if not os.path.isfile(split):
+            sys.exit(f"ssl_digits: {split} not found; build the set with: python datasets/build_digits.py "
+                     f"--out {a.data_root}")
     results = {}
     t0 = time.time()
 
