@@ -74,6 +74,8 @@ def finished_runs(work_root: str) -> dict:
     """Every finished run under ``work_root`` (RATIO/RUN/seedN/bench_result.json), by (name, ratio, seed)."""
     found = {}
     for ratio in sorted(os.listdir(work_root)) if os.path.isdir(work_root) else []:
+        if not os.path.isdir(os.path.join(work_root, ratio)):  # results.json
+            continue
         for run in sorted(os.listdir(os.path.join(work_root, ratio))):
             folder = os.path.join(work_root, ratio, run)
             for seed_dir in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
@@ -218,9 +220,12 @@ def report(a, results: dict, base_iters: int) -> int:
     if a.write_readme:
         seeds = ", ".join(map(str, a.seeds))
         cmd = "python benchmarks/ssl_digits.py" + (" --quick" if a.quick else "")
-        write_readme(f"Val mIoU (%), mean ± std over seeds {seeds}; wall time per run with {a.jobs} runs "
-                     f"at once, {a.threads} thread(s) each; {base_iters} iterations unless noted. "
-                     f"Reproduce: `{cmd} --write-readme`.\n\n{text}")
+        wall_iters = sorted({v["iteration"] for k, v in results.items() if k[0] == EQUAL_WALL})
+        if len(wall_iters) == 1:
+            cmd += f" --equal-wall-iters {wall_iters[0]}"
+        write_readme(f"Val mIoU (%), mean ± std over seeds {seeds} (n: how many of them a cell has); "
+                     f"wall: each run's own wall time, mean over seeds; {base_iters} iterations unless "
+                     f"noted. Reproduce: `{cmd} --write-readme`.\n\n{text}")
     return 0
 
 

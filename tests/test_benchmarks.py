@@ -91,6 +91,7 @@ def test_ssl_digits_report_only_tabulates_finished_runs(tmp_path, capsys):
     put("1_16", "labeled-only", 1, "labeled-only", 14.0)
     put("1_16", "CAC", 0, "CAC", 13.0)
     put("1_16", "sup_wall_300", 0, ssl_digits.EQUAL_WALL, 15.0, iters=300)
+    (tmp_path / "results.json").write_text("{}")  # what an earlier call leaves beside the runs
     assert ssl_digits.main(["--report-only", "--ratios", "1_16", "--seeds", "0", "1",
                             "--work-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
