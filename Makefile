@@ -22,7 +22,7 @@ data/digits/.complete: | $(STAMP)
 	$(BIN)/python datasets/build_digits.py --out data/digits
 
 # The demo trains both methods on the same 1/16 split for the same, CPU-sized number of iterations.
-# CPS runs without CutMix here (CutMix costs ~1.4x more per iteration); its warm-up is scaled down.
+# CPS runs without CutMix here (CutMix costs ~1.25x more per iteration); its warm-up is scaled down.
 DEMO_ITERS ?= 600
 DEMO_CPS := cps.cutmix=false cps.unsup_start_iter=250 cps.rampup_iters=100
 
