@@ -35,15 +35,13 @@ def quality(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255,
         out[rule] = {"pixel_acc": float((pl[valid] == labels[valid]).float().mean()),
                      "fg_as_bg": float((pl[fg] == 0).float().mean()),
                      "class_acc": float((pl[as_fg] == labels[as_fg]).float().mean())}
-    p_bg = probs[:, 0]
-    top, cls = probs[:, 1:].max(1)
-    cond = top / (1 - p_bg).clamp_min(1e-12)
-    labelled_fg = fg & (p_bg < 0.5)  # foreground pixels fg_marginal labels as foreground
+    pl, conf = pseudo_labels(logits, fg_marginal=True, return_conf=True)  # conf: p(class | fg) on fg
+    labelled_fg = fg & (pl > 0)  # foreground pixels fg_marginal labels as foreground
     n = max(int(labelled_fg.sum()), 1)
     out["by_threshold"] = []
     for t in thresholds:
-        keep = labelled_fg & (cond >= t)
-        acc = float(((cls + 1)[keep] == labels[keep]).float().mean()) if keep.any() else float("nan")
+        keep = labelled_fg & (conf >= t)
+        acc = float((pl[keep] == labels[keep]).float().mean()) if keep.any() else float("nan")
         out["by_threshold"].append({"threshold": t, "kept": float(keep.sum()) / n, "class_acc": acc})
     return out
 

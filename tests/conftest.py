@@ -19,9 +19,9 @@ def digits_root(tmp_path_factory):
     return root
 
 
-def digits_cfg(root, work_dir, *overrides):
+def digits_cfg(root, work_dir, *overrides, config="digits_sup.yaml"):
     from seg_ssl.config import load_config
-    return load_config(os.path.join(ROOT, "configs", "digits_sup.yaml"), [
+    return load_config(os.path.join(ROOT, "configs", config), [
         f"data.root={root}", f"work_dir={work_dir}", "data.labeled_list=splits/1_4/labeled.txt",
         "data.unlabeled_list=splits/1_4/unlabeled.txt", "data.num_workers=0", "data.val_batch_size=8",
         "train.log_interval=1000", "train.eval_interval=0", "train.threads=2", *overrides])

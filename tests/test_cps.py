@@ -1,4 +1,3 @@
-import os
 import math
 
 import numpy as np
@@ -172,13 +171,8 @@ def test_short_cps_run_on_digits_predicts_more_than_background(digits_root, tmp_
     """The failure this guards against: both branches agree on background and push each other into
     it until every pixel is background (the all-background floor). digits_cps.yaml's setting
     (labeled-only warm-up, fg_marginal pseudo labels) keeps predicting digits once CPS is on."""
-    from seg_ssl.config import load_config
-    from conftest import ROOT
-    cfg = load_config(os.path.join(ROOT, "configs", "digits_cps.yaml"), [
-        f"data.root={digits_root}", f"work_dir={tmp_path}", "data.labeled_list=splits/1_4/labeled.txt",
-        "data.unlabeled_list=splits/1_4/unlabeled.txt", "data.num_workers=0", "data.val_batch_size=8",
-        "train.log_interval=1000", "train.eval_interval=0", "train.threads=2", "train.iters=60",
-        "train.lr=0.003", "cps.unsup_start_iter=30", "cps.rampup_iters=10"])
+    cfg = digits_cfg(digits_root, str(tmp_path), "train.iters=60", "train.lr=0.003", "cps.unsup_start_iter=30",
+                     "cps.rampup_iters=10", config="digits_cps.yaml")
     trainer = Trainer(cfg)
     shares = []
     original = trainer.step

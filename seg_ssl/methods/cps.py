@@ -39,8 +39,9 @@ class TwoBranch(nn.Module):
 
 
 def pseudo_labels(logits, valid=None, ignore_index: int = 255, conf_thresh: float = 0.0, align=None,
-                  fg_marginal: bool = False) -> torch.Tensor:
-    """Hard pseudo labels (B, H, W) from teacher logits (B, K, H, W), without gradient.
+                  fg_marginal: bool = False, return_conf: bool = False):
+    """Hard pseudo labels (B, H, W) from teacher logits (B, K, H, W), without gradient; with
+    ``return_conf`` also each pixel's confidence (B, H, W), as the threshold sees it.
 
     ``valid`` (B, H, W) bool marks pixels that may get a pseudo label (False on padding);
     ``conf_thresh`` > 0 also drops unconfident ones. ``align`` (K,) multiplies the probabilities
@@ -69,7 +70,7 @@ def pseudo_labels(logits, valid=None, ignore_index: int = 255, conf_thresh: floa
             label = label.masked_fill(~valid, ignore_index)
         if conf_thresh > 0:
             label = label.masked_fill(conf < conf_thresh, ignore_index)
-    return label
+    return (label, conf) if return_conf else label
 
 
 def cross_pseudo_loss(student1, student2, teacher1=None, teacher2=None, valid=None,
