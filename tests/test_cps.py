@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import digits_cfg
+from seg_ssl.config import ConfigError
 from seg_ssl.data.cutmix import box_masks, mix
 from seg_ssl.engine.trainer import Trainer
 from seg_ssl.losses.ohem import ohem_cross_entropy
@@ -166,6 +167,15 @@ def test_fg_marginal_pseudo_labels():
     assert loss(3, conf_thresh=0.7, fg_marginal=True) == pytest.approx(40.0, rel=1e-4)
     assert loss(0, conf_thresh=0.7, fg_marginal=True) == pytest.approx(0.0, abs=1e-4)
 
+
+
+def test_fg_marginal_refuses_a_dataset_without_background(digits_root, tmp_path):
+    names = "[road," + ",".join(f"c{i}" for i in range(1, 11)) + "]"
+    cfg = digits_cfg(digits_root, str(tmp_path), "method=cps", "cps.fg_marginal=true", f"data.class_names={names}")
+    with pytest.raises(ConfigError, match=r"cps.fg_marginal needs class 0 to be background; .*'road'"):
+        CPS(cfg)
+    cfg = digits_cfg(digits_root, str(tmp_path), "method=cps", "cps.fg_marginal=true")  # digits: class 0 is background
+    assert CPS(cfg).c.fg_marginal
 
 def test_short_cps_run_on_digits_predicts_more_than_background(digits_root, tmp_path):
     """The failure this guards against: both branches agree on background and push each other into

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from seg_ssl.config import ConfigError
 from seg_ssl.data.cutmix import box_masks, mix
 from seg_ssl.engine.dist import all_reduce_sum
 from seg_ssl.losses.ohem import ohem_cross_entropy
@@ -101,6 +102,11 @@ class CPS:
         self.cfg, self.c = cfg, cfg.cps
         self.ignore_index = cfg.data.ignore_index
         self.world_size = 1
+        names = cfg.data.class_names
+        if self.c.fg_marginal and names and str(names[0]).lower() not in ("background", "bg", "_background_"):
+            # Cityscapes has no background class: fg_marginal would treat 'road' as background
+            raise ConfigError(f"cps.fg_marginal needs class 0 to be background; data.class_names[0] is "
+                              f"{names[0]!r}")
         # same pretrained encoder weights where given (loaded from the same file); everything
         # randomly initialised is drawn from different seeds. fork_rng leaves the caller's
         # (per-process) random stream as it was.
