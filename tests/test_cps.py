@@ -168,7 +168,6 @@ def test_fg_marginal_pseudo_labels():
     assert loss(0, conf_thresh=0.7, fg_marginal=True) == pytest.approx(0.0, abs=1e-4)
 
 
-
 def test_fg_marginal_refuses_a_dataset_without_background(digits_root, tmp_path):
     names = "[road," + ",".join(f"c{i}" for i in range(1, 11)) + "]"
     cfg = digits_cfg(digits_root, str(tmp_path), "method=cps", "cps.fg_marginal=true", f"data.class_names={names}")
@@ -176,6 +175,7 @@ def test_fg_marginal_refuses_a_dataset_without_background(digits_root, tmp_path)
         CPS(cfg)
     cfg = digits_cfg(digits_root, str(tmp_path), "method=cps", "cps.fg_marginal=true")  # digits: class 0 is background
     assert CPS(cfg).c.fg_marginal
+
 
 def test_short_cps_run_on_digits_predicts_more_than_background(digits_root, tmp_path):
     """The failure this guards against: both branches agree on background and push each other into
