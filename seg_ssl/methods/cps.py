@@ -62,8 +62,8 @@ def pseudo_labels(logits, valid=None, ignore_index: int = 255, conf_thresh: floa
         if fg_marginal:
             p_bg = prob[:, 0]
             is_bg = p_bg >= 0.5
-            label = torch.where(is_bg, 0, prob[:, 1:].argmax(1) + 1)
-            p_fg_top = prob[:, 1:].max(1).values
+            p_fg_top, fg_class = prob[:, 1:].max(1)
+            label = torch.where(is_bg, 0, fg_class + 1)
             conf = torch.where(is_bg, p_bg, p_fg_top / (1 - p_bg).clamp_min(1e-12))
         else:
             conf, label = prob.max(1)
