@@ -105,6 +105,8 @@ SCHEMA: dict = {
         "lr": _f(NUM, 0.01, doc="head lr at the global batch; backbone gets lr x backbone_lr_mult"),
         "momentum": _f(NUM, 0.9),
         "weight_decay": _f(NUM, 1e-4),
+        "decay_norm_and_bias": _f(bool, True, doc="false: no weight decay on biases and BatchNorm "
+                                  "weights (the CPS release)"),
         "backbone_lr_mult": _f(NUM, 0.1),
         "poly_power": _f(NUM, 0.9),
         "warmup_iters": _f(int, 0),

@@ -68,7 +68,6 @@ def test_throughput_measures_every_part(digits_root, tmp_path):
         assert r["train_s"] > 0 and r["step_s"] > 0 and r["loader_s"] > 0
         assert 0 < r["training_mib"] < r["peak_mib"]
     assert sup["batch"] == "8+0" and cps["batch"] == "8+8"
-    assert cps["step_s"] > sup["step_s"]  # two networks, three passes
     assert res["eval"]["val_images"] == 24 and res["eval"]["whole_img_s"] > 0 and res["eval"]["slide_img_s"] > 0
 
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, digits_cfg
+from helpers import record_steps
 from seg_ssl.config import Config, validate
 from seg_ssl.data.overlap import CropPairPipeline, pair_iou, sample_overlapping_crops
 from seg_ssl.engine.trainer import Trainer
@@ -74,19 +75,12 @@ def test_cac_training_iterations_on_digits(digits_root, tmp_path):
                      "cac.unsup_start_iter=2", "cac.pos_thresh=0.0", "cac.selected_num=100", "cac.hflip=false",
                      "cac.weight_unsup=0.5", "train.iters=6")
     trainer = Trainer(cfg)
-    logs = []
-    original = trainer.step
-
-    def record(labeled, unlabeled):
-        out = original(labeled, unlabeled)
-        logs.append(out)
-        return out
-
-    trainer.step = record
+    logs = record_steps(trainer)
     trainer.train()
     assert "unsup" not in logs[0] and "unsup" in logs[2]
+    assert logs[0]["loss"] == logs[0]["sup"]  # labeled-only warm-up
     for log in logs[2:]:
-        assert torch.isfinite(torch.as_tensor(log["loss"]))
+        assert log["loss"] == pytest.approx(log["sup"] + 0.5 * log["unsup"], rel=1e-5)
         assert log["unsup"] > 0 and log["pos_pairs_1"] + log["pos_pairs_2"] > 0
         assert 0 < log["neg_per_pos"] <= 2 * 100 * 2  # fresh negatives of both crops + one bank step
         assert 0.1 <= log["crop_iou"] <= 1.0
@@ -115,3 +109,160 @@ def test_tsne_tool_on_baseline_and_cac_checkpoints(digits_root, tmp_path):
     x = F.normalize(torch.randn(64, 8), dim=1)
     assert alignment(x, x) == 0.0 and alignment(x, -x) == pytest.approx(4.0)
     assert uniformity(x) < uniformity(F.normalize(x + 5.0, dim=1))  # clumped points: higher potential
+
+
+# ---- the wiring of CAC's training step, on a model whose outputs the test writes ----------------
+# Two unlabeled images, crops of 32 px (4 x 4 feature cells), crop 2 shifted 8 px down from crop 1.
+# Every feature cell's embedding is the one-hot vector of its own id, so each pair, anchor and
+# negative the step builds can be traced back to the cell it came from. The model returns its
+# outputs in the crops' (flipped) frame; the step must undo the flips before it aligns anything.
+CELLS = 4
+FLIP1, FLIP2 = torch.tensor([True, False]), torch.tensor([False, True])
+BOX1, BOX2 = torch.tensor([[8, 0, 32, 32]] * 2), torch.tensor([[0, 0, 24, 32]] * 2)
+
+
+def cell_id(crop, s, i, j):
+    return ((crop * 2 + s) * CELLS + i) * CELLS + j
+
+
+def pixel_valid(crop):
+    """(2, 32, 32) validity in the true frame: crop 2 of image 1 is padding in its last 8 columns."""
+    v = torch.ones(2, 32, 32, dtype=torch.bool)
+    if crop == 1:
+        v[1, :, 24:] = False
+    return v
+
+
+def cell_valid(crop, s, j):
+    return not (crop == 1 and s == 1 and j == CELLS - 1)
+
+
+class WrittenOutputs(torch.nn.Module):
+    """``proj`` and ``pseudo_logits`` of both crops given in the true frame, returned flipped."""
+
+    def __init__(self, proj, pseudo):
+        super().__init__()
+        self.proj, self.pseudo = proj, pseudo  # lists over the two crops of (2, C, 4, 4)
+        self.bias = torch.nn.Parameter(torch.zeros(3))
+
+    def forward(self, x, with_projection=False):
+        def as_seen(t, flips):
+            return torch.where(flips.view(-1, 1, 1, 1), t.flip(-1), t)
+        nl = x.shape[0] - 4
+        proj = [torch.zeros(nl, *self.proj[0].shape[1:])] + [as_seen(p, f) for p, f in zip(self.proj, (FLIP1, FLIP2))]
+        pseudo = [torch.zeros(nl, 3, CELLS, CELLS)] + [as_seen(p, f) for p, f in zip(self.pseudo, (FLIP1, FLIP2))]
+        return {"logits": self.bias.view(1, -1, 1, 1).expand(x.shape[0], 3, *x.shape[-2:]),
+                "proj": torch.cat(proj), "pseudo_logits": torch.cat(pseudo)}
+
+
+def written_outputs(scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    proj = []
+    for crop in (0, 1):
+        p = torch.zeros(2, 2 * 2 * CELLS * CELLS, CELLS, CELLS)
+        for s in range(2):
+            for i in range(CELLS):
+                for j in range(CELLS):
+                    p[s, cell_id(crop, s, i, j), i, j] = scale
+        proj.append(p.requires_grad_())
+    pseudo = [torch.randn(2, 3, CELLS, CELLS, generator=g) * 3 for _ in (0, 1)]
+    return WrittenOutputs(proj, pseudo)
+
+
+def crop_batch():
+    def seen(v, flips):
+        return torch.where(flips.view(-1, 1, 1), v.flip(-1), v)
+    labeled = {"image": torch.zeros(2, 3, 32, 32), "label": torch.zeros(2, 32, 32, dtype=torch.long)}
+    unlabeled = {"image1": torch.zeros(2, 3, 32, 32), "image2": torch.zeros(2, 3, 32, 32),
+                 "valid1": seen(pixel_valid(0), FLIP1), "valid2": seen(pixel_valid(1), FLIP2),
+                 "flip1": FLIP1, "flip2": FLIP2, "box1": BOX1, "box2": BOX2, "iou": torch.full((2,), 0.6)}
+    return labeled, unlabeled
+
+
+def cac_method(digits_root, tmp_path, *extra):
+    from seg_ssl.methods.cac import CAC
+    return CAC(digits_cfg(digits_root, str(tmp_path), "method=cac", "data.num_classes=3", "data.class_names=null",
+                          "data.crop_size=32", "cac.unsup_start_iter=0", "cac.weight_unsup=1.0",
+                          "cac.pos_thresh=0.5", "cac.selected_num=1000", "cac.step_save=0", *extra))
+
+
+def recorded_loss_calls(monkeypatch):
+    import seg_ssl.methods.cac as cac_module
+    calls = []
+    real = cac_module.directional_contrastive_loss
+
+    def recording(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(cac_module, "directional_contrastive_loss", recording)
+    return calls
+
+
+def test_cac_step_pairs_unflipped_cells_and_sends_the_gradient_to_the_less_confident_crop(
+        digits_root, tmp_path, monkeypatch):
+    method = cac_method(digits_root, tmp_path)
+    model = written_outputs()
+    calls = recorded_loss_calls(monkeypatch)
+    out = method.training_step(model, *crop_batch(), 0)
+    ((f1, f2, conf1, conf2, label1, label2, neg, neg_label, *_),) = calls
+    # pairs: crop 1's row i is crop 2's row i - 1, same column, both valid, in the unflipped frame
+    expect = {cell_id(0, s, i, j): cell_id(1, s, i - 1, j) for s in range(2) for i in range(1, CELLS)
+              for j in range(CELLS) if cell_valid(1, s, j)}
+    ids1, ids2 = f1.argmax(1).tolist(), f2.argmax(1).tolist()
+    assert dict(zip(ids1, ids2)) == expect and len(ids1) == len(expect) == 21
+
+    def decode(cid):
+        crop, rest = divmod(cid, 2 * CELLS * CELLS)
+        s, rest = divmod(rest, CELLS * CELLS)
+        return crop, s, *divmod(rest, CELLS)
+
+    def conf_label(cid):
+        crop, s, i, j = decode(cid)
+        return model.pseudo[crop][s, :, i, j].softmax(0).max(0)
+
+    # each pixel's confidence and pseudo label come from its own cell, in each crop
+    for k, (a, b) in enumerate(zip(ids1, ids2)):
+        for (c, y), cid in (((conf1[k], label1[k]), a), ((conf2[k], label2[k]), b)):
+            want_c, want_y = conf_label(cid)
+            assert float(c) == pytest.approx(float(want_c)) and int(y) == int(want_y)
+    # negatives: every valid cell of both crops once (no padding), each with its own cell's label
+    neg_ids = neg.argmax(1).tolist()
+    assert sorted(neg_ids) == sorted(cell_id(c, s, i, j) for c in (0, 1) for s in range(2) for i in range(CELLS)
+                                     for j in range(CELLS) if cell_valid(c, s, j))
+    assert neg_label.tolist() == [int(conf_label(cid)[1]) for cid in neg_ids]
+    # the gradient reaches only the less confident cell of a pair, where the other is confident
+    anchors1 = {a for k, (a, b) in enumerate(zip(ids1, ids2)) if conf2[k] > 0.5 and conf1[k] < conf2[k]}
+    anchors2 = {b for k, (a, b) in enumerate(zip(ids1, ids2)) if conf1[k] > 0.5 and conf2[k] < conf1[k]}
+    assert anchors1 and anchors2
+    out["loss"].backward()
+    for crop, anchors in ((0, anchors1), (1, anchors2)):
+        grad = model.proj[crop].grad.abs().sum(1)  # (2, 4, 4): per cell, true frame
+        got = {cell_id(crop, s, i, j) for s in range(2) for i in range(CELLS) for j in range(CELLS)
+               if grad[s, i, j] > 0}
+        assert got == anchors
+
+
+def test_cac_bank_keeps_the_negatives_of_the_last_step_save_steps(digits_root, tmp_path, monkeypatch):
+    method = cac_method(digits_root, tmp_path, "cac.step_save=2")
+    calls = recorded_loss_calls(monkeypatch)
+    for step in range(3):  # step k's embeddings have norm k + 1, so each negative tells its step
+        method.training_step(written_outputs(scale=step + 1.0), *crop_batch(), step)
+    fresh = 60  # valid cells of both crops
+    norms = [call[6].norm(dim=1) for call in calls]
+    assert [n.shape[0] for n in norms] == [fresh, 2 * fresh, 3 * fresh]
+    assert torch.equal(norms[2], torch.cat([torch.full((fresh,), v) for v in (3.0, 1.0, 2.0)]))
+    assert [float(f.norm(dim=1).unique()) for f, _ in method.bank] == [2.0, 3.0]
+    assert torch.equal(method.bank[-1][1], calls[2][7][:fresh])  # labels stay with their features
+
+
+@pytest.mark.parametrize("world, per_crop", [(1, 8), (4, 2)])
+def test_cac_samples_selected_num_over_the_world_per_process(digits_root, tmp_path, monkeypatch, world, per_crop):
+    method = cac_method(digits_root, tmp_path, "cac.selected_num=8")
+    method.world_size = world
+    calls = recorded_loss_calls(monkeypatch)
+    method.training_step(written_outputs(), *crop_batch(), 0)
+    neg = calls[0][6]
+    assert neg.shape[0] == 2 * per_crop and len(set(neg.argmax(1).tolist())) == 2 * per_crop
+    crops = [cid // (2 * CELLS * CELLS) for cid in neg.argmax(1).tolist()]
+    assert crops == [0] * per_crop + [1] * per_crop  # half from each crop

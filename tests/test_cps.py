@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import digits_cfg
+from helpers import brute_force_miou, record_steps
 from seg_ssl.config import ConfigError
 from seg_ssl.data.cutmix import box_masks, mix
 from seg_ssl.engine.trainer import Trainer
@@ -108,21 +109,17 @@ def test_a_few_cps_iterations_lower_the_loss(digits_root, tmp_path, cutmix):
                      "cps.weight=1.0", "train.iters=16", "train.lr=0.002", "data.batch_size=4",
                      "data.unlabeled_batch_size=4")
     trainer = Trainer(cfg)
-    logs = []
-    original = trainer.step
-
-    def record(labeled, unlabeled):
-        out = original(labeled, unlabeled)
-        logs.append({k: float(v) for k, v in out.items()})
-        return out
-
-    trainer.step = record
+    logs = record_steps(trainer)
     res = trainer.train()
     first = np.mean([l["sup1"] + l["sup2"] for l in logs[:4]])
     last = np.mean([l["sup1"] + l["sup2"] for l in logs[-4:]])
     assert last < 0.8 * first, (first, last)
-    assert all(math.isfinite(l["cps"]) and l["cps"] >= 0 for l in logs)
-    assert 0 <= res["mIoU"] <= 1
+    # warm-up (unsup_start_iter 0) is off: every step has the cross term; the loss adds it at weight 1
+    assert all(l["loss"] == pytest.approx(l["sup1"] + l["sup2"] + l["cps"], rel=1e-5) for l in logs)
+    # the final score is branch 1's (eval.branch 1), counted pixel by pixel
+    trainer.model.eval()
+    assert res["mIoU"] == pytest.approx(brute_force_miou(trainer.model.branch1, trainer.val, 11, batch_size=8),
+                                        abs=1e-12)
 
 
 def test_distribution_alignment_reweights_pseudo_labels():
@@ -177,30 +174,169 @@ def test_fg_marginal_refuses_a_dataset_without_background(digits_root, tmp_path)
     assert CPS(cfg).c.fg_marginal
 
 
-def test_short_cps_run_on_digits_predicts_more_than_background(digits_root, tmp_path):
-    """The failure this guards against: both branches agree on background and push each other into
-    it until every pixel is background (the all-background floor). digits_cps.yaml's setting
-    (labeled-only warm-up, fg_marginal pseudo labels) keeps predicting digits once CPS is on."""
-    cfg = digits_cfg(digits_root, str(tmp_path), "train.iters=60", "train.lr=0.003", "cps.unsup_start_iter=30",
-                     "cps.rampup_iters=10", config="digits_cps.yaml")
+def test_pseudo_label_stats_count_the_kept_labels():
+    cfg = digits_cfg("unused", "unused", "method=cps")
+    method = CPS.__new__(CPS)  # the statistics need only the config
+    method.cfg, method.ignore_index = cfg, 255
+    targets = torch.tensor([[[0, 0, 3, 255], [0, 5, 255, 255]]])  # 5 kept labels: three 0, one 3, one 5
+    valid = torch.tensor([[[True, True, True, True], [True, True, True, False]]])  # 7 valid pixels
+    st = method.pseudo_label_stats(targets, valid)
+    assert float(st["pseudo_bg"]) == pytest.approx(3 / 5) and st["pseudo_kept"] == pytest.approx(5 / 7)
+    assert [float(st[f"pseudo_cls/{k}"]) for k in range(11)] == pytest.approx(
+        [3 / 5, 0, 0, 1 / 5, 0, 1 / 5, 0, 0, 0, 0, 0])
+
+
+# ---- the wiring of CPS's training step, on two 1x1-conv "networks" ------------------------------
+# A 1x1 conv is pixelwise, so mixing its outputs equals running it on the mixed image: the targets
+# of the CutMix term are argmax of the *other* branch on the mixed image, which the tests compute
+# by hand from the mask the step drew.
+
+def conv_branches(k=4, seed=0):
+    from seg_ssl.methods.cps import TwoBranch
+    torch.manual_seed(seed)
+    return TwoBranch(torch.nn.Conv2d(3, k, 1), torch.nn.Conv2d(3, k, 1))
+
+
+def cps_method(digits_root, tmp_path, *extra):
+    cfg = digits_cfg(digits_root, str(tmp_path), "method=cps", "cps.weight=1.0", "cps.unsup_start_iter=0",
+                     "cps.rampup_iters=0", "data.num_classes=4", "data.class_names=null", *extra)
+    return CPS(cfg)
+
+
+def cps_batch(nl=2, nu=4, size=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    labeled = {"image": torch.randn(nl, 3, size, size, generator=g),
+               "label": torch.randint(0, 4, (nl, size, size), generator=g)}
+    valid = torch.ones(nu, size, size, dtype=torch.bool)
+    valid[-1, :, size // 2:] = False  # the last unlabeled image is half padding
+    unlabeled = {"image": torch.randn(nu, 3, size, size, generator=g), "valid": valid}
+    return labeled, unlabeled
+
+
+def ce_on(logits, target, valid):
+    return F.cross_entropy(logits, target.masked_fill(~valid, 255), ignore_index=255)
+
+
+def test_cutmix_step_mixes_one_mask_into_images_targets_and_validity(digits_root, tmp_path, monkeypatch):
+    import seg_ssl.methods.cps as cps_module
+    method = cps_method(digits_root, tmp_path, "cps.cutmix=true")
+    model = conv_branches()
+    labeled, unlabeled = cps_batch()
+    drawn, seen = [], []
+    real_box_masks = cps_module.box_masks
+
+    def recording_box_masks(*args, **kwargs):
+        drawn.append(real_box_masks(*args, **kwargs))
+        return drawn[-1]
+
+    def recording_model(x):
+        seen.append(x.detach().clone())
+        return model(x)
+
+    monkeypatch.setattr(cps_module, "box_masks", recording_box_masks)
+    out = method.training_step(recording_model, labeled, unlabeled, 0)
+    (masks, _), = drawn
+    x_u, v_u = unlabeled["image"], unlabeled["valid"]
+    u0, u1, v0, v1 = x_u[:2], x_u[2:], v_u[:2], v_u[2:]
+    x_mix = mix(u0, u1, masks)
+    # teacher pass on the two unmixed halves, then one student pass on labeled + mixed images
+    assert len(seen) == 2 and torch.equal(seen[0], x_u)
+    assert torch.equal(seen[1][:2], labeled["image"]) and torch.allclose(seen[1][2:], x_mix)
+    assert 0 < masks.mean() < 1 and not torch.equal(u0, u1)  # two different images are mixed
+    with torch.no_grad():
+        s1, s2 = model.branch1(x_mix), model.branch2(x_mix)
+    valid = (v0 & ~masks.bool()) | (v1 & masks.bool())  # padding of the pasted image stays padding
+    assert not valid.all()
+    # branch 1 learns branch 2's argmax on the mixed image, and the reverse; never its own
+    expect = ce_on(s1, s2.argmax(1), valid) + ce_on(s2, s1.argmax(1), valid)
+    own = ce_on(s1, s1.argmax(1), valid) + ce_on(s2, s2.argmax(1), valid)
+    assert float(out["cps"]) == pytest.approx(float(expect), rel=1e-5)
+    assert abs(float(expect) - float(own)) > 0.1
+    with torch.no_grad():
+        sup = F.cross_entropy(model.branch1(labeled["image"]), labeled["label"]) + \
+            F.cross_entropy(model.branch2(labeled["image"]), labeled["label"])
+    assert float((out["sup1"] + out["sup2"]).detach()) == pytest.approx(float(sup), rel=1e-5)
+
+
+def test_labeled_images_never_enter_the_cutmix_term_and_ohem_only_the_supervised_one(digits_root, tmp_path,
+                                                                                       monkeypatch):
+    import seg_ssl.methods.cps as cps_module
+    method = cps_method(digits_root, tmp_path, "cps.cutmix=true", "cps.ohem=true", "cps.ohem_min_kept=10")
+    model = conv_branches()
+    labeled, unlabeled = cps_batch()
+    labeled["image"].requires_grad_()
+    calls = []
+    real_ohem = cps_module.ohem_cross_entropy
+
+    def recording_ohem(logits, target, *args):
+        calls.append((logits.shape, target))
+        return real_ohem(logits, target, *args)
+
+    monkeypatch.setattr(cps_module, "ohem_cross_entropy", recording_ohem)
+    out = method.training_step(model, labeled, unlabeled, 0)
+    # OHEM scores each branch's labeled logits against the labels, and nothing else
+    assert [shape for shape, _ in calls] == [(2, 4, 8, 8), (2, 4, 8, 8)]
+    assert all(torch.equal(target, labeled["label"]) for _, target in calls)
+    # the unsupervised part of the loss has no gradient into the labeled images
+    unsup_part = out["loss"] - out["sup1"] - out["sup2"]
+    assert float(unsup_part.detach()) == pytest.approx(float(out["cps"]), rel=1e-5) and float(out["cps"]) > 0
+    (grad,) = torch.autograd.grad(unsup_part, labeled["image"], allow_unused=True)
+    assert grad is None or not grad.any()
+
+
+def test_plain_cps_step_crosses_the_branches_on_labeled_and_unlabeled_images(digits_root, tmp_path):
+    method = cps_method(digits_root, tmp_path, "cps.cutmix=false")
+    model = conv_branches(seed=3)
+    labeled, unlabeled = cps_batch(nu=2)
+    out = method.training_step(model, labeled, unlabeled, 0)
+    x = torch.cat([labeled["image"], unlabeled["image"]])
+    valid = torch.cat([torch.ones(2, 8, 8, dtype=torch.bool), unlabeled["valid"]])  # no label is 255 here
+    with torch.no_grad():
+        s1, s2 = model.branch1(x), model.branch2(x)
+    expect = ce_on(s1, s2.argmax(1), valid) + ce_on(s2, s1.argmax(1), valid)
+    assert float(out["cps"]) == pytest.approx(float(expect), rel=1e-5)
+
+
+def test_cutmix_draws_twice_the_unlabeled_batch_of_distinct_images(digits_root, tmp_path):
+    cfg = digits_cfg(digits_root, str(tmp_path), "method=cps", "cps.cutmix=true", "data.unlabeled_batch_size=4")
     trainer = Trainer(cfg)
-    shares = []
-    original = trainer.step
+    _, unl = trainer._streams()
+    for _ in range(3):
+        index = next(unl)["index"]
+        assert len(index) == 8 and len(set(index.tolist())) == 8  # u0[i] and u1[i] are different images
 
-    def record(labeled, unlabeled):
-        out = original(labeled, unlabeled)
-        if "pseudo_bg" in out:
-            shares.append(float(out["pseudo_bg"]))
-        return out
 
-    trainer.step = record
-    res = trainer.train()
-    assert len(shares) == 30  # CPS ran for the last 30 iterations
-    # the val labels' own background share is the all-background floor's only non-zero IoU
-    labels = torch.cat([torch.as_tensor(trainer.val[i]["label"]).flatten() for i in range(len(trainer.val))])
-    labels = labels[labels != 255]
-    floor = float((labels == 0).float().mean()) / cfg.data.num_classes
-    digit_iou = [v for v in res["IoU"][1:] if v == v]
-    assert res["mIoU"] > floor + 0.02, (res["mIoU"], floor)
-    assert sum(v > 0.02 for v in digit_iou) >= 3, digit_iou
-    assert max(shares[-10:]) < 0.95, shares  # pseudo labels are not all background
+@pytest.mark.parametrize("start, ramp, weights", [
+    (0, 0, {0: 1.0, 5: 1.0}),
+    (10, 0, {0: 0.0, 9: 0.0, 10: 1.0, 11: 1.0}),
+    (10, 4, {9: 0.0, 10: 0.25, 11: 0.5, 13: 1.0, 100: 1.0}),
+])
+def test_warmup_and_ramp_weights_of_both_methods(digits_root, tmp_path, start, ramp, weights):
+    from seg_ssl.engine.schedule import warmup_ramp
+    from seg_ssl.methods.cac import CAC
+    cps = cps_method(digits_root, tmp_path, "cps.weight=1.5", f"cps.unsup_start_iter={start}",
+                     f"cps.rampup_iters={ramp}")
+    cac = CAC(digits_cfg(digits_root, str(tmp_path), "method=cac", "cac.weight_unsup=0.1",
+                         f"cac.unsup_start_iter={start}", f"cac.rampup_iters={ramp}"))
+    for it, w in weights.items():
+        assert warmup_ramp(it, start, ramp) == pytest.approx(w)
+        assert cps.weight(it) == pytest.approx(1.5 * w) and cac.weight(it) == pytest.approx(0.1 * w)
+
+
+@pytest.mark.parametrize("branch", ["1", "2", "ensemble"])
+def test_eval_branch_picks_what_is_scored(digits_root, tmp_path, branch):
+    from seg_ssl.methods.cps import TwoBranch
+
+    class Constant(torch.nn.Module):
+        def __init__(self, probs):
+            super().__init__()
+            self.logits = torch.log(torch.tensor(probs)).view(1, -1, 1, 1)
+
+        def forward(self, x):
+            return self.logits.expand(x.shape[0], -1, *x.shape[-2:])
+
+    method = cps_method(digits_root, tmp_path, f"eval.branch={branch}")
+    model = TwoBranch(Constant([0.7, 0.1, 0.1, 0.1]), Constant([0.1, 0.1, 0.2, 0.6]))
+    probs = method.predictor(model)(torch.zeros(2, 3, 4, 4)).softmax(1)[0, :, 0, 0]
+    expect = {"1": [0.7, 0.1, 0.1, 0.1], "2": [0.1, 0.1, 0.2, 0.6], "ensemble": [0.4, 0.1, 0.15, 0.35]}[branch]
+    assert probs.tolist() == pytest.approx(expect, abs=1e-6)

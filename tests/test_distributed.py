@@ -1,46 +1,49 @@
-"""Collectives on CPU with gloo, two processes spawned by the test itself."""
-import os
-import socket
+"""Collectives on CPU with gloo, two or three processes spawned by the test itself.
 
+Race-free by construction: the processes meet through a FileStore in the test's tmp dir (no port
+is probed or bound by the test), they pass a barrier before closing gloo (so no rank tears down a
+connection another is still using), they are started with spawn, and each writes its result to a
+file that the test reads after joining them.
+"""
+import os
+
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def run_ranks(worker, world, tmp_path, *args):
+    """Run ``worker(rank, world, *args)`` in ``world`` spawned processes; returns the objects each
+    rank saved with :func:`save_result`, by rank."""
+    store = tmp_path / "store"
+    mp.spawn(_entry, args=(world, str(store), str(tmp_path), worker, args), nprocs=world, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
-def gather_worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _entry(rank, world, store, out_dir, worker, args):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        from seg_ssl.engine.dist import all_gather_rows
-        rows = 3 + 2 * rank  # different counts per rank
-        t = torch.full((rows, 4), float(rank), requires_grad=True)
-        g = all_gather_rows(t * 2)
-        out[rank] = (g.detach().clone(), g.requires_grad)
+        result = worker(rank, world, *args)
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # nobody closes gloo while another rank may still be sending
     finally:
         dist.destroy_process_group()
 
 
-def test_cac_gather_returns_all_ranks_negatives():
-    world = 2
-    manager = mp.Manager()
-    out = manager.dict()
-    mp.spawn(gather_worker, args=(world, free_port(), out), nprocs=world, join=True)
+def gather_worker(rank, world):
+    from seg_ssl.engine.dist import all_gather_rows
+    rows = 3 + 2 * rank  # different counts per rank
+    t = torch.full((rows, 4), float(rank), requires_grad=True)
+    g = all_gather_rows(t * 2)
+    return g.detach().clone(), g.requires_grad
+
+
+def test_cac_gather_returns_all_ranks_negatives(tmp_path):
     expect = torch.cat([torch.full((3, 4), 0.0), torch.full((5, 4), 2.0)])
-    for rank in range(world):
-        gathered, needs_grad = out[rank]
+    for gathered, needs_grad in run_ranks(gather_worker, 2, tmp_path):
         assert torch.equal(gathered, expect) and not needs_grad
-
-
-def _init(rank, world, port):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
 def small_net():
@@ -55,47 +58,34 @@ def fixed_batch():
     return torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 5, (4, 32, 32), generator=g)
 
 
-def syncbn_worker(rank, world, port, out):
-    _init(rank, world, port)
-    try:
-        from torch.nn.parallel import DistributedDataParallel
-        from seg_ssl.models.sync_bn import convert_sync_batchnorm
-        net = convert_sync_batchnorm(small_net(), torch.device("cpu"))
-        ddp = DistributedDataParallel(net)
-        x, y = fixed_batch()
-        b = x.shape[0] // world
-        loss = torch.nn.functional.cross_entropy(ddp(x[rank * b:(rank + 1) * b]), y[rank * b:(rank + 1) * b])
-        loss.backward()
-        if rank == 0:
-            out["grads"] = {k: p.grad.clone() for k, p in net.named_parameters()}
-            out["running_mean"] = net.encoder.bn1.running_mean.clone()
-    finally:
-        dist.destroy_process_group()
+def syncbn_worker(rank, world):
+    from torch.nn.parallel import DistributedDataParallel
+    from seg_ssl.models.sync_bn import convert_sync_batchnorm
+    net = convert_sync_batchnorm(small_net(), torch.device("cpu"))
+    ddp = DistributedDataParallel(net)
+    x, y = fixed_batch()
+    b = x.shape[0] // world
+    loss = torch.nn.functional.cross_entropy(ddp(x[rank * b:(rank + 1) * b]), y[rank * b:(rank + 1) * b])
+    loss.backward()
+    return {"grads": {k: p.grad.clone() for k, p in net.named_parameters()},
+            "running_mean": net.encoder.bn1.running_mean.clone()}
 
 
-def test_two_processes_with_syncbn_give_the_gradients_of_one_process_with_the_whole_batch():
-    manager = mp.Manager()
-    out = manager.dict()
-    mp.spawn(syncbn_worker, args=(2, free_port(), out), nprocs=2, join=True)
+def test_two_processes_with_syncbn_give_the_gradients_of_one_process_with_the_whole_batch(tmp_path):
+    results = run_ranks(syncbn_worker, 2, tmp_path)
     net = small_net()
     x, y = fixed_batch()  # no ignored pixels: the mean of the two halves' losses is the whole loss
     torch.nn.functional.cross_entropy(net(x), y).backward()
-    grads = out["grads"]
-    for k, p in net.named_parameters():
-        torch.testing.assert_close(grads[k], p.grad, rtol=1e-3, atol=2e-5, msg=k)
-    torch.testing.assert_close(out["running_mean"], net.encoder.bn1.running_mean, rtol=1e-4, atol=1e-6)
+    for res in results:  # DDP leaves every rank with the same, whole-batch gradients
+        for k, p in net.named_parameters():
+            torch.testing.assert_close(res["grads"][k], p.grad, rtol=1e-3, atol=2e-5, msg=k)
+        torch.testing.assert_close(res["running_mean"], net.encoder.bn1.running_mean, rtol=1e-4, atol=1e-6)
 
 
-def eval_worker(rank, world, port, root, out):
-    _init(rank, world, port)
-    try:
-        from seg_ssl.evaluation.evaluator import evaluate
-        ds = _val_set(root)
-        net = small_net().eval()
-        res = evaluate(net, ds, 5, 255, net.size_divisor, rank=rank, world_size=world)
-        out[rank] = res["confusion"]
-    finally:
-        dist.destroy_process_group()
+def eval_worker(rank, world, root):
+    from seg_ssl.evaluation.evaluator import evaluate
+    net = small_net().eval()
+    return evaluate(net, _val_set(root), 5, 255, net.size_divisor, rank=rank, world_size=world)["confusion"]
 
 
 def _val_set(root):
@@ -106,17 +96,16 @@ def _val_set(root):
     return SegDataset(samples, 11, 255, Pipeline([], [0.5] * 3, [0.25] * 3))
 
 
-def test_distributed_eval_equals_single_process(digits_root):
+def test_distributed_eval_equals_single_process(digits_root, tmp_path):
     from seg_ssl.evaluation.evaluator import evaluate
     # a 5-class model scored on 11-class labels would be an error: remap by building a 5-class net
     # whose predictions are compared on 5 of the classes only (labels >= 5 become ignore)
-    manager = mp.Manager()
-    out = manager.dict()
-    mp.spawn(eval_worker, args=(3, free_port(), _remapped(digits_root), out), nprocs=3, join=True)
+    root = _remapped(digits_root)
+    confusions = run_ranks(eval_worker, 3, tmp_path, root)
     net = small_net().eval()
-    single = evaluate(net, _val_set(_remapped(digits_root)), 5, 255, net.size_divisor)["confusion"]
-    for rank in range(3):
-        assert torch.equal(out[rank], single)
+    single = evaluate(net, _val_set(root), 5, 255, net.size_divisor)["confusion"]
+    for confusion in confusions:
+        assert torch.equal(confusion, single)
     assert int(single.sum()) > 0
 
 
@@ -140,18 +129,17 @@ def _remapped(root):
     return dst
 
 
-def torchrun(nproc, config, *overrides):
+def torchrun(nproc, config, *overrides, log_dir):
+    """tools/train.py under torchrun. --standalone lets the launcher's own store bind a port the OS
+    picks (no probing); --log-dir keeps its files in the test's tmp dir instead of /tmp."""
     import subprocess
     import sys
     from conftest import ROOT
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
-        if nproc > 1 else [sys.executable]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                f"--log-dir={log_dir}"] if nproc > 1 else [sys.executable]
     return subprocess.run(launcher + [os.path.join(ROOT, "tools", "train.py"), os.path.join(ROOT, "configs", config),
                                       *overrides], capture_output=True, text=True, env=env, cwd=ROOT)
-
-
-import pytest  # noqa: E402
 
 
 @pytest.mark.parametrize("config, extra", [
@@ -160,19 +148,21 @@ import pytest  # noqa: E402
 ])
 def test_two_process_runs_complete_and_resume_with_any_world_size(digits_root, tmp_path, config, extra):
     from seg_ssl.engine.checkpoint import load_checkpoint
-    common = [f"data.root={digits_root}", f"work_dir={tmp_path}", "data.labeled_list=splits/1_4/labeled.txt",
+    work = tmp_path / "w"
+    common = [f"data.root={digits_root}", f"work_dir={work}", "data.labeled_list=splits/1_4/labeled.txt",
               "data.unlabeled_list=splits/1_4/unlabeled.txt", "data.num_workers=0", "data.val_batch_size=8",
               "data.batch_size=4", "data.unlabeled_batch_size=4", "train.threads=1", "train.log_interval=1",
               "train.eval_interval=0", *extra]
-    r = torchrun(2, config, *common, "train.iters=2")
+    logs_dir = tmp_path / "elastic"
+    r = torchrun(2, config, *common, "train.iters=2", log_dir=logs_dir / "a")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "world 2 | per-process batch 2+2" in r.stdout
-    r = torchrun(2, config, *common, "train.iters=4")
+    r = torchrun(2, config, *common, "train.iters=4", log_dir=logs_dir / "b")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stdout and "at iteration 2" in r.stdout and "it 4/4" in r.stdout
-    r = torchrun(1, config, *common, "train.iters=5")  # a different world size resumes too
+    r = torchrun(1, config, *common, "train.iters=5", log_dir=None)  # a different world size resumes too
     assert r.returncode == 0, r.stderr[-3000:]
     assert "at iteration 4" in r.stdout and "world 1 | per-process batch 4+4" in r.stdout
-    assert load_checkpoint(str(tmp_path / "latest.pth"))["iteration"] == 5
-    logs = [f for f in os.listdir(tmp_path) if f.endswith(".log")]
+    assert load_checkpoint(str(work / "latest.pth"))["iteration"] == 5
+    logs = [f for f in os.listdir(work) if f.endswith(".log")]
     assert logs == ["train.log"]  # only rank 0 writes

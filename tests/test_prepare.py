@@ -1,17 +1,11 @@
 """The dataset preparation scripts, on tiny fake releases made here."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
-
-
-def run(*args):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+from helpers import run_tool as run
 
 
 def test_prepare_voc_aug_merges_sbd_and_voc(tmp_path):

@@ -1,7 +1,5 @@
 """Bad inputs are reported clearly and interrupted runs resume exactly, for every method."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -9,14 +7,10 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, digits_cfg
+from helpers import run_tool
 from seg_ssl.engine.checkpoint import load_checkpoint
 from seg_ssl.engine.trainer import Trainer
 from test_data import make_voc, write_list
-
-
-def run_tool(*args):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
 
 
 def write_cfg(tmp_path, root, **data):

@@ -1,17 +1,10 @@
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(*args, cwd=ROOT):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env)
+from helpers import ROOT, run_tool as run
 
 
 def test_eval_scores_folders_of_pngs(tmp_path):
@@ -78,9 +71,8 @@ def test_dry_run_derives_cac_sizes_for_any_world_size():
     with pytest.raises(ConfigError, match="data.batch_size = 8 is the global batch and must be divisible "
                                           "by the world size 3"):
         derived_sizes(cfg, 3)
-    env = dict(os.environ, WORLD_SIZE="2")  # the CLI reads the world size torchrun would set
-    r = subprocess.run([sys.executable, "tools/train.py", "configs/voc_cac.yaml", "--dry-run"], cwd=ROOT,
-                       capture_output=True, text=True, env=env)
+    # the CLI reads the world size torchrun would set
+    r = run("tools/train.py", "configs/voc_cac.yaml", "--dry-run", env={"WORLD_SIZE": "2"})
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout[r.stdout.index("{\n"):])["labeled_per_process"] == 4
 

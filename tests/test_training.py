@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -5,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import digits_cfg
+from helpers import brute_force_miou
 from seg_ssl.engine.checkpoint import load_checkpoint, save_atomic
 from seg_ssl.engine.schedule import poly_lr
 from seg_ssl.engine.trainer import Trainer
@@ -40,7 +42,12 @@ def test_a_few_iterations_lower_the_loss(digits_root, tmp_path):
     res = trainer.train()
     after = fixed_batch_loss(trainer)
     assert after < 0.75 * before, (before, after)
-    assert 0 <= res["mIoU"] <= 1 and os.path.isfile(tmp_path / "run" / "latest.pth")
+    # the run's final score is the brute-force count of its final model on the val set
+    trainer.model.eval()
+    assert res["mIoU"] == pytest.approx(brute_force_miou(trainer.model, trainer.val, 11, batch_size=8),
+                                          abs=1e-12)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["mIoU"] == pytest.approx(res["mIoU"])
+    assert os.path.isfile(tmp_path / "run" / "latest.pth")
     assert os.path.isfile(tmp_path / "run" / "best.pth") and os.path.isfile(tmp_path / "run" / "config.yaml")
     assert os.path.isfile(tmp_path / "run" / "metrics.json") and os.path.isfile(tmp_path / "run" / "train.log")
     ckpt = load_checkpoint(str(tmp_path / "run" / "latest.pth"))
@@ -108,28 +115,59 @@ def test_sigterm_saves_latest_and_the_same_command_continues(digits_root, tmp_pa
     import signal
     import subprocess
     import sys
-    import time
     from conftest import ROOT
     work = tmp_path / "pre"
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"), os.path.join(ROOT, "configs", "digits_sup.yaml"),
            f"data.root={digits_root}", f"work_dir={work}", "data.labeled_list=splits/1_4/labeled.txt",
-           "data.num_workers=0", "data.val_batch_size=8", "train.iters=400", "train.log_interval=2",
+           "data.num_workers=0", "data.val_batch_size=8", "train.iters=100000", "train.log_interval=2",
            "train.eval_interval=0", "train.ckpt_interval=1000", "data.batch_size=2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        log = work / "train.log"
-        if log.exists() and " it 4/" in log.read_text():
+    # the signal goes out only once the run has logged iteration 4, so its handler is installed: the
+    # log is read line by line as it is written (unbuffered), with no clock involved
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if " it 4/" in line:
             break
-        time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=600)
+    out = "".join(seen) + out
     assert proc.returncode == 0, out
     stopped_at = load_checkpoint(str(work / "latest.pth"))["iteration"]
-    assert 4 <= stopped_at < 400 and "stopped (signal 15)" in out
+    assert 4 <= stopped_at < 100000 and "stopped (signal 15)" in out
     again = subprocess.run(cmd[:-4] + ["train.iters=" + str(stopped_at + 2), "train.eval_interval=0",
                                        "train.ckpt_interval=1000", "data.batch_size=2"],
                            capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert f"resumed from {work}/latest.pth at iteration {stopped_at}" in again.stdout
     assert load_checkpoint(str(work / "latest.pth"))["iteration"] == stopped_at + 2
+
+
+@pytest.mark.parametrize("decay_norm_and_bias", [True, False])
+def test_optimizer_groups_backbone_lr_and_weight_decay(digits_root, tmp_path, decay_norm_and_bias):
+    from seg_ssl.engine.trainer import build_optimizer
+    from seg_ssl.methods.cps import CPS
+    cfg = digits_cfg(digits_root, str(tmp_path), "method=cps", "train.optimizer=sgd", "train.lr=0.02",
+                     "train.backbone_lr_mult=0.1", "train.weight_decay=0.0005",
+                     f"train.decay_norm_and_bias={str(decay_norm_and_bias).lower()}")
+    model = CPS(cfg).model
+    opt = build_optimizer(cfg, model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = {}
+    for g in opt.param_groups:
+        for p in g["params"]:
+            seen[names[id(p)]] = (g["lr"], g["weight_decay"])
+    assert set(seen) == set(names.values())  # every parameter once, both branches included
+    # what the CPS release exempts: every bias, and BatchNorm's weights
+    exempt = {f"{m}.{n}" for m, mod in model.named_modules() for n, _ in mod.named_parameters(recurse=False)
+              if n == "bias" or isinstance(mod, torch.nn.BatchNorm2d)}
+    assert "branch1.encoder.bn1.weight" in exempt and "branch1.classifier.1.bias" in exempt
+    for name, (lr, wd) in seen.items():
+        in_encoder = name.split(".")[1] == "encoder"  # branchN.encoder.*
+        assert lr == pytest.approx(0.002 if in_encoder else 0.02), name
+        assert wd == (0.0 if name in exempt and not decay_norm_and_bias else 0.0005), name
+    assert seen["branch1.encoder.conv1.weight"][1] == 0.0005 and seen["branch2.classifier.1.weight"][1] == 0.0005
+    if not decay_norm_and_bias:
+        assert seen["branch1.encoder.bn1.weight"] == (pytest.approx(0.002), 0.0)
+        assert seen["branch2.classifier.1.bias"] == (pytest.approx(0.02), 0.0)

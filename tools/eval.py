@@ -80,6 +80,7 @@ def main():
                            info.device, info.rank, info.world_size, cfg.data.val_batch_size,
                            progress=is_main and sys.stderr.isatty(), **predict_kwargs(cfg))
         names = cfg.data.class_names
+        du.barrier()  # no rank closes its connections while another may still be sending
         du.cleanup()
     if is_main:
         print(format_table(metrics, names))

@@ -76,18 +76,29 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def param_groups(model: nn.Module, lr: float, backbone_mult: float) -> list[dict]:
-    """Encoders of every Segmentor at lr x backbone_mult, everything else at lr."""
+def param_groups(model: nn.Module, backbone_mult: float, weight_decay: float,
+                 decay_norm_and_bias: bool = True) -> list[dict]:
+    """Encoders of every Segmentor at lr x backbone_mult, everything else at lr. With
+    ``decay_norm_and_bias`` false, biases and normalisation weights (every parameter of one
+    dimension) get no weight decay, as the CPS release's ``group_weight`` does."""
     backbone = {id(p) for m in model.modules() if isinstance(m, Segmentor) for p in m.encoder.parameters()}
-    enc = [p for p in model.parameters() if id(p) in backbone and p.requires_grad]
-    rest = [p for p in model.parameters() if id(p) not in backbone and p.requires_grad]
-    return [{"params": enc, "lr_mult": backbone_mult, "name": "backbone"},
-            {"params": rest, "lr_mult": 1.0, "name": "head"}]
+    groups = []
+    for name, mult, in_group in (("backbone", backbone_mult, lambda p: id(p) in backbone),
+                                 ("head", 1.0, lambda p: id(p) not in backbone)):
+        params = [p for p in model.parameters() if p.requires_grad and in_group(p)]
+        if decay_norm_and_bias:
+            groups.append({"params": params, "lr_mult": mult, "weight_decay": weight_decay, "name": name})
+            continue
+        groups.append({"params": [p for p in params if p.ndim > 1], "lr_mult": mult,
+                       "weight_decay": weight_decay, "name": name})
+        groups.append({"params": [p for p in params if p.ndim <= 1], "lr_mult": mult,
+                       "weight_decay": 0.0, "name": name + "_no_decay"})
+    return groups
 
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     t = cfg.train
-    groups = param_groups(model, t.lr, t.backbone_lr_mult)
+    groups = param_groups(model, t.backbone_lr_mult, t.weight_decay, t.decay_norm_and_bias)
     for g in groups:
         g["lr"] = t.lr * g["lr_mult"]
     if t.optimizer == "sgd":
@@ -429,6 +440,8 @@ class Trainer:
 def train(cfg) -> dict:
     trainer = Trainer(cfg)
     try:
-        return trainer.train()
+        res = trainer.train()
+        du.barrier()  # no rank closes its connections while another may still be sending
+        return res
     finally:
         du.cleanup()

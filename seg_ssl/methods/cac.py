@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from seg_ssl.config import ConfigError
 from seg_ssl.data.overlap import CropPairPipeline
 from seg_ssl.engine.dist import all_gather_rows
+from seg_ssl.engine.schedule import warmup_ramp
 from seg_ssl.losses.contrastive import directional_contrastive_loss
 from seg_ssl.methods.supervised import Supervised
 from seg_ssl.models.segmentor import build_segmentor
@@ -95,12 +96,9 @@ class CAC(Supervised):
             d = type(d)({**d, "scale_range": c.scale_range})
         return CropPairPipeline(d, c.iou_bound, c.stride, c.hflip, c.color_jitter, c.grayscale, c.blur)
 
-    def ramp(self, iteration: int) -> float:
-        if iteration < self.c.unsup_start_iter:
-            return 0.0
-        if self.c.rampup_iters <= 0:
-            return 1.0
-        return min(1.0, (iteration - self.c.unsup_start_iter + 1) / self.c.rampup_iters)
+    def weight(self, iteration: int) -> float:
+        """The unsupervised term's weight: weight_unsup after the warm-up and ramp."""
+        return self.c.weight_unsup * warmup_ramp(iteration, self.c.unsup_start_iter, self.c.rampup_iters)
 
     def sample_negatives(self, z, valid, probs):
         """``selected_num / world`` valid pixels without replacement from one crop's whole map."""
@@ -115,7 +113,7 @@ class CAC(Supervised):
         return feats[pick].detach(), labels[pick]
 
     def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
-        weight = self.c.weight_unsup * self.ramp(iteration)
+        weight = self.weight(iteration)
         if weight == 0.0:
             return super().training_step(model, labeled, unlabeled, iteration)
         nl, nu = labeled["image"].shape[0], unlabeled["image1"].shape[0]

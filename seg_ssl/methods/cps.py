@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from seg_ssl.config import ConfigError
 from seg_ssl.data.cutmix import box_masks, mix
 from seg_ssl.engine.dist import all_reduce_sum
+from seg_ssl.engine.schedule import warmup_ramp
 from seg_ssl.losses.ohem import ohem_cross_entropy
 from seg_ssl.models.segmentor import build_segmentor
 
@@ -130,11 +131,8 @@ class CPS:
         return F.cross_entropy(logits, label, ignore_index=self.ignore_index)
 
     def weight(self, iteration: int) -> float:
-        if iteration < self.c.unsup_start_iter:
-            return 0.0
-        ramp = 1.0 if self.c.rampup_iters <= 0 else min(
-            1.0, (iteration - self.c.unsup_start_iter + 1) / self.c.rampup_iters)
-        return self.c.weight * ramp
+        """lambda after the labeled-only warm-up and ramp."""
+        return self.c.weight * warmup_ramp(iteration, self.c.unsup_start_iter, self.c.rampup_iters)
 
     def alignment(self, labels: torch.Tensor, teacher_logits: torch.Tensor, valid: torch.Tensor):
         """Update the running label / prediction class frequencies (averaged over processes) and

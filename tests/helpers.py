@@ -1,0 +1,51 @@
+"""Helpers shared by the tests: recording a trainer's steps, running a tool, scoring by brute force."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def record_steps(trainer) -> list:
+    """Wrap ``trainer.step``; the returned list receives each step's outputs (floats where scalar)."""
+    logs = []
+    original = trainer.step
+
+    def record(labeled, unlabeled):
+        out = original(labeled, unlabeled)
+        logs.append({k: float(v) if torch.is_tensor(v) and v.numel() == 1 else v for k, v in out.items()})
+        return out
+
+    trainer.step = record
+    return logs
+
+
+def run_tool(*args, cwd=ROOT, env=None):
+    """``python ARGS`` (a tool script and its arguments) with the hub offline; a CompletedProcess."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})))
+
+
+def brute_force_miou(predict, dataset, num_classes: int, ignore_index: int = 255, batch_size: int = 1) -> float:
+    """mIoU counted class by class over every pixel of ``dataset`` (the definition, no confusion
+    matrix): IoU_c = |pred = c and gt = c| / |pred = c or gt = c| over non-ignored pixels, summed over
+    the whole set; classes absent from both are left out of the mean. Images are predicted in
+    batches of ``batch_size`` in order, as the evaluator batches them, so the logits are the same."""
+    inter = np.zeros(num_classes)
+    union = np.zeros(num_classes)
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            preds = predict(torch.stack([it["image"] for it in items])).argmax(1).numpy()
+            for pred, item in zip(preds, items):
+                gt = np.asarray(item["label"])
+                keep = gt != ignore_index
+                for c in range(num_classes):
+                    p, g = (pred == c) & keep, gt == c
+                    inter[c] += (p & g).sum()
+                    union[c] += (p | g).sum()
+    present = union > 0
+    return float((inter[present] / union[present]).mean())

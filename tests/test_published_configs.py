@@ -1,0 +1,97 @@
+"""The shipped VOC and Cityscapes configs keep the published hyper-parameters.
+
+Each value is written here beside the paper or release it comes from (see the reference notes), so
+an edit of a config that changes a published setting fails here and has to say why. Where seg_ssl
+writes a setting differently (a global selected_num, the CPS release's effective learning rate),
+the comment gives the conversion.
+"""
+import os
+
+import pytest
+
+from conftest import ROOT
+from seg_ssl.config import load_config
+
+CAC_VOC = "CAC release configs/*.json, VOC R50 (Lai et al., CVPR 2021)"
+CAC_CITY = "CAC release configs/*.json, Cityscapes R50"
+CPS_VOC = "CPS release exp.voc/voc8.res50v3+.CPS+CutMix (Chen et al., CVPR 2021)"
+CPS_CITY = "CPS release exp.city/city8.res50v3+.CPS+CutMix"
+
+PUBLISHED = {
+    "voc_cac.yaml": {
+        "method": ("cac", CAC_VOC),
+        "model.arch": ("deeplabv3plus", CAC_VOC), "model.encoder": ("resnet50", CAC_VOC),
+        "model.output_stride": (16, CAC_VOC + ": DeepLab default"), "model.proj_dim": (128, CAC_VOC),
+        "data.crop_size": (320, CAC_VOC), "data.base_size": (400, CAC_VOC),
+        "data.scale_range": ([0.5, 2.0], CAC_VOC + ": labeled"), "data.batch_size": (8, CAC_VOC + ": 2 GPUs x 4"),
+        "data.unlabeled_batch_size": (8, CAC_VOC),
+        "train.optimizer": ("sgd", CAC_VOC), "train.lr": (0.01, CAC_VOC), "train.momentum": (0.9, CAC_VOC),
+        "train.weight_decay": (1e-4, CAC_VOC), "train.backbone_lr_mult": (0.1, CAC_VOC + ": backbone lr/10"),
+        "train.poly_power": (0.9, CAC_VOC), "train.warmup_iters": (0, CAC_VOC),
+        "train.iters": (92560, CAC_VOC + ": 80 epochs x 1,157"),
+        "cac.unsup_start_iter": (5785, CAC_VOC + ": from epoch 6, no ramp"), "cac.rampup_iters": (0, CAC_VOC),
+        "cac.iou_bound": ([0.1, 1.0], CAC_VOC), "cac.scale_range": ([0.8, 2.0], CAC_VOC + ": unlabeled"),
+        "cac.selected_num": (12800, CAC_VOC + ": 6,400 per GPU x 2 GPUs (seg_ssl's is global)"),
+        "cac.step_save": (1, CAC_VOC), "cac.temperature": (0.1, CAC_VOC), "cac.pos_thresh": (0.75, CAC_VOC),
+        "cac.weight_unsup": (0.1, CAC_VOC), "cac.stride": (8, CAC_VOC),
+        "eval.mode": ("whole", CAC_VOC), "eval.scales": ([1.0], CAC_VOC), "eval.flip": (False, CAC_VOC),
+    },
+    "cityscapes_cac.yaml": {
+        "method": ("cac", CAC_CITY), "model.encoder": ("resnet50", CAC_CITY),
+        "data.crop_size": (720, CAC_CITY), "data.base_size": (2048, CAC_CITY),
+        "data.scale_range": ([0.5, 2.0], CAC_CITY), "data.color_jitter": (0.8, CAC_CITY + ": labeled jitter"),
+        "data.batch_size": (8, CAC_CITY + ": 4 GPUs x 2"), "data.unlabeled_batch_size": (8, CAC_CITY),
+        "train.lr": (0.1, CAC_CITY), "train.backbone_lr_mult": (0.1, CAC_CITY), "train.weight_decay": (1e-4, CAC_CITY),
+        "train.iters": (92560, CAC_CITY + ": 80 x 1,157 (hard-coded)"),
+        "cac.unsup_start_iter": (5785, CAC_CITY), "cac.scale_range": ([0.8, 2.0], CAC_CITY),
+        "cac.selected_num": (64800, CAC_CITY + ": 16,200 per GPU x 4 GPUs"), "cac.step_save": (0, CAC_CITY),
+        "cac.iou_bound": ([0.1, 1.0], CAC_CITY), "cac.temperature": (0.1, CAC_CITY),
+        "cac.pos_thresh": (0.75, CAC_CITY), "cac.weight_unsup": (0.1, CAC_CITY),
+        "eval.mode": ("whole", CAC_CITY + ": whole-image evaluation"),
+    },
+    "voc_cps.yaml": {
+        "method": ("cps", CPS_VOC), "model.encoder": ("resnet50", CPS_VOC),
+        "model.output_stride": (16, CPS_VOC), "model.dropout": (0.0, CPS_VOC + ": no dropout in the head"),
+        "model.aspp_dropout": (0.0, CPS_VOC),
+        "data.crop_size": (512, CPS_VOC), "data.scale_range": ([0.5, 2.0], CPS_VOC), "data.hflip": (True, CPS_VOC),
+        "data.batch_size": (8, CPS_VOC + ": 4 GPUs x 2"), "data.unlabeled_batch_size": (8, CPS_VOC),
+        "train.optimizer": ("sgd", CPS_VOC), "train.momentum": (0.9, CPS_VOC), "train.poly_power": (0.9, CPS_VOC),
+        "train.lr": (0.0025, CPS_VOC + ": 0.01 / 4 GPUs, the effective step (losses divided by W, then DDP)"),
+        "train.weight_decay": (4e-4, CPS_VOC + ": 1e-4 x 4 GPUs, same effective step"),
+        "train.backbone_lr_mult": (1.0, CPS_VOC + ": head and backbone share the lr"),
+        "train.decay_norm_and_bias": (False, CPS_VOC + ": group_weight"),
+        "train.iters": (39338, CPS_VOC + ": 34 epochs x 1,157"),
+        "cps.cutmix": (True, CPS_VOC), "cps.weight": (1.0, CPS_VOC + ": lambda with CutMix"),
+        "cps.mask_prop_range": ([0.25, 0.5], CPS_VOC), "cps.mask_boxes": (3, CPS_VOC),
+        "cps.conf_thresh": (0.0, CPS_VOC + ": no threshold"), "cps.ohem": (False, CPS_VOC),
+        "cps.unsup_start_iter": (0, CPS_VOC), "cps.fg_marginal": (False, CPS_VOC),
+        "eval.mode": ("whole", CPS_VOC + ": every VOC image fits one 512 window"), "eval.branch": ("1", CPS_VOC),
+    },
+    "cityscapes_cps.yaml": {
+        "method": ("cps", CPS_CITY), "model.encoder": ("resnet50", CPS_CITY), "model.dropout": (0.0, CPS_CITY),
+        "data.crop_size": (800, CPS_CITY), "data.batch_size": (8, CPS_CITY + ": 8 GPUs x 1"),
+        "data.unlabeled_batch_size": (8, CPS_CITY),
+        "train.lr": (0.0025, CPS_CITY + ": 0.02 / 8 GPUs, the effective step"),
+        "train.weight_decay": (8e-4, CPS_CITY + ": 1e-4 x 8 GPUs"), "train.backbone_lr_mult": (1.0, CPS_CITY),
+        "train.decay_norm_and_bias": (False, CPS_CITY), "train.iters": (44525, CPS_CITY + ": 137 epochs x 325"),
+        "cps.cutmix": (True, CPS_CITY), "cps.weight": (5.0, CPS_CITY + ": lambda with CutMix"),
+        "cps.ohem": (True, CPS_CITY), "cps.ohem_thresh": (0.7, CPS_CITY), "cps.ohem_min_kept": (50000, CPS_CITY),
+        "eval.mode": ("slide", CPS_CITY), "eval.window": (800, CPS_CITY), "eval.stride": (534, CPS_CITY + ": ceil(2/3 x 800)"),
+        "eval.branch": ("1", CPS_CITY),
+    },
+}
+
+
+def lookup(cfg, dotted):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_configs_keep_the_published_settings(name):
+    cfg = load_config(os.path.join(ROOT, "configs", name))
+    wrong = [f"{key} = {lookup(cfg, key)!r}, published {value!r} ({source})"
+             for key, (value, source) in PUBLISHED[name].items() if lookup(cfg, key) != value]
+    assert not wrong, "\n".join(wrong)
