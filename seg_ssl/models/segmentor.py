@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from seg_ssl.config import ConfigError
+from seg_ssl.models.pretrained import PACKAGED, load_packaged_encoder, read_state
 from seg_ssl.models.weights import load_strict
 
 
@@ -40,7 +41,12 @@ class Segmentor(nn.Module):
             net = smp.PSPNet(encoder_name=encoder, encoder_weights=smp_weights,
                              encoder_depth=encoder_depth, psp_out_channels=512, classes=num_classes,
                              upsampling=output_stride)
-            if encoder_depth == 5:
+            if encoder_depth == 5 and encoder.startswith("tu-"):
+                # timm encoders dilate when built (smp's PSPNet does not pass the stride on)
+                net.encoder = smp.encoders.get_encoder(encoder, depth=5, weights=smp_weights,
+                                                       output_stride=output_stride)
+                self.output_stride = output_stride
+            elif encoder_depth == 5:
                 net.encoder.make_dilated(output_stride)
                 self.output_stride = output_stride
             else:
@@ -59,7 +65,9 @@ class Segmentor(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(feat_channels, num_classes, 1))
         self.projector = (nn.Sequential(nn.Conv2d(feat_channels, feat_channels, 1), nn.ReLU(inplace=True),
                                         nn.Conv2d(feat_channels, proj_dim, 1)) if projector else None)
-        if encoder_weights not in (None, "imagenet"):
+        if encoder_weights in PACKAGED:
+            load_packaged_encoder(self.encoder, encoder_weights, encoder)
+        elif encoder_weights not in (None, "imagenet"):
             load_encoder_weights(self.encoder, encoder_weights, skip=self.pruned)
 
     @property
@@ -117,7 +125,7 @@ def build_segmentor(m, num_classes: int) -> Segmentor:
 
 
 def load_encoder_weights(encoder: nn.Module, path: str, skip=()) -> None:
-    """Load a torchvision or smp encoder state dict strictly; report missing/unexpected keys.
+    """Load a torchvision or smp encoder state dict file strictly; report missing/unexpected keys.
 
     Accepted: a plain state dict, ``{"state_dict": ...}`` or ``{"model": ...}``; prefixes
     ``module.``, ``encoder.`` and ``backbone.`` are stripped; classifier keys (``fc.*``) and stages
@@ -125,13 +133,7 @@ def load_encoder_weights(encoder: nn.Module, path: str, skip=()) -> None:
     """
     if not os.path.isfile(path):
         raise ConfigError(f"model.encoder_weights: file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
-        raise ConfigError(f"model.encoder_weights: cannot read {path}: {e}") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+    state = read_state(path, "model.encoder_weights")
     cleaned = {}
     for k, v in state.items():
         for prefix in ("module.", "encoder.", "backbone."):
