@@ -171,3 +171,20 @@ def test_optimizer_groups_backbone_lr_and_weight_decay(digits_root, tmp_path, de
     if not decay_norm_and_bias:
         assert seen["branch1.encoder.bn1.weight"] == (pytest.approx(0.002), 0.0)
         assert seen["branch2.classifier.1.bias"] == (pytest.approx(0.02), 0.0)
+
+
+def test_every_method_starts_from_the_baselines_weights(digits_root, tmp_path):
+    """At one seed, the baseline, CAC and CPS's first branch begin from the same weights, so a
+    comparison measures the method and not the draw (CAC's projector and CPS's second branch are extra)."""
+    def first_network(method, *extra):
+        model = Trainer(digits_cfg(digits_root, str(tmp_path / method), f"method={method}", "seed=3", *extra)).model
+        return (model.branch1 if method == "cps" else model).state_dict()
+
+    base = first_network("supervised")
+    for method in ("cac", "cps"):
+        other = first_network(method)
+        assert set(base) <= set(other)
+        for k in base:
+            assert torch.equal(base[k], other[k]), (method, k)
+    other_seed = Trainer(digits_cfg(digits_root, str(tmp_path / "s4"), "seed=4")).model.state_dict()
+    assert not torch.equal(base["classifier.1.weight"], other_seed["classifier.1.weight"])

@@ -75,20 +75,24 @@ class CAC(Supervised):
     find_unused_parameters = True  # the projector sits idle during the labeled-only warm-up
 
     def __init__(self, cfg):
-        super().__init__(cfg)
         c = cfg.cac
-        self.c = c
         if cfg.model.arch == "pspnet" and cfg.model.output_stride != 8:
             raise ConfigError("cac with pspnet needs model.output_stride=8 (features at stride 8)")
         if c.stride != 8:
             raise ConfigError(f"cac.stride = {c.stride}: the features are at stride 8")
         if cfg.data.crop_size % 8:
             raise ConfigError(f"data.crop_size = {cfg.data.crop_size} must be a multiple of 8 for cac")
-        m = dict(cfg.model)
-        m["projector"] = True
-        self.model = build_segmentor(type(cfg.model)(m), cfg.data.num_classes)
+        super().__init__(cfg)
+        self.c = c
         self.bank = collections.deque(maxlen=c.step_save) if c.step_save > 0 else None
         self._warned = False
+
+    def build_model(self, cfg):
+        # built once, from the same random stream as the baseline's: the projector is created last,
+        # so encoder, decoder and classifier start from the baseline's weights at the same seed
+        m = dict(cfg.model)
+        m["projector"] = True
+        return build_segmentor(type(cfg.model)(m), cfg.data.num_classes)
 
     def unlabeled_pipeline(self, d):
         c = self.c

@@ -13,7 +13,10 @@ class Supervised:
         self.cfg = cfg
         self.ignore_index = cfg.data.ignore_index
         self.world_size = 1  # the trainer sets the number of processes
-        self.model = build_segmentor(cfg.model, cfg.data.num_classes)
+        self.model = self.build_model(cfg)
+
+    def build_model(self, cfg):
+        return build_segmentor(cfg.model, cfg.data.num_classes)
 
     def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
         logits = model(labeled["image"])
