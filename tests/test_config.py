@@ -50,6 +50,14 @@ def test_overrides_are_yaml_scalars(tree):
     (["train.iters"], "expected key=value"),
     (["train.iters.x=1"], "'iters' is not a section"),
     (["train=3"], "train must be a section"),
+    (["train.iters=0"], "train.iters = 0 must be at least 1"),
+    (["train.iters=-3"], "train.iters = -3 must be at least 1"),
+    (["data.batch_size=0"], "data.batch_size = 0 must be at least 1"),
+    (["data.num_classes=0"], "data.num_classes = 0 must be at least 1"),
+    (["data.class_names=[a,b]"], "data.class_names has 2 entries for data.num_classes = 3: give one per class"),
+    (["model.encoder=resnet999"], "model.encoder = 'resnet999' is not an smp encoder (or tu- and a timm model); "
+                                  "did you mean 'resnet50'?"),
+    (["model.encoder=tu-tf_efficientnet_lite9"], "did you mean 'tu-tf_efficientnet_lite4'?"),
 ])
 def test_bad_keys_and_types_name_the_key(tree, override, message):
     with pytest.raises(ConfigError) as e:

@@ -268,15 +268,17 @@ def test_labeled_images_never_enter_the_cutmix_term_and_ohem_only_the_supervised
     calls = []
     real_ohem = cps_module.ohem_cross_entropy
 
-    def recording_ohem(logits, target, *args):
-        calls.append((logits.shape, target))
-        return real_ohem(logits, target, *args)
+    def recording_ohem(logits, target, thresh, min_kept, ignore_index):
+        calls.append((logits.shape, target, min_kept))
+        return real_ohem(logits, target, thresh, min_kept, ignore_index)
 
     monkeypatch.setattr(cps_module, "ohem_cross_entropy", recording_ohem)
     out = method.training_step(model, labeled, unlabeled, 0)
-    # OHEM scores each branch's labeled logits against the labels, and nothing else
-    assert [shape for shape, _ in calls] == [(2, 4, 8, 8), (2, 4, 8, 8)]
-    assert all(torch.equal(target, labeled["label"]) for _, target in calls)
+    # OHEM scores each branch's labeled logits against the labels, and nothing else; min_kept is
+    # per image (the release keeps 50,000 x its per-GPU batch)
+    assert [shape for shape, _, _ in calls] == [(2, 4, 8, 8), (2, 4, 8, 8)]
+    assert all(torch.equal(target, labeled["label"]) for _, target, _ in calls)
+    assert [min_kept for _, _, min_kept in calls] == [20, 20]
     # the unsupervised part of the loss has no gradient into the labeled images
     unsup_part = out["loss"] - out["sup1"] - out["sup2"]
     assert float(unsup_part.detach()) == pytest.approx(float(out["cps"]), rel=1e-5) and float(out["cps"]) > 0

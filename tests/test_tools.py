@@ -23,6 +23,15 @@ def test_eval_scores_folders_of_pngs(tmp_path):
     np.testing.assert_allclose(m["IoU"][:3], [1 / 3, 2 / 3, 1 / 2])
     assert m["IoU"][3] is None and abs(m["mIoU"] - 0.5) < 1e-12 and abs(m["aAcc"] - 4 / 6) < 1e-12
     assert "mIoU 50.00" in r.stdout
+    # a predicted 255 is no class: a miss for the true class, a false positive for none
+    pred[0, 0] = 255  # true class 0
+    Image.fromarray(pred, mode="L").save(tmp_path / "pred" / "a.png")
+    r = run("tools/eval.py", "--pred-dir", str(tmp_path / "pred"), "--gt-dir", str(tmp_path / "gt"),
+            "--num-classes", "4", "--out", str(out))
+    m = json.loads(out.read_text())
+    # class 0: tp 0, fp 1 (gt 2 -> 0), fn 2 -> 0; classes 1 and 2 as before
+    np.testing.assert_allclose(m["IoU"][:3], [0.0, 2 / 3, 1 / 2])
+    assert abs(m["aAcc"] - 3 / 6) < 1e-12 and abs(m["Acc"][0] - 0.0) < 1e-12
 
 
 def test_user_mistakes_are_one_line_errors(tmp_path):

@@ -75,6 +75,9 @@ def test_resume_equals_uninterrupted_run(digits_root, tmp_path):
 def test_atomic_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = str(tmp_path / "latest.pth")
     save_atomic({"iteration": 1}, path)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask  # like any file the user writes, not 0600
 
     def failing_save(obj, f):
         f.write(b"partial")
@@ -101,7 +104,13 @@ def test_nonfinite_loss_stops_with_a_message_or_is_skipped(digits_root, tmp_path
         return out
 
     trainer.method.training_step = nan_at_2
-    with pytest.raises(FloatingPointError, match="non-finite loss at iteration 2 in term\\(s\\) loss, sup"):
+    with pytest.raises(FloatingPointError, match="non-finite loss at iteration 2 in term\\(s\\) loss, sup; "
+                                                 "no checkpoint was written yet"):
+        trainer.train()
+    trainer = Trainer(cfg)  # a run that saved at iteration 2 names that checkpoint
+    trainer.method.training_step = nan_at_2
+    trainer.train(max_steps=2)
+    with pytest.raises(FloatingPointError, match=f"the last good checkpoint is {tmp_path}/nan/latest.pth"):
         trainer.train()
     cfg = digits_cfg(digits_root, str(tmp_path / "skip"), "train.iters=4", "train.skip_nonfinite=true")
     trainer = Trainer(cfg)

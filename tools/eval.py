@@ -33,14 +33,18 @@ def score_folders(pred_dir, gt_dir, num_classes, ignore_index):
         raise ConfigError(f"{len(missing)} labels have no prediction of the same name in {pred_dir} "
                           f"(e.g. {missing[:3]})")
     cm = torch.zeros((num_classes, num_classes), dtype=torch.int64)
+    unpredicted = np.zeros(num_classes, np.int64)
     for f in gts:
         gt = load_label(os.path.join(gt_dir, f), num_classes, ignore_index)
         pred = load_label(os.path.join(pred_dir, f), num_classes, ignore_index)
         if pred.shape != gt.shape:
             raise ConfigError(f"{f}: prediction is {pred.shape[::-1]} but label is {gt.shape[::-1]}")
-        pred = np.where(pred == ignore_index, 0, pred)  # a prediction never abstains
+        # a predicted ignore index is no class: a miss for the true class, no false positive
+        none = (pred == ignore_index) & (gt != ignore_index)
+        unpredicted += np.bincount(gt[none], minlength=num_classes)
+        gt = np.where(none, ignore_index, gt)
         cm += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(gt), num_classes, ignore_index)
-    return metrics_from_confusion(cm.numpy())
+    return metrics_from_confusion(cm.numpy(), unpredicted)
 
 
 def main():

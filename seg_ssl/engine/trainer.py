@@ -406,10 +406,12 @@ class Trainer:
                 LOG.warning("iteration %d: non-finite loss (%s); step skipped (%d so far)",
                             self.iteration, ", ".join(terms) or "other rank", self.skipped)
                 return {"skipped": 1.0}
+            latest = self._ckpt_path("latest.pth")
+            saved = (f"the last good checkpoint is {latest}" if os.path.isfile(latest)
+                     else "no checkpoint was written yet")
             raise FloatingPointError(
                 f"non-finite loss at iteration {self.iteration} in term(s) {', '.join(terms) or 'on another rank'}; "
-                f"the last good checkpoint is {self._ckpt_path('latest.pth')} "
-                f"(set train.skip_nonfinite=true to skip such steps)")
+                f"{saved} (set train.skip_nonfinite=true to skip such steps)")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if t.grad_clip:

@@ -23,17 +23,22 @@ def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def metrics_from_confusion(cm) -> dict:
-    """aAcc, mIoU, mAcc (fractions) and per-class IoU/Acc lists (NaN for absent classes)."""
+def metrics_from_confusion(cm, unpredicted=None) -> dict:
+    """aAcc, mIoU, mAcc (fractions) and per-class IoU/Acc lists (NaN for absent classes).
+
+    ``unpredicted`` (K,) counts, per true class, pixels that got no class at all (a prediction of
+    the ignore index, e.g. in PNGs scored by ``tools/eval.py --pred-dir``): each is a miss for its
+    true class and a false positive for no class, as mmseg counts them."""
     cm = np.asarray(cm, dtype=np.float64)
+    missed = np.zeros(len(cm)) if unpredicted is None else np.asarray(unpredicted, dtype=np.float64)
     tp = np.diag(cm)
-    gt = cm.sum(1)
+    gt = cm.sum(1) + missed
     pred = cm.sum(0)
     union = gt + pred - tp
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, tp / union, np.nan)
         acc = np.where(gt > 0, tp / gt, np.nan)
-    total = cm.sum()
+    total = cm.sum() + missed.sum()
     return {
         "aAcc": float(tp.sum() / total) if total > 0 else math.nan,
         "mIoU": float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else math.nan,

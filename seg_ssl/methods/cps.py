@@ -126,8 +126,9 @@ class CPS:
         self.pred_dist = torch.full((k,), 1.0 / k)
 
     def supervised_loss(self, logits, label):
-        if self.c.ohem:
-            return ohem_cross_entropy(logits, label, self.c.ohem_thresh, self.c.ohem_min_kept, self.ignore_index)
+        if self.c.ohem:  # min_kept is per image, as the release keeps 50,000 x its per-GPU batch
+            return ohem_cross_entropy(logits, label, self.c.ohem_thresh, self.c.ohem_min_kept * logits.shape[0],
+                                      self.ignore_index)
         return F.cross_entropy(logits, label, ignore_index=self.ignore_index)
 
     def weight(self, iteration: int) -> float:
