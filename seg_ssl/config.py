@@ -173,6 +173,52 @@ SCHEMA: dict = {
 }
 
 
+# What a resumed run may change: the length of the schedule (train.iters, to extend a run), where
+# and how often it logs, evaluates and saves, evaluation settings, threads and loader workers, and
+# the data's location. Anything else would make the record of the run (config.yaml) wrong about
+# iterations already done.
+MAY_CHANGE_ON_RESUME = ("work_dir", "resume", "train.iters", "train.log_interval", "train.eval_interval",
+                        "train.ckpt_interval", "train.threads", "data.root", "data.num_workers",
+                        "data.val_batch_size", "eval.")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def resume_conflicts(saved: dict, current: dict) -> list[str]:
+    """``key old -> new`` for every setting that differs between the config a checkpoint was trained
+    with and the current one, except those in ``MAY_CHANGE_ON_RESUME``. A key the saved config does
+    not have (added to seg_ssl later) conflicts only if the current value is not its default."""
+    old, new = _flat(saved), _flat(current)
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in MAY_CHANGE_ON_RESUME or any(key.startswith(p) for p in MAY_CHANGE_ON_RESUME if p.endswith(".")):
+            continue
+        if key not in old:
+            spec = _schema_field(key)
+            if spec is not None and new[key] == spec.default:
+                continue
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            out.append(f"{key} {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+    return out
+
+
+def _schema_field(key: str):
+    node = SCHEMA
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, Field) else None
+
+
 # ----------------------------------------------------------------------------------------------
 # loading and merging
 

@@ -23,10 +23,13 @@ def record_steps(trainer) -> list:
     return logs
 
 
-def run_tool(*args, cwd=ROOT, env=None):
-    """``python ARGS`` (a tool script and its arguments) with the hub offline; a CompletedProcess."""
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
-                          env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})))
+def run_tool(*args, cwd=ROOT, env=None, popen=False):
+    """``python ARGS`` (a tool script and its arguments) with the hub offline; a CompletedProcess,
+    or with ``popen`` the running Popen (text pipes on stdin and stdout)."""
+    cmd, env = [sys.executable, *args], dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
+    if popen:
+        return subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
 
 
 def brute_force_miou(predict, dataset, num_classes: int, ignore_index: int = 255, batch_size: int = 1) -> float:

@@ -99,5 +99,54 @@ def test_resuming_from_a_damaged_or_foreign_checkpoint_is_a_clear_error(digits_r
     with pytest.raises(ConfigError, match="resume: cannot continue from .*latest.pth .*set resume=null"):
         Trainer(digits_cfg(digits_root, str(work), "train.iters=2"))
     Trainer(digits_cfg(digits_root, str(work), "train.iters=1", "resume=null")).train()
-    with pytest.raises(ConfigError, match="resume: cannot continue"):  # another architecture
+    with pytest.raises(ConfigError, match="resume: .*latest.pth was trained with other settings: "
+                                          "model.decoder_channels 128 -> 64"):  # another architecture
         Trainer(digits_cfg(digits_root, str(work), "train.iters=2", "model.decoder_channels=64"))
+    ckpt = torch.load(work / "latest.pth", weights_only=False)
+    del ckpt["config"]  # a foreign checkpoint: no config to compare, its weights do not fit
+    torch.save(ckpt, work / "latest.pth")
+    with pytest.raises(ConfigError, match="resume: cannot continue from .*latest.pth \\(weights do not match"):
+        Trainer(digits_cfg(digits_root, str(work), "train.iters=2", "model.decoder_channels=64"))
+
+
+def test_resume_refuses_changed_settings_and_keeps_the_record(digits_root, tmp_path):
+    from seg_ssl.config import ConfigError
+    work = tmp_path / "w"
+    Trainer(digits_cfg(digits_root, str(work), "train.iters=3")).train()
+    record = (work / "config.yaml").read_text()
+    with pytest.raises(ConfigError) as e:
+        Trainer(digits_cfg(digits_root, str(work), "train.iters=5", "train.lr=0.5", "model.dropout=0.3"))
+    assert "was trained with other settings: model.dropout 0.0 -> 0.3; train.lr 0.001 -> 0.5." in str(e.value)
+    assert "\n" not in str(e.value) and (work / "config.yaml").read_text() == record
+    # extending the schedule and changing how often it logs or evaluates are fine
+    t = Trainer(digits_cfg(digits_root, str(work), "train.iters=5", "train.log_interval=1", "eval.flip=true"))
+    assert t.iteration == 3
+    t.train()
+    assert "iters: 5" in (work / "config.yaml").read_text()
+    log = (work / "train.log").read_text()
+    assert log.count("config (resolved):") == 2 and "resumed from" in log  # every start records its config
+
+
+def test_a_second_run_in_the_same_work_dir_is_refused(digits_root, tmp_path):
+    work = tmp_path / "w"
+    holder = run_tool("-c", "import sys, time; sys.path.insert(0, '.'); "
+                      "from seg_ssl.engine.workdir import lock_work_dir; import os; "
+                      f"os.makedirs({str(work)!r}, exist_ok=True); lock_work_dir({str(work)!r}); "
+                      "print('locked', flush=True); sys.stdin.read()", popen=True)
+    assert holder.stdout.readline().strip() == "locked"
+    r = run_tool("tools/train.py", "configs/digits_sup.yaml", f"data.root={digits_root}", f"work_dir={work}",
+                 "data.labeled_list=splits/1_4/labeled.txt", "train.iters=1")
+    holder.stdin.close()
+    holder.wait()
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        f"error: work_dir {work} is in use by another run (pid {holder.pid}): wait for it to end, stop it, "
+        f"or set work_dir to another folder")
+    assert not (work / "config.yaml").exists() and not (work / "train.log").exists()  # nothing written
+    # once the holder has gone (a crash drops the lock too), the run goes ahead and clears what a
+    # killed save left behind
+    (work / ".latest.pth.abc123.tmp").write_bytes(b"half a checkpoint")
+    r = run_tool("tools/train.py", "configs/digits_sup.yaml", f"data.root={digits_root}", f"work_dir={work}",
+                 "data.labeled_list=splits/1_4/labeled.txt", "train.iters=1", "data.num_workers=0",
+                 "train.eval_interval=0", "data.val_batch_size=8")
+    assert r.returncode == 0, r.stderr
+    assert not (work / ".latest.pth.abc123.tmp").exists() and (work / "latest.pth").exists()

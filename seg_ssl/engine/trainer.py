@@ -17,18 +17,20 @@ import time
 
 import numpy as np
 import torch
+import yaml
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from seg_ssl.config import ConfigError
+from seg_ssl.config import MAY_CHANGE_ON_RESUME, ConfigError, resume_conflicts
 from seg_ssl.data.dataset import build_split, check_disjoint
 from seg_ssl.data.streams import make_stream
 from seg_ssl.data.transforms import train_pipeline, val_pipeline
 from seg_ssl.engine import dist as du
 from seg_ssl.engine.checkpoint import load_checkpoint, model_state, save_atomic
 from seg_ssl.engine.schedule import poly_lr
+from seg_ssl.engine.workdir import lock_work_dir, remove_stale_temp_files
 from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
 from seg_ssl.evaluation.metrics import format_table, to_json
 from seg_ssl.methods import build_method
@@ -195,9 +197,14 @@ class Trainer:
         self.work_dir = cfg.work_dir
         if self.info.is_main:
             os.makedirs(self.work_dir, exist_ok=True)
-            cfg.dump(os.path.join(self.work_dir, "config.yaml"))
+            lock_work_dir(self.work_dir)  # before anything is written: one run per work dir
+            remove_stale_temp_files(self.work_dir)
         du.barrier()
         setup_logging(self.work_dir, self.info.is_main)
+        self._resume_path, self._resume_ckpt = self._checkpoint_to_resume()
+        if self.info.is_main:  # only now: a refused resume leaves the run's record as it was
+            cfg.dump(os.path.join(self.work_dir, "config.yaml"))
+        LOG.info("config (resolved):\n%s", yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
         seed_everything(cfg.seed + self.info.rank)
 
         self.method = build_method(cfg)
@@ -244,15 +251,33 @@ class Trainer:
     def _ckpt_path(self, name: str) -> str:
         return os.path.join(self.work_dir, name)
 
-    def _maybe_resume(self) -> None:
+    def _checkpoint_to_resume(self):
+        """``(path, checkpoint)`` to continue from, or ``(None, None)``. A checkpoint trained with
+        other settings than those that may change on resume is refused, naming the keys."""
         r = self.cfg.resume
         path = self._ckpt_path("latest.pth") if r == "auto" else r
         if not path or not os.path.isfile(path):
             if r not in (None, "auto"):
                 raise ConfigError(f"resume: checkpoint not found: {r}")
-            return
+            return None, None
         try:
             ckpt = load_checkpoint(path)
+        except ValueError as e:
+            raise ConfigError(f"resume: cannot continue from {path} ({e}); set resume=null to start over or "
+                              f"work_dir to a new folder") from None
+        changed = resume_conflicts(ckpt["config"], self.cfg.to_dict()) if isinstance(ckpt.get("config"), dict) else []
+        if changed:
+            raise ConfigError(f"resume: {path} was trained with other settings: {'; '.join(changed)}. Only "
+                              f"{', '.join(MAY_CHANGE_ON_RESUME)}* may change when a run continues: restore "
+                              f"them, or set resume=null to start over or work_dir to a new folder")
+        return path, ckpt
+
+    def _maybe_resume(self) -> None:
+        path, ckpt = self._resume_path, self._resume_ckpt
+        self._resume_ckpt = None  # the trainer holds its own state from here on
+        if ckpt is None:
+            return
+        try:
             load_strict(self.model, model_state(ckpt))
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, RuntimeError, KeyError) as e:
