@@ -192,14 +192,15 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def resume_conflicts(saved: dict, current: dict) -> list[str]:
+def resume_conflicts(saved: dict, current: dict, may_change=MAY_CHANGE_ON_RESUME) -> list[str]:
     """``key old -> new`` for every setting that differs between the config a checkpoint was trained
-    with and the current one, except those in ``MAY_CHANGE_ON_RESUME``. A key the saved config does
-    not have (added to seg_ssl later) conflicts only if the current value is not its default."""
+    with and the current one, except the keys (or ``section.`` prefixes) in ``may_change``. A key the
+    saved config does not have (added to seg_ssl later) conflicts only if the current value is not
+    its default."""
     old, new = _flat(saved), _flat(current)
     out = []
     for key in sorted(set(old) | set(new)):
-        if key in MAY_CHANGE_ON_RESUME or any(key.startswith(p) for p in MAY_CHANGE_ON_RESUME if p.endswith(".")):
+        if key in may_change or any(key.startswith(p) for p in may_change if p.endswith(".")):
             continue
         if key not in old:
             spec = _schema_field(key)

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from conftest import ROOT, digits_cfg
+from helpers import run_tool
 from seg_ssl.engine.sweep import cell_name, parse_grid, split_values
 
 
@@ -54,6 +55,31 @@ def test_sweep_runs_every_cell_writes_reports_and_resumes(digits_root, tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("skip ") == 3 and "run  crop_size=32__lr=0.001__seed=0" in r.stdout
     assert "already trained to iteration 2" in (cell / "sweep_run.log").read_text()
+
+
+def test_a_rerun_with_other_settings_extends_or_refuses_finished_cells(digits_root, tmp_path):
+    out = tmp_path / "sw"
+
+    def one_cell(*extra):
+        return run_tool("tools/sweep.py", "configs/digits_sup.yaml", "--grid", "train.lr=0.001", "--out", str(out),
+                        f"data.root={digits_root}", "data.labeled_list=splits/1_4/labeled.txt", "data.num_workers=0",
+                        "data.val_batch_size=8", "train.eval_interval=0", "train.threads=1", *extra)
+
+    assert one_cell("train.iters=1").returncode == 0
+    cell = out / "lr=0.001__seed=0"
+    r = one_cell("train.iters=2")  # a longer schedule continues the finished cell
+    assert r.returncode == 0, r.stderr
+    assert "extend lr=0.001__seed=0: train.iters 1 -> 2" in r.stdout
+    assert json.loads((cell / "result.json").read_text())["iteration"] == 2
+    r = one_cell("train.iters=2", "model.dropout=0.3")  # another model: its old result answers nothing
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        f"error: sweep: 1 cell(s) in {out} ran with other settings (lr=0.001__seed=0: model.dropout 0.0 -> 0.3); "
+        "pass --rerun-changed to train them again (old folders kept as <cell>.old) or choose another --out")
+    assert json.loads((cell / "result.json").read_text())["iteration"] == 2  # nothing touched
+    r = one_cell("train.iters=2", "model.dropout=0.3", "--rerun-changed")
+    assert r.returncode == 0, r.stderr
+    assert "dropout: 0.3" in (cell / "config.yaml").read_text()
+    assert "dropout: 0.0" in (out / "lr=0.001__seed=0.old" / "config.yaml").read_text()
 
 
 def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(digits_root, tmp_path):

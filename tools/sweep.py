@@ -25,6 +25,9 @@ def main():
     p.add_argument("--launcher", default="none", choices=["none", "torchrun"])
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--out", default=None, help="default runs/sweep_<config name>")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="train cells again from scratch whose earlier run used other settings (the old "
+                        "folder is kept as <cell>.old)")
     args = p.parse_intermixed_args()
     from seg_ssl.config import ConfigError, load_config
     from seg_ssl.engine import sweep
@@ -34,10 +37,27 @@ def main():
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    # check every cell's config before running anything: a typo fails now, not in hour three
-    for assignment, seed in sweep.cells(axes, seeds):
-        load_config(args.config, [*args.overrides, *[f"{k}={v}" for k, v in assignment]])
     out = args.out or os.path.join("runs", "sweep_" + os.path.splitext(os.path.basename(args.config))[0])
+    # check every cell's config before running anything: a typo fails now, not in hour three; and a
+    # cell run earlier with other settings is not reported as if it answered this sweep
+    changed = {}
+    for assignment, seed in sweep.cells(axes, seeds):
+        work = os.path.join(out, sweep.cell_name(assignment, seed))
+        cfg = load_config(args.config, [*args.overrides, *[f"{k}={v}" for k, v in assignment], f"seed={seed}",
+                                        f"work_dir={work}"])
+        extend, conflict = sweep.cell_changes(work, cfg.to_dict())
+        if conflict:
+            changed[work] = conflict
+        elif extend and os.path.isfile(os.path.join(work, sweep.RESULT)):
+            os.remove(os.path.join(work, sweep.RESULT))  # e.g. more iterations: the cell resumes
+            print(f"extend {os.path.basename(work)}: {'; '.join(extend)}")
+    if changed and not args.rerun_changed:
+        first, keys = next(iter(changed.items()))
+        raise ConfigError(f"sweep: {len(changed)} cell(s) in {out} ran with other settings ({os.path.basename(first)}: "
+                          f"{'; '.join(keys)}); pass --rerun-changed to train them again (old folders kept as "
+                          f"<cell>.old) or choose another --out")
+    for work in changed:
+        print(f"rerun {os.path.basename(work)}: earlier run kept as {os.path.basename(sweep.set_aside(work))}")
     os.makedirs(out, exist_ok=True)
     tools_dir = os.path.dirname(os.path.abspath(__file__))
     launcher = sweep.launcher_prefix(args.launcher, args.nproc)

@@ -2,7 +2,7 @@
 
 The grid is a product of ``key=v1,v2,...`` axes over any dotted config key. Each run lives in its
 own work dir (so an interrupted cell resumes from its ``latest.pth``), and a finished cell leaves
-``result.json`` behind and is never rerun.
+``result.json`` behind and is not rerun while the requested config is the one it ran with.
 """
 from __future__ import annotations
 
@@ -73,6 +73,36 @@ def cells(axes, seeds):
     for combo in itertools.product(*[[(k, v) for v in vals] for k, vals in axes]):
         for seed in seeds:
             yield list(combo), seed
+
+
+def cell_changes(work_dir: str, requested: dict) -> tuple[list[str], list[str]]:
+    """How the config a cell was run with (its ``config.yaml``) differs from the ``requested``
+    resolved config: ``(extendable, conflicting)`` as ``key old -> new`` lists. Extendable keys may
+    change when a run continues (a longer ``train.iters`` resumes the cell); conflicting ones mean
+    the cell's results answer another question. A cell never started has no changes."""
+    import yaml
+
+    from seg_ssl.config import MAY_CHANGE_ON_RESUME, resume_conflicts
+
+    path = os.path.join(work_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return [], []
+    with open(path) as f:
+        saved = yaml.safe_load(f) or {}
+    conflicting = resume_conflicts(saved, requested)
+    everything = resume_conflicts(saved, requested, may_change=("work_dir", "resume"))
+    return [c for c in everything if c not in conflicting], conflicting
+
+
+def set_aside(work_dir: str) -> str:
+    """Rename a cell's folder to ``<cell>.old`` (``.old2``, ...) so that it is trained again from
+    scratch while the old run stays on disk; returns the new name."""
+    k, dst = 1, work_dir + ".old"
+    while os.path.exists(dst):
+        k += 1
+        dst = f"{work_dir}.old{k}"
+    os.rename(work_dir, dst)
+    return dst
 
 
 def run_cell(config: str, assignment, seed: int, work_dir: str, overrides: list[str], launcher: list[str],
