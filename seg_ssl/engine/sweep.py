@@ -82,7 +82,7 @@ def cell_changes(work_dir: str, requested: dict) -> tuple[list[str], list[str]]:
     the cell's results answer another question. A cell never started has no changes."""
     import yaml
 
-    from seg_ssl.config import MAY_CHANGE_ON_RESUME, resume_conflicts
+    from seg_ssl.config import resume_conflicts
 
     path = os.path.join(work_dir, "config.yaml")
     if not os.path.isfile(path):
