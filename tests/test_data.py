@@ -73,9 +73,12 @@ def test_bad_lists_and_files_are_named(tmp_path):
     with pytest.raises(DataError, match="data.root '/no/such' is not a directory"):
         build_split(data_cfg("/no/such").data, "labeled")
     write_list(root, "lab.txt", ["a", "zzz"])
+    with pytest.raises(DataError, match="lab.txt: 2 listed file"):  # checked when the split is built
+        build_split(data_cfg(root).data, "labeled")
+    with pytest.raises(DataError, match="image not found: .*zzz.jpg"):  # and when a file vanishes later
+        load_image(os.path.join(root, "JPEGImages", "zzz.jpg"))
+    write_list(root, "lab.txt", ["a", "b"])
     lab = build_split(data_cfg(root).data, "labeled")
-    with pytest.raises(DataError, match="image not found: .*zzz.jpg"):
-        lab[1]
     # label with values outside the classes
     Image.fromarray(np.full((30, 40), 9, np.uint8), mode="L").save(os.path.join(root, "SegmentationClassAug", "b.png"))
     with pytest.raises(DataError, match=r"b.png has values \[9\] outside 0..3 and 255"):

@@ -40,17 +40,13 @@ def test_check_dataset_reports_every_problem_at_once(tmp_path):
     r = run_tool("tools/check_dataset.py", write_cfg(tmp_path, root))
     out = r.stdout
     assert r.returncode == 1, r.stderr
-    # the duplicate stops the labeled list from being read at all; fix it and scan again
+    # a duplicate id is one more problem; the rest of the list is still scanned
     assert "lab.txt:7: duplicate id 'a' (first on line 1)" in out
-    write_list(root, "lab.txt", ["a", "b", "c", "d", "e", "nope"])
-    r = run_tool("tools/check_dataset.py", write_cfg(tmp_path, root))
-    out = r.stdout
-    assert r.returncode == 1
     for needle in ("cannot read image", "b.jpg", "c.png has values [7] outside 0..3 and 255",
                    "is 40x30 but label", "e.png is an RGB colour image", "image not found", "nope.jpg",
                    "1 ids are in both the labeled and the unlabeled list", "labeled: 6 samples",
                    "unlabeled: 2 samples", "val: 1 samples", "labeled class frequencies", "label not found",
-                   "8 problem(s)"):  # b.jpg counts twice: it is in both lists
+                   "9 problem(s)"):  # b.jpg counts twice (it is in both lists), and the duplicate
         assert needle in out, (needle, out)
     write_list(root, "val.txt", [""])
     r = run_tool("tools/check_dataset.py", write_cfg(tmp_path, str(tmp_path / "missing")))
@@ -68,6 +64,30 @@ def test_a_bad_file_met_by_a_worker_is_a_one_line_error(tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith("error: label ")
     assert "b.png has values [9] outside 0..3 and 255" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_missing_files_fail_before_training_and_a_bad_file_mid_run_keeps_the_work(tmp_path):
+    from seg_ssl.config import load_config
+    from seg_ssl.data.dataset import DataError
+    from seg_ssl.data.streams import StreamBatchSampler
+    ids = [f"i{k}" for k in range(8)]
+    root = make_voc(str(tmp_path / "d"), ids + ["v"], size=(32, 32))
+    write_list(root, "lab.txt", ids + ["nope"])
+    write_list(root, "unl.txt", ["v"])
+    write_list(root, "val.txt", ["v"])
+    cfg_path = write_cfg(tmp_path, root)
+    with pytest.raises(DataError, match=r"data.labeled_list .*lab.txt: 2 listed file\(s\) missing, e.g. "
+                                        r".*nope.jpg and .*nope.png"):
+        Trainer(load_config(cfg_path, ["train.iters=20"]))
+    # a file that exists but cannot be read is met when a batch draws it; the steps before are kept
+    write_list(root, "lab.txt", ids)
+    open(os.path.join(root, "JPEGImages", "i5.jpg"), "wb").write(b"not a jpeg")
+    trainer = Trainer(load_config(cfg_path, ["train.iters=20", "train.ckpt_interval=1000"]))
+    with pytest.raises(DataError, match="cannot read image .*i5.jpg"):
+        trainer.train()
+    sampler = StreamBatchSampler(8, 2, seed=0, stream_id=0)
+    first_bad = next(k for k in range(20) if 5 in [i for i, _ in sampler.batch(k)])
+    assert load_checkpoint(str(tmp_path / "w" / "latest.pth"))["iteration"] == first_bad
 
 
 @pytest.mark.parametrize("method, extra", [

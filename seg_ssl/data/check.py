@@ -25,12 +25,14 @@ def check_dataset(d, progress=None) -> dict:
         if not d[key]:
             continue
         path = resolve_list(d.root, d[key])
+        listed: list[str] = []  # duplicate ids and bad lines: reported, and the scan goes on
         try:
             samples = read_split(path, d.root, d.img_dir, d.ann_dir, d.img_suffix, d.ann_suffix,
-                                 need_labels=split != "unlabeled")
+                                 need_labels=split != "unlabeled", problems=listed)
         except DataError as e:
             problems.append(f"data.{key}: {e}")
             continue
+        problems += [f"data.{key}: {p}" for p in listed]
         counts[split] = len(samples)
         ids[split] = {s.id for s in samples}
         for s in (progress(samples, desc=split) if progress else samples):

@@ -28,8 +28,10 @@ class Sample:
 
 
 def read_split(list_path: str, root: str, img_dir: str, ann_dir: str, img_suffix: str,
-               ann_suffix: str, need_labels: bool = True) -> list[Sample]:
-    """Parse a split list into samples; checks the list exists, is non-empty and has no duplicates."""
+               ann_suffix: str, need_labels: bool = True, problems: list | None = None) -> list[Sample]:
+    """Parse a split list into samples; checks the list exists, is non-empty and has no duplicates.
+    With a ``problems`` list, a bad line or a duplicate id is appended there and skipped (the first
+    occurrence kept) instead of raised, so that a scan can report everything at once."""
     if not os.path.isfile(list_path):
         raise DataError(f"split list not found: {list_path}")
     samples, seen = [], {}
@@ -47,9 +49,17 @@ def read_split(list_path: str, root: str, img_dir: str, ann_dir: str, img_suffix
                 label = os.path.join(root, parts[1].lstrip("/"))
                 sid = os.path.splitext(os.path.basename(parts[0]))[0]
             else:
-                raise DataError(f"{list_path}:{lineno}: expected 'id' or 'image label', got {line.strip()!r}")
+                problem = f"{list_path}:{lineno}: expected 'id' or 'image label', got {line.strip()!r}"
+                if problems is None:
+                    raise DataError(problem)
+                problems.append(problem)
+                continue
             if sid in seen:
-                raise DataError(f"{list_path}:{lineno}: duplicate id {sid!r} (first on line {seen[sid]})")
+                problem = f"{list_path}:{lineno}: duplicate id {sid!r} (first on line {seen[sid]})"
+                if problems is None:
+                    raise DataError(problem)
+                problems.append(problem)
+                continue
             seen[sid] = lineno
             if not need_labels and not os.path.exists(label):
                 label = None
@@ -148,6 +158,13 @@ def build_split(cfg_data, which: str, transform=None) -> SegDataset:
     list_path = resolve_list(cfg_data.root, cfg_data[list_key])
     samples = read_split(list_path, cfg_data.root, cfg_data.img_dir, cfg_data.ann_dir,
                          cfg_data.img_suffix, cfg_data.ann_suffix, need_labels=which != "unlabeled")
+    # existence only (cheap): a missing file fails now, not when a batch first draws it hours in
+    missing = [p for s in samples for p in (s.image, s.label if which != "unlabeled" else None)
+               if p is not None and not os.path.isfile(p)]
+    if missing:
+        raise DataError(f"data.{list_key} {list_path}: {len(missing)} listed file(s) missing, e.g. {missing[0]}"
+                        + (f" and {missing[1]}" if len(missing) > 1 else "")
+                        + "; run tools/check_dataset.py CONFIG for every problem")
     return SegDataset(samples, cfg_data.num_classes, cfg_data.ignore_index, transform,
                       with_labels=which != "unlabeled")
 

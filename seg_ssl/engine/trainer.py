@@ -24,7 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from seg_ssl.config import MAY_CHANGE_ON_RESUME, ConfigError, resume_conflicts
-from seg_ssl.data.dataset import build_split, check_disjoint
+from seg_ssl.data.dataset import DataError, build_split, check_disjoint
 from seg_ssl.data.streams import make_stream
 from seg_ssl.data.transforms import train_pipeline, val_pipeline
 from seg_ssl.engine import dist as du
@@ -362,8 +362,14 @@ class Trainer:
                 while self.iteration < t.iters:
                     lr = self.set_lr()
                     td = time.time()
-                    labeled = to_device(next(lab_stream), self.device)
-                    unlabeled = to_device(next(unl_stream), self.device) if unl_stream is not None else None
+                    try:
+                        labeled = to_device(next(lab_stream), self.device)
+                        unlabeled = to_device(next(unl_stream), self.device) if unl_stream is not None else None
+                    except DataError:  # a bad file met mid-run: keep the work done so far, as SIGTERM does
+                        self.save("latest.pth")
+                        LOG.warning("bad data at iteration %d; latest.pth saved: fix the file and run the same "
+                                    "command to continue", self.iteration)
+                        raise
                     data_time += time.time() - td
                     losses = self.step(labeled, unlabeled)
                     self.iteration += 1
