@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch.nn as nn
 
 from conftest import ROOT, digits_cfg
 from helpers import run_tool
+from seg_ssl.engine.checkpoint import load_checkpoint
 from seg_ssl.engine.sweep import cell_name, parse_grid, split_values
 
 
@@ -80,6 +82,32 @@ def test_a_rerun_with_other_settings_extends_or_refuses_finished_cells(digits_ro
     assert r.returncode == 0, r.stderr
     assert "dropout: 0.3" in (cell / "config.yaml").read_text()
     assert "dropout: 0.0" in (out / "lr=0.001__seed=0.old" / "config.yaml").read_text()
+
+
+def test_sigterm_to_a_sweep_stops_its_run_and_records_the_time(digits_root, tmp_path):
+    import fcntl
+    import signal
+    out = tmp_path / "sw"
+    cell = out / "lr=0.001__seed=0"
+    sweep_cmd = ("tools/sweep.py", "configs/digits_sup.yaml", "--grid", "train.lr=0.001", "--out", str(out),
+                 f"data.root={digits_root}", "data.labeled_list=splits/1_4/labeled.txt", "data.num_workers=0",
+                 "data.val_batch_size=8", "train.eval_interval=0", "train.threads=1", "train.log_interval=1",
+                 "train.iters=100000", "data.batch_size=2")
+    proc = run_tool(*sweep_cmd, popen=True)
+    assert proc.stdout.readline().startswith("run  lr=0.001__seed=0")
+    log = cell / "sweep_run.log"
+    while " it 3/" not in (log.read_text() if log.exists() else ""):  # the run is training
+        assert proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 130 and "stopped lr=0.001__seed=0 (signal 15)" in rest
+    # the run has ended (its work dir lock is free), saved where it stopped, and left no result
+    with open(cell / ".lock") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert "stopped (signal 15)" in log.read_text() and not (cell / "result.json").exists()
+    assert 3 <= load_checkpoint(str(cell / "latest.pth"))["iteration"] < 100000
+    assert float((cell / "sweep_seconds").read_text()) > 0
 
 
 def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(digits_root, tmp_path):

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -107,7 +108,9 @@ def set_aside(work_dir: str) -> str:
 
 def run_cell(config: str, assignment, seed: int, work_dir: str, overrides: list[str], launcher: list[str],
              tools_dir: str, log) -> dict:
-    """Train (resuming if interrupted) then read the final evaluation; never raises."""
+    """Train (resuming if interrupted) then read the final evaluation. A failed run is recorded; a
+    SIGTERM or SIGINT is passed to the run, which saves ``latest.pth``, and once it has exited the
+    cell's time is recorded and KeyboardInterrupt stops the sweep."""
     done = os.path.join(work_dir, RESULT)
     if os.path.isfile(done):
         with open(done) as f:
@@ -122,11 +125,31 @@ def run_cell(config: str, assignment, seed: int, work_dir: str, overrides: list[
     before = float(open(elapsed_file).read()) if os.path.isfile(elapsed_file) else 0.0
     t0 = time.time()
     log(f"run  {os.path.basename(work_dir)}")
-    with open(os.path.join(work_dir, "sweep_run.log"), "a") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
-    seconds = before + time.time() - t0
+    received, child = [], []
+
+    def forward(signum, frame):  # the run saves latest.pth and exits; the sweep waits for it
+        received.append(signum)
+        if child:
+            child[0].send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with open(os.path.join(work_dir, "sweep_run.log"), "a") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+            child.append(proc)
+            if received:  # a signal that came while the run was being started
+                proc.send_signal(received[0])
+            _, stderr = proc.communicate()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    seconds = before + time.time() - t0  # the cell's total over every attempt
     with open(elapsed_file, "w") as f:
         f.write(f"{seconds:.3f}")
+    if received:
+        log(f"stopped {os.path.basename(work_dir)} (signal {received[0]}) after {seconds:.0f}s; run the same "
+            f"command to continue")
+        raise KeyboardInterrupt
     res = {"values": dict(assignment), "seed": seed, "train_seconds": round(seconds, 1)}
     metrics_path = os.path.join(work_dir, "metrics.json")
     if proc.returncode == 0 and os.path.isfile(metrics_path):
@@ -134,7 +157,7 @@ def run_cell(config: str, assignment, seed: int, work_dir: str, overrides: list[
             m = json.load(f)
         res.update(status="ok", mIoU=m["mIoU"], aAcc=m["aAcc"], mAcc=m["mAcc"], iteration=m["iteration"])
     else:
-        lines = [ln for ln in (proc.stderr or "").strip().splitlines() if ln.strip()]
+        lines = [ln for ln in (stderr or "").strip().splitlines() if ln.strip()]
         res.update(status="failed", error=lines[-1] if lines else f"exit code {proc.returncode}")
         log(f"FAIL {os.path.basename(work_dir)}: {res['error']}")
     with open(done, "w") as f:
