@@ -157,6 +157,7 @@ def test_two_process_runs_complete_and_resume_with_any_world_size(digits_root, t
     r = torchrun(2, config, *common, "train.iters=2", log_dir=logs_dir / "a")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "world 2 | per-process batch 2+2" in r.stdout
+    assert r.stdout.count("   mIoU ") == 1  # the final table, printed by rank 0 only
     r = torchrun(2, config, *common, "train.iters=4", log_dir=logs_dir / "b")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stdout and "at iteration 2" in r.stdout and "it 4/4" in r.stdout

@@ -49,6 +49,7 @@ def test_sweep_runs_every_cell_writes_reports_and_resumes(digits_root, tmp_path)
         metrics = json.loads((cell / "metrics.json").read_text())
         assert metrics["iteration"] == 2 and float(row["mIoU"]) == pytest.approx(metrics["mIoU"])
     assert (out / "sweep_miou.png").stat().st_size > 5000 and "mIoU mean" in (out / "sweep.md").read_text()
+    assert (out / "sweep.md").read_text().count("| - | 1/1 |") == 4  # one seed: no spread, not 0.00
     cell = out / "crop_size=32__lr=0.001__seed=0"
     assert (cell / "config.yaml").is_file() and "crop_size: 32" in (cell / "config.yaml").read_text()
     # an interrupted cell (no result yet) resumes; finished cells are skipped

@@ -51,6 +51,7 @@ def test_dry_run_prints_derived_sizes():
     r = run("tools/train.py", "configs/voc_sup.yaml", "--dry-run")
     assert r.returncode == 0, r.stderr
     assert '"labeled_per_process": 8' in r.stdout and "crop_size: 512" in r.stdout
+    assert "note: data.root 'data/VOCdevkit/VOC2012' does not exist here" in r.stdout
 
 
 def test_make_splits_cli(tmp_path):

@@ -29,12 +29,14 @@ def main():
         world = int(os.environ.get("WORLD_SIZE", "1"))
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         print(json.dumps(derived_sizes(cfg, world), indent=1))
+        if not os.path.isdir(cfg.data.root):  # a dry run checks no files, but says what is not there
+            print(f"note: data.root {cfg.data.root!r} does not exist here; set data.root=... before training")
         return 0
     from seg_ssl.engine.trainer import train
     res = train(cfg)
-    if res.get("stopped"):
+    if res.get("stopped") or not res.get("is_main", True):
         return 0
-    print(res["table"])
+    print(res["table"])  # once, by rank 0
     return 0
 
 

@@ -184,10 +184,11 @@ def write_reports(rows: list[dict], axes, out_dir: str) -> None:
     for combo, rs in groups.items():
         ok = [r["mIoU"] for r in rs if r["status"] == "ok" and r.get("mIoU") is not None]
         mean = sum(ok) / len(ok) if ok else math.nan
-        std = math.sqrt(sum((v - mean) ** 2 for v in ok) / (len(ok) - 1)) if len(ok) > 1 else 0.0
+        # a spread needs two runs: one seed has none (not 0.00)
+        std = f"{100 * math.sqrt(sum((v - mean) ** 2 for v in ok) / (len(ok) - 1)):.2f}" if len(ok) > 1 else "-"
         means[combo] = mean
         secs = [r["train_seconds"] for r in rs]
-        lines.append("| " + " | ".join(combo) + f" | {100 * mean:.2f} | {100 * std:.2f} | {len(ok)}/{len(rs)} | "
+        lines.append("| " + " | ".join(combo) + f" | {100 * mean:.2f} | {std} | {len(ok)}/{len(rs)} | "
                      f"{sum(secs) / len(secs):.0f} |")
     with open(os.path.join(out_dir, "sweep.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

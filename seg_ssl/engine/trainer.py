@@ -467,6 +467,7 @@ class Trainer:
             with open(os.path.join(self.work_dir, "metrics.json"), "w") as f:
                 json.dump({"iteration": self.iteration, **to_json(res)}, f, indent=1)
         res["table"] = format_table(res, self.cfg.data.class_names)
+        res["is_main"] = self.info.is_main
         return res
 
 
