@@ -146,9 +146,9 @@ SCHEMA: dict = {
     "cps": {  # Chen et al., CVPR 2021; defaults are the published VOC run with CutMix
         "weight": _f(NUM, 1.0, doc="lambda: VOC 1.5 (1.0 with CutMix), Cityscapes 6 (5 with CutMix)"),
         "cutmix": _f(bool, True),
-        "mask_prop_range": _f(list, [0.25, 0.5], doc="CutMix: total box area fraction"),
+        "mask_prop_range": _f(list, [0.25, 0.5], doc="CutMix: each box covers U(range) / mask_boxes of the image"),
         "mask_boxes": _f(int, 3),
-        "mask_invert": _f(bool, True),
+        "mask_invert": _f(bool, True, doc="the release's flag: boxes are 1 (taken from the second image)"),
         "ohem": _f(bool, False, doc="OHEM on the supervised term (Cityscapes)"),
         "ohem_thresh": _f(NUM, 0.7),
         "ohem_min_kept": _f(int, 50000, doc="hard pixels kept at least, per labeled image"),

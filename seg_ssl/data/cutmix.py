@@ -1,5 +1,12 @@
-"""CutMix box masks as in CPS (French et al.'s generator): several boxes whose total area is drawn
-from ``prop_range``, combined by toggling (overlaps cancel), optionally inverted."""
+"""CutMix box masks as in the CPS release (French et al.'s box mask generator, "prop by area",
+random aspect, boxes inside the image), and mixing.
+
+Each of ``n_boxes`` boxes draws its own proportion ``p ~ U(prop_range)``; its sides are
+``h = exp(u ln p)`` and ``w = p / h`` (u ~ U(0, 1), so ``h * w = p``), both scaled by
+``sqrt(1 / n_boxes)``: a box covers ``p / n_boxes`` of the image and no side exceeds
+``sqrt(1 / n_boxes)`` of it. Boxes toggle the mask where they overlap. ``invert`` (the release's
+flag, on in CPS) starts from a mask of 0, so the boxes are 1: the pixels taken from the second image.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -8,26 +15,22 @@ import torch
 
 def box_masks(n: int, height: int, width: int, prop_range=(0.25, 0.5), n_boxes: int = 3,
               invert: bool = True, rng: np.random.Generator | None = None):
-    """Masks (n, height, width) float32 in {0, 1} and the drawn proportions (n,).
-
-    Each box has area ``prop / n_boxes`` of the image with a random aspect ratio and lies inside the
-    image; 1 marks the pixels taken from the second image."""
+    """Masks (n, height, width) float32 in {0, 1} and each mask's drawn box area as a fraction of
+    the image (n,), before overlaps cancel."""
     rng = rng if rng is not None else np.random.default_rng()
-    props = rng.uniform(prop_range[0], prop_range[1], size=n)
-    masks = np.zeros((n, height, width), np.float32)
-    for i, prop in enumerate(props):
-        area = prop / n_boxes
-        for _ in range(n_boxes):
-            # aspect: log-uniform so that both sides are fractions in [area, 1]
-            ry = np.exp(rng.uniform(np.log(area), 0.0))
-            rx = area / ry
-            bh, bw = int(round(ry * height)), int(round(rx * width))
-            y0 = int(rng.integers(0, height - bh + 1))
-            x0 = int(rng.integers(0, width - bw + 1))
-            masks[i, y0:y0 + bh, x0:x0 + bw] = 1.0 - masks[i, y0:y0 + bh, x0:x0 + bw]
-    if invert:
-        masks = 1.0 - masks
-    return torch.from_numpy(masks), torch.from_numpy(props.astype(np.float32))
+    props = rng.uniform(prop_range[0], prop_range[1], size=(n, n_boxes))
+    ys = np.exp(rng.uniform(0.0, 1.0, size=(n, n_boxes)) * np.log(props))
+    xs = props / ys
+    scale = np.sqrt(1.0 / n_boxes)
+    shape = np.array([height, width])
+    sizes = np.round(np.stack([ys * scale, xs * scale], axis=2) * shape)  # (n, boxes, 2)
+    starts = np.round((shape - sizes) * rng.uniform(0.0, 1.0, size=sizes.shape)).astype(int)
+    ends = starts + sizes.astype(int)
+    masks = np.zeros((n, height, width), np.float32) if invert else np.ones((n, height, width), np.float32)
+    for i in range(n):
+        for (y0, x0), (y1, x1) in zip(starts[i], ends[i]):
+            masks[i, y0:y1, x0:x1] = 1.0 - masks[i, y0:y1, x0:x1]
+    return torch.from_numpy(masks), torch.from_numpy((props / n_boxes).sum(1).astype(np.float32))
 
 
 def mix(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
