@@ -5,8 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import ROOT
 from seg_ssl.config import Config, ConfigError, validate
-from seg_ssl.data.dataset import DataError, build_split, check_disjoint, load_image, load_label, read_split
+from seg_ssl.data.dataset import (DataError, SegDataset, build_split, check_disjoint, load_image, load_label,
+                                  read_split)
 from seg_ssl.data.splits import labeled_count, nested_splits
 from seg_ssl.data.streams import StreamBatchSampler, shard_indices
 from seg_ssl.data.transforms import train_pipeline
@@ -60,6 +62,26 @@ def test_labeled_unlabeled_overlap_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="1 ids are in both .* data.allow_overlap"):
         check_disjoint(lab, unl, False, "data")
     check_disjoint(lab, unl, True, "data")
+
+
+def test_single_image_path_lists_derive_the_label_path(tmp_path):
+    """U2PL's Cityscapes lists name one image per line; the label follows the layout's rule."""
+    from seg_ssl.config import load_config
+    cfg = load_config(os.path.join(ROOT, "configs", "cityscapes_sup.yaml"), [f"data.root={tmp_path}"])
+    d = cfg.data
+    for split in ("train/aachen/aachen_000000_000019", "train/bonn/bonn_000001_000019"):
+        img = tmp_path / "leftImg8bit" / (split + "_leftImg8bit.png")
+        lab = tmp_path / "gtFine" / (split + "_gtFine_labelTrainIds.png")
+        for path, arr in ((img, np.zeros((8, 16, 3), np.uint8)), (lab, np.full((8, 16), 7, np.uint8))):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(path)
+    write_list(str(tmp_path), "u2pl.txt", ["leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png",
+                                          "leftImg8bit/train/bonn/bonn_000001_000019_leftImg8bit.png"])
+    samples = read_split(str(tmp_path / "u2pl.txt"), d.root, d.img_dir, d.ann_dir, d.img_suffix, d.ann_suffix)
+    assert [s.id for s in samples] == ["aachen_000000_000019", "bonn_000001_000019"]
+    assert samples[1].label == str(tmp_path / "gtFine/train/bonn/bonn_000001_000019_gtFine_labelTrainIds.png")
+    ds = SegDataset(samples, 19)
+    assert int(ds.load(0)[1][0, 0]) == 7
 
 
 def test_bad_lists_and_files_are_named(tmp_path):

@@ -1,9 +1,10 @@
 """Segmentation datasets in the VOC folder layout (and any layout given by ``image label`` lists).
 
-A split list has one sample per line, either an id (``2007_000032``), resolved as
-``root/img_dir/<id><img_suffix>`` and ``root/ann_dir/<id><ann_suffix>``, or two paths relative to
-the root (``leftImg8bit/train/x.png gtFine/train/x_gtFine_labelTrainIds.png``), as the CPS, U2PL and
-UniMatch split files are written. Labels are index PNGs; 255 is ignored.
+A split list has one sample per line: an id (``2007_000032``: CPS and U2PL's VOC lists), resolved
+as ``root/img_dir/<id><img_suffix>`` and ``root/ann_dir/<id><ann_suffix>``; two paths relative to
+the root (``JPEGImages/x.jpg SegmentationClass/x.png``: UniMatch, CPS Cityscapes); or one image
+path (``leftImg8bit/train/x/y_leftImg8bit.png``: U2PL's Cityscapes lists) whose label path follows
+from ``img_dir``/``ann_dir`` and the suffixes. Labels are index PNGs; 255 is ignored.
 """
 from __future__ import annotations
 
@@ -27,6 +28,19 @@ class Sample:
     label: str | None
 
 
+def label_path_for(image_rel: str, img_dir: str, ann_dir: str, img_suffix: str, ann_suffix: str) -> str:
+    """The label of an image path relative to the root: the ``img_dir`` folder becomes ``ann_dir``
+    and the ``img_suffix`` ending becomes ``ann_suffix`` (Cityscapes:
+    ``leftImg8bit/train/x/y_leftImg8bit.png`` -> ``gtFine/train/x/y_gtFine_labelTrainIds.png``)."""
+    parts = image_rel.split("/")
+    if img_dir in parts:
+        parts[parts.index(img_dir)] = ann_dir
+    name = parts[-1]
+    parts[-1] = name[:-len(img_suffix)] + ann_suffix if name.endswith(img_suffix) else \
+        os.path.splitext(name)[0] + ann_suffix
+    return "/".join(parts)
+
+
 def read_split(list_path: str, root: str, img_dir: str, ann_dir: str, img_suffix: str,
                ann_suffix: str, need_labels: bool = True, problems: list | None = None) -> list[Sample]:
     """Parse a split list into samples; checks the list exists, is non-empty and has no duplicates.
@@ -40,7 +54,14 @@ def read_split(list_path: str, root: str, img_dir: str, ann_dir: str, img_suffix
             parts = line.strip().split()
             if not parts:
                 continue
-            if len(parts) == 1:
+            if len(parts) == 1 and ("/" in parts[0] or parts[0].endswith(img_suffix)):
+                # one image path (U2PL's Cityscapes lists): the label path follows the layout's rule
+                rel = parts[0].lstrip("/")
+                image = os.path.join(root, rel)
+                label = os.path.join(root, label_path_for(rel, img_dir, ann_dir, img_suffix, ann_suffix))
+                sid = os.path.basename(rel)
+                sid = sid[:-len(img_suffix)] if sid.endswith(img_suffix) else os.path.splitext(sid)[0]
+            elif len(parts) == 1:
                 sid = parts[0]
                 image = os.path.join(root, img_dir, sid + img_suffix)
                 label = os.path.join(root, ann_dir, sid + ann_suffix)
