@@ -51,7 +51,16 @@ def test_dry_run_prints_derived_sizes():
     r = run("tools/train.py", "configs/voc_sup.yaml", "--dry-run")
     assert r.returncode == 0, r.stderr
     assert '"labeled_per_process": 8' in r.stdout and "crop_size: 512" in r.stdout
-    assert "note: data.root 'data/VOCdevkit/VOC2012' does not exist here" in r.stdout
+    assert "note: data.root 'data/VOCdevkit/VOC2012' does not exist here" in r.stderr
+
+
+def test_dry_run_names_missing_lists_and_files(digits_root, tmp_path):
+    (tmp_path / "lab.txt").write_text("train_00000\nno_such_image\n")
+    r = run("tools/train.py", "configs/digits_cps.yaml", "--dry-run", f"data.root={digits_root}",
+            f"data.labeled_list={tmp_path}/lab.txt", f"data.unlabeled_list={tmp_path}/none.txt")
+    assert r.returncode == 0, r.stderr
+    assert "lab.txt: 2 listed file(s) missing, e.g. " in r.stderr and "no_such_image.jpg" in r.stderr
+    assert f"note: split list not found: {tmp_path}/none.txt" in r.stderr
 
 
 def test_make_splits_cli(tmp_path):

@@ -9,6 +9,7 @@ metrics.json. Re-running the same command resumes from latest.pth (resume=auto).
 """
 import argparse
 import json
+import sys
 
 from _common import run_cli
 
@@ -29,8 +30,20 @@ def main():
         world = int(os.environ.get("WORLD_SIZE", "1"))
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         print(json.dumps(derived_sizes(cfg, world), indent=1))
-        if not os.path.isdir(cfg.data.root):  # a dry run checks no files, but says what is not there
-            print(f"note: data.root {cfg.data.root!r} does not exist here; set data.root=... before training")
+        # a dry run trains nothing, but says (on stderr: stdout stays YAML + JSON) what is not
+        # there: the root, a list, a listed file
+        if not os.path.isdir(cfg.data.root):
+            print(f"note: data.root {cfg.data.root!r} does not exist here; set data.root=... before training",
+                  file=sys.stderr)
+            return 0
+        from seg_ssl.data.dataset import DataError, build_split
+        for which in ("labeled", "unlabeled", "val"):
+            if which == "unlabeled" and not cfg.data.unlabeled_list:
+                continue
+            try:
+                build_split(cfg.data, which)
+            except DataError as e:
+                print(f"note: {e}", file=sys.stderr)
         return 0
     from seg_ssl.engine.trainer import train
     res = train(cfg)
