@@ -95,3 +95,22 @@ def test_published_configs_keep_the_published_settings(name):
     wrong = [f"{key} = {lookup(cfg, key)!r}, published {value!r} ({source})"
              for key, (value, source) in PUBLISHED[name].items() if lookup(cfg, key) != value]
     assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("method_config", ["voc_cps.yaml", "voc_cac.yaml", "cityscapes_cps.yaml", "cityscapes_cac.yaml"])
+def test_labeled_only_twins_train_exactly_like_their_method(method_config):
+    """``X_sup.yaml`` is the baseline of method config ``X.yaml``: the same model, data, schedule and
+    evaluation, only the method differs (and CAC's projector, which the baseline does not use)."""
+    def flat(cfg, prefix=""):
+        out = {}
+        for k, v in cfg.items():
+            out.update(flat(v, prefix + k + ".") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    method = flat(load_config(os.path.join(ROOT, "configs", method_config)).to_dict())
+    twin = flat(load_config(os.path.join(ROOT, "configs", method_config.replace(".yaml", "_sup.yaml"))).to_dict())
+    assert twin["method"] == "supervised" and method["method"] != "supervised"
+    shared = [k for k in method if k.startswith(("data.", "train.", "eval.", "model.")) and k != "model.projector"]
+    assert len(shared) > 40
+    assert {k: twin[k] for k in shared} == {k: method[k] for k in shared}
+    assert twin["model.projector"] is False
