@@ -223,7 +223,11 @@ def cps_method(digits_root, tmp_path, *extra):
 def cps_batch(nl=2, nu=4, size=8, seed=1):
     g = torch.Generator().manual_seed(seed)
     labeled = {"image": torch.randn(nl, 3, size, size, generator=g),
-               "label": torch.randint(0, 4, (nl, size, size), generator=g)}
+               "label": torch.randint(0, 4, (nl, size, size), generator=g),
+               "valid": torch.ones(nl, size, size, dtype=torch.bool)}
+    labeled["label"][0, 0] = 255  # an ignored row (an object border): not padding
+    labeled["valid"][1, -1] = False  # the last row of labeled image 1 is padding
+    labeled["label"][1, -1] = 255
     valid = torch.ones(nu, size, size, dtype=torch.bool)
     valid[-1, :, size // 2:] = False  # the last unlabeled image is half padding
     unlabeled = {"image": torch.randn(nu, 3, size, size, generator=g), "valid": valid}
@@ -270,8 +274,8 @@ def test_cutmix_step_mixes_one_mask_into_images_targets_and_validity(digits_root
     assert float(out["cps"]) == pytest.approx(float(expect), rel=1e-5)
     assert abs(float(expect) - float(own)) > 0.1
     with torch.no_grad():
-        sup = F.cross_entropy(model.branch1(labeled["image"]), labeled["label"]) + \
-            F.cross_entropy(model.branch2(labeled["image"]), labeled["label"])
+        sup = F.cross_entropy(model.branch1(labeled["image"]), labeled["label"], ignore_index=255) + \
+            F.cross_entropy(model.branch2(labeled["image"]), labeled["label"], ignore_index=255)
     assert float((out["sup1"] + out["sup2"]).detach()) == pytest.approx(float(sup), rel=1e-5)
 
 
@@ -309,11 +313,14 @@ def test_plain_cps_step_crosses_the_branches_on_labeled_and_unlabeled_images(dig
     labeled, unlabeled = cps_batch(nu=2)
     out = method.training_step(model, labeled, unlabeled, 0)
     x = torch.cat([labeled["image"], unlabeled["image"]])
-    valid = torch.cat([torch.ones(2, 8, 8, dtype=torch.bool), unlabeled["valid"]])  # no label is 255 here
+    valid = torch.cat([labeled["valid"], unlabeled["valid"]])  # ignored label pixels get pseudo labels, padding not
     with torch.no_grad():
         s1, s2 = model.branch1(x), model.branch2(x)
     expect = ce_on(s1, s2.argmax(1), valid) + ce_on(s2, s1.argmax(1), valid)
     assert float(out["cps"]) == pytest.approx(float(expect), rel=1e-5)
+    dropped = valid & torch.cat([labeled["label"] != 255, unlabeled["valid"]])  # without the border row
+    assert float(out["cps"]) != pytest.approx(float(ce_on(s1, s2.argmax(1), dropped) + ce_on(s2, s1.argmax(1), dropped)),
+                                              rel=1e-5)
 
 
 def test_cutmix_draws_twice_the_unlabeled_batch_of_distinct_images(digits_root, tmp_path):

@@ -206,3 +206,17 @@ def test_digits_builder_is_deterministic_and_disjoint(tmp_path):
                        for i in range(32)])
     assert set(np.unique(labels)) <= set(range(11)) | {255}
     assert 0.4 < (labels == 0).mean() < 0.8 and (labels == 255).any()
+
+
+def test_labeled_pipeline_marks_padding_apart_from_ignored_pixels():
+    cfg = Config(validate({"data": {"root": "x", "labeled_list": "l", "val_list": "v", "num_classes": 4,
+                                    "crop_size": 32, "scale_range": [1.0, 1.0], "hflip": False},
+                           "train": {"iters": 1}}))
+    image = np.full((20, 24, 3), 100, np.uint8)  # smaller than the crop: padded below and right
+    label = np.zeros((20, 24), np.uint8)
+    label[5, 5] = 255  # an ignored pixel of the image (e.g. an object border)
+    out = train_pipeline(cfg.data, labeled=True)(image, label, seed=0)
+    assert out["label"].shape == out["valid"].shape == (32, 32)
+    assert out["valid"][:20, :24].all() and not out["valid"][20:].any() and not out["valid"][:, 24:].any()
+    assert out["label"][5, 5] == 255 and out["valid"][5, 5]  # ignored, but not padding
+    assert (out["label"][~out["valid"]] == 255).all()

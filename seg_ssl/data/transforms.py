@@ -1,8 +1,8 @@
 """Augmentation pipelines built with albumentations, seeded per sample.
 
 Each pipeline is a callable ``(image, label, seed) -> dict`` returning a normalised CHW float
-tensor ``image`` and, when a label was given, a long ``label`` (255 on padding). Unlabeled samples
-get a ``valid`` mask instead (False on padding), so no method ever learns from padded pixels.
+tensor ``image``, a ``valid`` mask (False on padding, so no method ever learns from padded pixels)
+and, when a label was given, a long ``label`` (255 on padding and on the dataset's ignored pixels).
 """
 from __future__ import annotations
 
@@ -72,17 +72,17 @@ class Pipeline:
         self.mean, self.std, self.labeled = mean, std, labeled
 
     def __call__(self, image: np.ndarray, label: np.ndarray | None, seed: int) -> dict:
-        if label is None:  # unlabeled: track padding through the same geometry
-            label = np.zeros(image.shape[:2], np.uint8)
+        # padding is tracked through the same geometry by a mask of zeros, padded with IGNORE: a
+        # labeled image's 255 pixels may be object borders (real pixels), not only padding
+        pad = np.zeros(image.shape[:2], np.uint8)
         if self.compose is not None:
             self.compose.set_random_seed(int(seed))
-            out = self.compose(image=image, mask=label)
-            image, label = out["image"], out["mask"]
-        result = {"image": normalize(image, self.mean, self.std)}
+            out = self.compose(image=image, masks=[pad] if label is None else [label, pad])
+            image, pad = out["image"], out["masks"][-1]
+            label = None if label is None else out["masks"][0]
+        result = {"image": normalize(image, self.mean, self.std), "valid": torch.from_numpy(pad != IGNORE)}
         if self.labeled:
             result["label"] = torch.from_numpy(np.ascontiguousarray(label)).long()
-        else:
-            result["valid"] = torch.from_numpy(label != IGNORE)
         return result
 
 

@@ -194,7 +194,9 @@ class CPS:
         else:
             l1, l2 = model(torch.cat([x_l, x_u]))
             sup1, sup2 = self.supervised_loss(l1[:nl], y), self.supervised_loss(l2[:nl], y)
-            valid = torch.cat([y != self.ignore_index, valid_u])  # no pseudo labels on padding
+            # pseudo labels everywhere but padding: on labeled images too, their 255 pixels (object
+            # borders) included, as the release does
+            valid = torch.cat([labeled["valid"], valid_u])
             align = self.alignment(y, torch.cat([l1[nl:], l2[nl:]]).detach(), torch.cat([valid_u, valid_u]))
             cps, p1, p2 = cross_pseudo_loss(l1, l2, valid=valid, ignore_index=self.ignore_index,
                                             conf_thresh=self.c.conf_thresh, align=align,
