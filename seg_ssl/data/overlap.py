@@ -82,6 +82,7 @@ class CropPairPipeline:
         photo = photometric_ops(color_jitter, grayscale, blur)
         self.photometric = A.Compose(photo) if photo else None
 
+    # label is always None here; it stays in the signature every dataset transform shares
     def __call__(self, image: np.ndarray, label, seed: int) -> dict:
         rng = np.random.default_rng(seed)
         self.geometry.set_random_seed(int(rng.integers(2**31)))

@@ -148,6 +148,8 @@ def derived_sizes(cfg, world_size: int) -> dict:
                               f"size {world_size}")
     per_l, per_u = d.batch_size // world_size, d.unlabeled_batch_size // world_size
     sizes = {"world_size": world_size, "labeled_per_process": per_l, "unlabeled_per_process": per_u}
+    if cfg.method == "cps" and cfg.cps.cutmix:  # each mixed image is made of two drawn images
+        sizes["unlabeled_drawn_per_process"] = 2 * per_u
     if cfg.method == "cac":
         sizes.update(cac_sizes(cfg, world_size, per_u))
     return sizes
@@ -345,10 +347,12 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         stop_at = t.iters if max_steps is None else min(t.iters, self.iteration + max_steps)
         writer = SummaryWriter(os.path.join(self.work_dir, "tb")) if self.info.is_main else None
-        LOG.info("method %s | %d labeled, %s unlabeled, %d val | world %d | per-process batch %d+%d | %s",
+        drawn = self.sizes.get("unlabeled_drawn_per_process")
+        LOG.info("method %s | %d labeled, %s unlabeled, %d val | world %d | per-process batch %d+%d%s | %s",
                  cfg.method, len(self.labeled), len(self.unlabeled) if self.unlabeled else 0,
                  len(self.val), self.info.world_size, self.sizes["labeled_per_process"],
-                 self.sizes["unlabeled_per_process"] if self.unlabeled else 0, self.device)
+                 self.sizes["unlabeled_per_process"] if self.unlabeled else 0,
+                 f" ({drawn} unlabeled drawn, mixed in pairs)" if drawn else "", self.device)
         last = {}
         if self.iteration >= t.iters:
             LOG.info("already trained to iteration %d", self.iteration)

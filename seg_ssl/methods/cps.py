@@ -102,7 +102,6 @@ class CPS:
     def __init__(self, cfg):
         self.cfg, self.c = cfg, cfg.cps
         self.ignore_index = cfg.data.ignore_index
-        self.world_size = 1
         names = cfg.data.class_names
         if self.c.fg_marginal and names and str(names[0]).lower() not in ("background", "bg", "_background_"):
             # Cityscapes has no background class: fg_marginal would treat 'road' as background

@@ -75,13 +75,6 @@ class Segmentor(nn.Module):
         """Input height and width must be multiples of this."""
         return self.output_stride
 
-    def backbone_parameters(self):
-        return self.encoder.parameters()
-
-    def head_parameters(self):
-        enc = {id(p) for p in self.encoder.parameters()}
-        return [p for p in self.parameters() if id(p) not in enc]
-
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder features at ``feature_stride`` (DeepLabv3+: 256 ch at /4; PSPNet: 512 at /8)."""
         h, w = x.shape[-2:]
