@@ -129,3 +129,18 @@ def test_pseudo_label_script_runs_on_a_checkpoint(digits_root, tmp_path, capsys)
     assert pseudo_labels.main([str(cfg_path), str(tmp_path / "latest.pth"), "--limit", "10", "--batch", "4"]) == 0
     out = capsys.readouterr().out
     assert "10 images of splits/1_4/unlabeled.txt" in out and "| fg_marginal |" in out
+
+
+def test_label_curves_reads_the_evaluations_of_each_run(tmp_path, capsys):
+    import label_curves
+    logs = {"few": ["it 100/400", "eval at iteration 200: mIoU 30.50 aAcc 1", "eval at iteration 400: mIoU 31.00 aAcc 1"],
+            "all": ["eval at iteration 200: mIoU 40.00 aAcc 1", "eval at iteration 400: mIoU 55.25 aAcc 1"]}
+    for name, lines in logs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train.log").write_text("\n".join(f"12:00:00 {ln}" for ln in lines) + "\n")
+    png = tmp_path / "curves.png"
+    assert label_curves.main(["configs/digits_sup.yaml", "--report-only", "--work-root", str(tmp_path),
+                              "--lists", "few=a.txt", "all=b.txt", "--png", str(png)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["| labeled | 200 | 400 |", "|---|---|---|", "| few | 30.5 | 31.0 |", "| all | 40.0 | 55.2 |"]
+    assert png.stat().st_size > 5000
