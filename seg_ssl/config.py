@@ -119,6 +119,8 @@ SCHEMA: dict = {
         "amp": _f(str, "none", choices=["none", "bf16", "fp16"], doc="CUDA only"),
         "grad_clip": _f(NUM, None, nullable=True),
         "sync_bn": _f(bool, True, doc="SyncBatchNorm when world size > 1"),
+        "joint_forward": _f(bool, False, doc="CAC/CPS: labeled and unlabeled images in one forward, sharing "
+                            "BatchNorm statistics; false (the releases): each batch apart"),
         "skip_nonfinite": _f(bool, False),
         "log_interval": _f(int, 20, minimum=1),
         "eval_interval": _f(int, 1000, doc="0: evaluate only at the end", minimum=0),

@@ -145,7 +145,9 @@ class WrittenOutputs(torch.nn.Module):
         self.proj, self.pseudo = proj, pseudo  # lists over the two crops of (2, C, 4, 4)
         self.bias = torch.nn.Parameter(torch.zeros(3))
 
-    def forward(self, x, with_projection=False):
+    def forward(self, x, with_projection=False, groups=None):
+        self.groups = groups
+
         def as_seen(t, flips):
             return torch.where(flips.view(-1, 1, 1, 1), t.flip(-1), t)
         nl = x.shape[0] - 4
@@ -205,6 +207,7 @@ def test_cac_step_pairs_unflipped_cells_and_sends_the_gradient_to_the_less_confi
     model = written_outputs()
     calls = recorded_loss_calls(monkeypatch)
     out = method.training_step(model, *crop_batch(), 0)
+    assert model.groups == [2, 2, 2]  # labeled, crop 1 and crop 2 apart, as the release
     ((f1, f2, conf1, conf2, label1, label2, neg, neg_label, *_),) = calls
     # pairs: crop 1's row i is crop 2's row i - 1, same column, both valid, in the unflipped frame
     expect = {cell_id(0, s, i, j): cell_id(1, s, i - 1, j) for s in range(2) for i in range(1, CELLS)

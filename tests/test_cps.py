@@ -243,16 +243,17 @@ def test_cutmix_step_mixes_one_mask_into_images_targets_and_validity(digits_root
     method = cps_method(digits_root, tmp_path, "cps.cutmix=true")
     model = conv_branches()
     labeled, unlabeled = cps_batch()
-    drawn, seen = [], []
+    drawn, seen, grouped = [], [], []
     real_box_masks = cps_module.box_masks
 
     def recording_box_masks(*args, **kwargs):
         drawn.append(real_box_masks(*args, **kwargs))
         return drawn[-1]
 
-    def recording_model(x):
+    def recording_model(x, groups=None):
         seen.append(x.detach().clone())
-        return model(x)
+        grouped.append(groups)
+        return model(x, groups=groups)
 
     monkeypatch.setattr(cps_module, "box_masks", recording_box_masks)
     out = method.training_step(recording_model, labeled, unlabeled, 0)
@@ -262,6 +263,7 @@ def test_cutmix_step_mixes_one_mask_into_images_targets_and_validity(digits_root
     x_mix = mix(u0, u1, masks)
     # teacher pass on the two unmixed halves, then one student pass on labeled + mixed images
     assert len(seen) == 2 and torch.equal(seen[0], x_u)
+    assert grouped == [[2, 2], [2, 2]]  # as the release: each half, and labeled and mixed, apart
     assert torch.equal(seen[1][:2], labeled["image"]) and torch.allclose(seen[1][2:], x_mix)
     assert 0 < masks.mean() < 1 and not torch.equal(u0, u1)  # two different images are mixed
     with torch.no_grad():

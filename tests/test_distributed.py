@@ -144,7 +144,8 @@ def torchrun(nproc, config, *overrides, log_dir):
 
 @pytest.mark.parametrize("config, extra", [
     ("digits_cps.yaml", ("cps.unsup_start_iter=1", "cps.rampup_iters=0", "cps.conf_thresh=0.0")),
-    ("digits_cac.yaml", ("cac.unsup_start_iter=1", "cac.pos_thresh=0.0", "cac.selected_num=64")),
+    ("digits_cac.yaml", ("cac.unsup_start_iter=1", "cac.pos_thresh=0.0", "cac.selected_num=64",
+                         "train.joint_forward=false")),  # groups apart under DDP and SyncBN
 ])
 def test_two_process_runs_complete_and_resume_with_any_world_size(digits_root, tmp_path, config, extra):
     from seg_ssl.engine.checkpoint import load_checkpoint

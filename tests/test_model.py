@@ -44,3 +44,16 @@ def test_local_torchvision_weights_load_strictly(tmp_path):
         Segmentor("deeplabv3plus", "resnet18", num_classes=3, encoder_weights=str(tmp_path / "bad.pth"))
     with pytest.raises(ConfigError, match="file not found"):
         Segmentor("deeplabv3plus", "resnet18", num_classes=3, encoder_weights=str(tmp_path / "none.pth"))
+
+
+def test_grouped_forward_normalises_each_group_with_its_own_statistics():
+    torch.manual_seed(0)
+    net = Segmentor("deeplabv3plus", "resnet18", num_classes=3, encoder_depth=4, decoder_channels=16,
+                    aspp_dropout=0.0, dropout=0.0, projector=True, proj_dim=8).train()
+    a, b = torch.randn(2, 3, 32, 32), torch.randn(3, 3, 32, 32) + 1.0
+    grouped = net(torch.cat([a, b]), groups=[2, 3])
+    torch.testing.assert_close(grouped, torch.cat([net(a), net(b)]))
+    assert not torch.allclose(grouped, net(torch.cat([a, b])), atol=1e-3)  # one batch: shared statistics
+    out = net(torch.cat([a, b]), with_projection=True, groups=[2, 3])
+    torch.testing.assert_close(out["proj"], torch.cat([net(a, with_projection=True)["proj"],
+                                                       net(b, with_projection=True)["proj"]]))

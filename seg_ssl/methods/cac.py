@@ -121,8 +121,10 @@ class CAC(Supervised):
         if weight == 0.0:
             return super().training_step(model, labeled, unlabeled, iteration)
         nl, nu = labeled["image"].shape[0], unlabeled["image1"].shape[0]
-        out = model(torch.cat([labeled["image"], unlabeled["image1"], unlabeled["image2"]]),
-                    with_projection=True)
+        # the release runs the labeled batch and each crop batch through the network apart
+        # (BatchNorm statistics per batch); train.joint_forward shares them instead
+        out = model(torch.cat([labeled["image"], unlabeled["image1"], unlabeled["image2"]]), with_projection=True,
+                    groups=None if self.cfg.train.joint_forward else [nl, nu, nu])
         sup = F.cross_entropy(out["logits"][:nl], labeled["label"], ignore_index=self.ignore_index)
         z, p = out["proj"][nl:], out["pseudo_logits"][nl:].float()
         u = unlabeled

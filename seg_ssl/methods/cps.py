@@ -22,7 +22,7 @@ from seg_ssl.data.cutmix import box_masks, mix
 from seg_ssl.engine.dist import all_reduce_sum
 from seg_ssl.engine.schedule import warmup_ramp
 from seg_ssl.losses.ohem import ohem_cross_entropy
-from seg_ssl.models.segmentor import build_segmentor
+from seg_ssl.models.segmentor import build_segmentor, cat_outputs
 
 
 class TwoBranch(nn.Module):
@@ -36,8 +36,13 @@ class TwoBranch(nn.Module):
     def size_divisor(self) -> int:
         return self.branch1.size_divisor
 
-    def forward(self, x: torch.Tensor):
-        return self.branch1(x), self.branch2(x)
+    def forward(self, x: torch.Tensor, groups: list[int] | None = None):
+        """Both branches' logits; ``groups`` runs each group of the batch on its own (BatchNorm
+        statistics per group), inside this one call that DDP sees."""
+        if groups is None:
+            return self.branch1(x), self.branch2(x)
+        parts = x.split(list(groups))
+        return tuple(cat_outputs([branch(p) for p in parts]) for branch in (self.branch1, self.branch2))
 
 
 def pseudo_labels(logits, valid=None, ignore_index: int = 255, conf_thresh: float = 0.0, align=None,
@@ -124,6 +129,11 @@ class CPS:
         self.label_dist = torch.full((k,), 1.0 / k)
         self.pred_dist = torch.full((k,), 1.0 / k)
 
+    def groups(self, *sizes):
+        """Batch groups for the forward pass: None (one batch, shared BatchNorm statistics) with
+        ``train.joint_forward``, else each part apart, as the release forwards them."""
+        return None if self.cfg.train.joint_forward else list(sizes)
+
     def supervised_loss(self, logits, label):
         if self.c.ohem:  # min_kept is per image, as the release keeps 50,000 x its per-GPU batch
             return ohem_cross_entropy(logits, label, self.c.ohem_thresh, self.c.ohem_min_kept * logits.shape[0],
@@ -179,19 +189,19 @@ class CPS:
                                  self.c.mask_invert, self.mask_rng)
             masks = masks.to(u0.device)
             with torch.no_grad():  # targets from the unmixed images, mixed with the same mask
-                t1, t2 = model(torch.cat([u0, u1]))
+                t1, t2 = model(torch.cat([u0, u1]), groups=self.groups(half, half))
                 t1 = mix(t1[:half], t1[half:], masks)
                 t2 = mix(t2[:half], t2[half:], masks)
             x_mix = mix(u0, u1, masks)
             valid = mix(v0.float(), v1.float(), masks) > 0.5
             align = self.alignment(y, torch.cat([t1, t2]), torch.cat([valid, valid]))
-            l1, l2 = model(torch.cat([x_l, x_mix]))
+            l1, l2 = model(torch.cat([x_l, x_mix]), groups=self.groups(nl, half))
             sup1, sup2 = self.supervised_loss(l1[:nl], y), self.supervised_loss(l2[:nl], y)
             # cross supervision on the mixed images: each branch learns the other's mixed targets
             cps, p1, p2 = cross_pseudo_loss(l1[nl:], l2[nl:], t1, t2, valid, self.ignore_index,
                                             self.c.conf_thresh, align, self.c.fg_marginal, return_targets=True)
         else:
-            l1, l2 = model(torch.cat([x_l, x_u]))
+            l1, l2 = model(torch.cat([x_l, x_u]), groups=self.groups(nl, x_u.shape[0]))
             sup1, sup2 = self.supervised_loss(l1[:nl], y), self.supervised_loss(l2[:nl], y)
             # pseudo labels everywhere but padding: on labeled images too, their 255 pixels (object
             # borders) included, as the release does

@@ -93,10 +93,14 @@ class Segmentor(nn.Module):
             raise RuntimeError("this Segmentor was built without a projector (model.projector=false)")
         return F.normalize(self.projector(feats), dim=1)
 
-    def forward(self, x: torch.Tensor, with_projection: bool = False):
+    def forward(self, x: torch.Tensor, with_projection: bool = False, groups: list[int] | None = None):
         """Logits at the input resolution; with ``with_projection`` a dict that adds, at stride 8,
         the L2-normalised projector embeddings ``proj`` and ``pseudo_logits`` (no gradient, no
-        dropout) for pseudo labels and confidence. One call serves a whole step, as DDP wants."""
+        dropout) for pseudo labels and confidence. One call serves a whole step, as DDP wants;
+        ``groups`` (sizes along the batch) runs each group through the network on its own, so that
+        BatchNorm normalises each with its own statistics (labeled and unlabeled images apart)."""
+        if groups is not None:
+            return cat_outputs([self(part, with_projection) for part in x.split(list(groups))])
         feats = self.features(x)
         logits = F.interpolate(self.classify(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
         if not with_projection:
@@ -106,6 +110,13 @@ class Segmentor(nn.Module):
         with torch.no_grad():
             pseudo_logits = self.classifier[-1](feats.detach())
         return {"logits": logits, "proj": self.project(feats), "pseudo_logits": pseudo_logits}
+
+
+def cat_outputs(outputs: list):
+    """Concatenate per-group outputs along the batch: tensors, or dicts of tensors."""
+    if isinstance(outputs[0], dict):
+        return {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}
+    return torch.cat(outputs)
 
 
 def build_segmentor(m, num_classes: int) -> Segmentor:
