@@ -31,6 +31,22 @@ def pair_iou(dy, dx, crop_size):
     return inter / (2.0 * crop_size * crop_size - inter)
 
 
+def pair_offsets(height: int, width: int, crop_size: int, iou_bound, stride: int = 8):
+    """Every offset ``(dy, dx)`` on the stride grid between two ``crop_size`` windows that both fit
+    in ``height x width`` and overlap, as 2-D arrays, with their IoU and the probability weight of
+    drawing each (the number of placements of the first window, 0 where the IoU is out of bounds):
+    drawing an offset by weight, then a placement, draws a uniform pair."""
+    lo, hi = float(iou_bound[0]), float(iou_bound[1])
+    max_dy, max_dx = min(height - crop_size, crop_size - 1), min(width - crop_size, crop_size - 1)
+    dys = np.arange(-(max_dy // stride), max_dy // stride + 1) * stride
+    dxs = np.arange(-(max_dx // stride), max_dx // stride + 1) * stride
+    dy, dx = np.meshgrid(dys, dxs, indexing="ij")
+    iou = pair_iou(dy, dx, crop_size)
+    ok = (iou >= lo - 1e-12) & (iou <= hi + 1e-12)
+    weight = (height - crop_size - np.abs(dy) + 1) * (width - crop_size - np.abs(dx) + 1) * ok
+    return dy, dx, iou, weight
+
+
 def sample_overlapping_crops(height: int, width: int, crop_size: int, iou_bound, stride: int = 8,
                              rng: np.random.Generator | None = None) -> CropPair:
     """Draw uniformly from every pair of ``crop_size`` windows inside ``height x width`` whose
@@ -43,15 +59,7 @@ def sample_overlapping_crops(height: int, width: int, crop_size: int, iou_bound,
     lo, hi = float(iou_bound[0]), float(iou_bound[1])
     if height < crop_size or width < crop_size:
         raise ValueError(f"image {height}x{width} is smaller than crop_size {crop_size}; pad it first")
-    # all offsets on the stride grid that keep both windows inside the image and overlapping
-    max_dy, max_dx = min(height - crop_size, crop_size - 1), min(width - crop_size, crop_size - 1)
-    dys = np.arange(-(max_dy // stride), max_dy // stride + 1) * stride
-    dxs = np.arange(-(max_dx // stride), max_dx // stride + 1) * stride
-    dy, dx = np.meshgrid(dys, dxs, indexing="ij")
-    iou = pair_iou(dy, dx, crop_size)
-    ok = (iou >= lo - 1e-12) & (iou <= hi + 1e-12)
-    # each offset admits this many placements of the first window: weight by it for a uniform pair
-    weight = (height - crop_size - np.abs(dy) + 1) * (width - crop_size - np.abs(dx) + 1) * ok
+    dy, dx, iou, weight = pair_offsets(height, width, crop_size, iou_bound, stride)
     total = weight.sum()
     if total <= 0:
         raise ValueError(f"iou_bound {[lo, hi]} cannot be met by two {crop_size}px crops of a "

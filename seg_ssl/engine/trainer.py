@@ -34,6 +34,7 @@ from seg_ssl.engine.workdir import lock_work_dir, remove_stale_temp_files
 from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
 from seg_ssl.evaluation.metrics import format_table, to_json
 from seg_ssl.methods import build_method
+from seg_ssl.methods.cac import cac_sizes
 from seg_ssl.models.weights import load_strict
 from seg_ssl.models.segmentor import Segmentor
 from seg_ssl.models.sync_bn import convert_sync_batchnorm
@@ -151,37 +152,8 @@ def derived_sizes(cfg, world_size: int) -> dict:
     if cfg.method == "cps" and cfg.cps.cutmix:  # each mixed image is made of two drawn images
         sizes["unlabeled_drawn_per_process"] = 2 * per_u
     if cfg.method == "cac":
-        sizes.update(cac_sizes(cfg, world_size, per_u))
+        sizes.update(cac_sizes(cfg, world_size, per_u))  # feature map, negatives, expected overlap
     return sizes
-
-
-def cac_sizes(cfg, world_size: int, per_u: int) -> dict:
-    """Feature map, negatives and expected overlap pixels per step for a CAC config. The expected
-    overlap assumes a square image of the mean rescaled size (base_size or crop x mean scale)."""
-    from seg_ssl.data.overlap import pair_iou
-
-    c, d = cfg.cac, cfg.data
-    feat = d.crop_size // 8
-    scale = c.scale_range or d.scale_range
-    side = max(d.crop_size, int((d.base_size or d.crop_size) * (scale[0] + scale[1]) / 2))
-    lim = min(side - d.crop_size, d.crop_size - 1) // 8
-    offs = np.arange(-lim, lim + 1) * 8
-    dy, dx = np.meshgrid(offs, offs, indexing="ij")
-    iou = pair_iou(dy, dx, d.crop_size)
-    ok = (iou >= c.iou_bound[0]) & (iou <= c.iou_bound[1])
-    weight = (side - d.crop_size - np.abs(dy) + 1) * (side - d.crop_size - np.abs(dx) + 1) * ok
-    cells = ((d.crop_size - np.abs(dy)) * (d.crop_size - np.abs(dx)) / 64.0)
-    mean_cells = float((weight * cells).sum() / weight.sum()) if weight.sum() > 0 else 0.0
-    available = per_u * feat * feat
-    per_rank = min(max(1, c.selected_num // world_size), available)
-    fresh = 2 * per_rank * world_size
-    return {"cac_feature_map": [feat, feat], "cac_pixels_per_crop_per_process": available,
-            "cac_negatives_per_crop_per_process": per_rank,
-            "cac_negatives_per_loss": fresh * (1 + c.step_save),
-            "cac_expected_overlap_pixels_per_process": round(per_u * mean_cells, 1),
-            "cac_expected_mean_iou": round(float((weight * iou).sum() / weight.sum()), 3)
-            if weight.sum() > 0 else None,
-            "cac_gathered_floats_per_step": fresh * cfg.model.proj_dim}
 
 
 class Trainer:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import collections
 import logging
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from seg_ssl.config import ConfigError
-from seg_ssl.data.overlap import CropPairPipeline
+from seg_ssl.data.overlap import CropPairPipeline, pair_offsets
 from seg_ssl.engine.dist import all_gather_rows
 from seg_ssl.engine.schedule import warmup_ramp
 from seg_ssl.losses.contrastive import directional_contrastive_loss
@@ -68,6 +69,29 @@ def overlap_pairs(z1, z2, p1, p2, valid1, valid2, box1, box2, stride):
 
     keep = in1 & valid1.flatten(1) & at2(valid2.flatten(1).unsqueeze(-1)).squeeze(-1)
     return (flat(z1)[keep], at2(flat(z2))[keep], flat(p1)[keep], at2(flat(p2))[keep])
+
+
+def cac_sizes(cfg, world_size: int, per_u: int) -> dict:
+    """Feature map, negatives and expected overlap pixels per step of a CAC config (``--dry-run``).
+    The expected overlap assumes a square image of the mean rescaled size (base_size or crop x mean
+    scale), with the crop sampler's own distribution of offsets."""
+    c, d = cfg.cac, cfg.data
+    feat = d.crop_size // 8
+    scale = c.scale_range or d.scale_range
+    side = max(d.crop_size, int((d.base_size or d.crop_size) * (scale[0] + scale[1]) / 2))
+    dy, dx, iou, weight = pair_offsets(side, side, d.crop_size, c.iou_bound, c.stride)
+    cells = (d.crop_size - np.abs(dy)) * (d.crop_size - np.abs(dx)) / 64.0
+    total = weight.sum()
+    available = per_u * feat * feat
+    per_rank = min(max(1, c.selected_num // world_size), available)
+    fresh = 2 * per_rank * world_size
+    return {"cac_feature_map": [feat, feat], "cac_pixels_per_crop_per_process": available,
+            "cac_negatives_per_crop_per_process": per_rank,
+            "cac_negatives_per_loss": fresh * (1 + c.step_save),
+            "cac_expected_overlap_pixels_per_process": round(per_u * float((weight * cells).sum() / total), 1)
+            if total > 0 else 0.0,
+            "cac_expected_mean_iou": round(float((weight * iou).sum() / total), 3) if total > 0 else None,
+            "cac_gathered_floats_per_step": fresh * cfg.model.proj_dim}
 
 
 class CAC(Supervised):
