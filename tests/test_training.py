@@ -197,3 +197,29 @@ def test_every_method_starts_from_the_baselines_weights(digits_root, tmp_path):
             assert torch.equal(base[k], other[k]), (method, k)
     other_seed = Trainer(digits_cfg(digits_root, str(tmp_path / "s4"), "seed=4")).model.state_dict()
     assert not torch.equal(base["classifier.1.weight"], other_seed["classifier.1.weight"])
+
+
+def test_sigterm_to_the_whole_process_group_stops_cleanly_with_loader_workers(digits_root, tmp_path):
+    """SLURM pre-emption signals every process of the job, the DataLoader workers included: they
+    leave it to the main process, which saves latest.pth and exits cleanly."""
+    import signal
+    import subprocess
+    import sys
+    from conftest import ROOT
+    work = tmp_path / "grp"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "train.py"),
+                             os.path.join(ROOT, "configs", "digits_sup.yaml"), f"data.root={digits_root}",
+                             f"work_dir={work}", "data.labeled_list=splits/1_4/labeled.txt", "data.num_workers=1",
+                             "data.val_batch_size=8", "train.iters=100000", "train.log_interval=2",
+                             "train.eval_interval=0", "train.ckpt_interval=1000", "data.batch_size=2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    seen = []
+    for line in proc.stdout:  # a loader worker is running once iterations are logged
+        seen.append(line)
+        if " it 4/" in line:
+            break
+    os.killpg(proc.pid, signal.SIGTERM)
+    out = "".join(seen) + proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0 and "stopped (signal 15)" in out, out[-2000:]
+    assert 4 <= load_checkpoint(str(work / "latest.pth"))["iteration"] < 100000

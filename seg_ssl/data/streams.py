@@ -13,6 +13,7 @@ are cut in order and each rank takes its contiguous slice of ``G / world`` sampl
 from __future__ import annotations
 
 import math
+import signal
 
 import numpy as np
 import torch
@@ -63,6 +64,11 @@ class StreamBatchSampler:
 
 
 def _worker_init(_):
+    # a SIGTERM or Ctrl-C sent to the whole process group (SLURM pre-emption, a terminal) is the
+    # main process's to handle: it finishes the step, saves latest.pth and then closes the workers.
+    # A worker killed by it would crash the run instead.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # one thread per worker: the main process owns the cores for the model
     torch.set_num_threads(1)
     try:
