@@ -64,10 +64,9 @@ class StreamBatchSampler:
 
 
 def _worker_init(_):
-    # a SIGTERM or Ctrl-C sent to the whole process group (SLURM pre-emption, a terminal) is the
-    # main process's to handle: it finishes the step, saves latest.pth and then closes the workers.
-    # A worker killed by it would crash the run instead.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Ctrl-C in a terminal reaches the whole process group: it is the main process's to handle (it
+    # finishes the step, saves latest.pth and closes the workers); a worker interrupted by it would
+    # crash the run instead. SIGTERM is left alone: multiprocessing ends workers with it at exit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # one thread per worker: the main process owns the cores for the model
     torch.set_num_threads(1)
