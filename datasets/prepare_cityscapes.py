@@ -6,7 +6,9 @@
 
 Uses ``cityscapesscripts``' json2labelImg (the official trainId mapping) on every
 ``gtFine/*/*/*_polygons.json``; writes ``lists/{train,val}.txt`` ("image label" lines relative to the
-root) and nested labeled/unlabeled splits of train under ``splits/``.
+root) and nested labeled/unlabeled splits of train under ``splits/``. An image without its polygons
+JSON is left out of the lists (and named). Each label image is written under a temporary name and
+renamed when complete, so an interrupted run leaves no half-written label that a re-run would keep.
 """
 import argparse
 import glob
@@ -21,7 +23,9 @@ def to_train_ids(json_path):
     from cityscapesscripts.preparation.json2labelImg import json2labelImg
     out = json_path.replace("_polygons.json", "_labelTrainIds.png")
     if not os.path.exists(out):
-        json2labelImg(json_path, out, "trainIds")
+        partial = out[:-len(".png")] + f".partial{os.getpid()}.png"  # PIL picks the format by suffix
+        json2labelImg(json_path, partial, "trainIds")
+        os.replace(partial, out)
     return out
 
 
@@ -36,11 +40,13 @@ def main():
         import cityscapesscripts  # noqa: F401
     except ImportError:
         sys.exit("error: cityscapesscripts is not installed; pip install -e .[cityscapes]")
-    from seg_ssl.data.splits import nested_splits, write_split
+    from seg_ssl.data.splits import nested_splits, write_split, write_text_atomic
     for sub in ("leftImg8bit", "gtFine"):
         if not os.path.isdir(os.path.join(args.root, sub)):
             sys.exit(f"error: {os.path.join(args.root, sub)} not found; expected "
                      f"ROOT/leftImg8bit/{{train,val}}/<city>/*.png and ROOT/gtFine/...")
+    for stale in glob.glob(os.path.join(args.root, "gtFine", "*", "*", "*_labelTrainIds.partial*.png")):
+        os.remove(stale)  # what an interrupted run was writing
     jsons = sorted(glob.glob(os.path.join(args.root, "gtFine", "*", "*", "*_gtFine_polygons.json")))
     with ProcessPoolExecutor(args.workers) as ex:
         list(ex.map(to_train_ids, jsons, chunksize=16))
@@ -48,15 +54,20 @@ def main():
     lines = {}
     for split in ("train", "val"):
         imgs = sorted(glob.glob(os.path.join(args.root, "leftImg8bit", split, "*", "*_leftImg8bit.png")))
-        rows = []
+        rows, unlabeled = [], []
         for img in imgs:
             rel = os.path.relpath(img, args.root)
             lab = rel.replace("leftImg8bit/", "gtFine/", 1).replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
-            rows.append(f"{rel} {lab}")
+            if os.path.isfile(os.path.join(args.root, lab)):
+                rows.append(f"{rel} {lab}")
+            else:  # no polygons JSON, so no label: listing it would fail the first run that draws it
+                unlabeled.append(rel)
         lines[split] = rows
-        with open(os.path.join(args.root, "lists", f"{split}.txt"), "w") as f:
-            f.write("\n".join(rows) + "\n")
+        write_text_atomic(os.path.join(args.root, "lists", f"{split}.txt"), "\n".join(rows) + "\n")
         print(f"lists/{split}.txt: {len(rows)} images")
+        if unlabeled:
+            print(f"warning: {len(unlabeled)} {split} image(s) have no gtFine polygons JSON and are not listed: "
+                  f"{', '.join(unlabeled[:3])}{' ...' if len(unlabeled) > 3 else ''}", file=sys.stderr)
     for name, (lab, unl) in nested_splits(lines["train"], args.splits.split(","), args.seed).items():
         write_split(os.path.join(args.root, "splits", name), lab, unl)
         print(f"splits/{name}: {len(lab)} labeled, {len(unl)} unlabeled")

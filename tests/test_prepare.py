@@ -55,8 +55,16 @@ def test_prepare_cityscapes_writes_train_ids_lists_and_splits(tmp_path):
                 {"label": "car", "polygon": [[0, 0], [7, 0], [7, 7], [0, 7]]},
                 {"label": "ego vehicle", "polygon": [[12, 2], [15, 2], [15, 5], [12, 5]]}]}
             (root / "gtFine" / split / city / f"{n}_gtFine_polygons.json").write_text(json.dumps(poly))
+    # an interrupted run's half-written label is not kept; an image without its polygons JSON is
+    # named and left out of the lists
+    (root / "gtFine" / "train" / "a" / "a_000000_000002_gtFine_labelTrainIds.partial77.png").write_bytes(b"\x89PNG half")
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(root / "leftImg8bit" / "train" / "a" / "a_000000_000009_leftImg8bit.png")
     r = run("datasets/prepare_cityscapes.py", "--root", str(root), "--splits", "1/4,1/2", "--workers", "1")
     assert r.returncode == 0, r.stderr
+    assert ("warning: 1 train image(s) have no gtFine polygons JSON and are not listed: "
+            "leftImg8bit/train/a/a_000000_000009_leftImg8bit.png") in r.stderr
+    assert "000009" not in (root / "lists" / "train.txt").read_text()
+    assert not list(root.rglob("*partial*"))  # every output renamed into place
     lab = np.asarray(Image.open(root / "gtFine" / "train" / "a" / "a_000000_000001_gtFine_labelTrainIds.png"))
     assert lab[4, 2] == 13 and lab[4, 10] == 0 and lab[3, 13] == 255  # car, road, ego vehicle ignored
     lines = (root / "lists" / "train.txt").read_text().split("\n")

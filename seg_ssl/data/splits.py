@@ -45,8 +45,15 @@ def nested_splits(ids: list[str], specs: list[str], seed: int = 0) -> dict:
     return out
 
 
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``path`` whole or not at all: an interrupted preparation leaves no half list behind."""
+    tmp = f"{path}.partial{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def write_split(folder: str, labeled: list[str], unlabeled: list[str]) -> None:
     os.makedirs(folder, exist_ok=True)
     for name, items in (("labeled.txt", labeled), ("unlabeled.txt", unlabeled)):
-        with open(os.path.join(folder, name), "w") as f:
-            f.write("\n".join(items) + ("\n" if items else ""))
+        write_text_atomic(os.path.join(folder, name), "\n".join(items) + ("\n" if items else ""))
