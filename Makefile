@@ -37,8 +37,11 @@ demo: $(STAMP) data/digits/.complete
 	$(BIN)/python tools/compare.py runs/demo_sup/eval.json runs/demo_cps/eval.json \
 		--names labeled-only CPS --config configs/digits_sup.yaml
 
+# one pytest-xdist worker per core (most slow tests wait on a tool's imports on one core);
+# `make test PYTEST_ARGS=` runs them in one process
+PYTEST_ARGS ?= -n auto --dist load
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs build *.egg-info

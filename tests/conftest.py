@@ -8,7 +8,12 @@ from helpers import ROOT
 
 sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(2)
+# `make test` runs the suite in pytest-xdist workers (one per core): each worker's torch gets an
+# equal share of the cores, since more threads than cores makes OpenMP's threads wait on each other.
+# The tests compare runs within one process, so no result depends on the thread count.
+THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+torch.set_num_threads(THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))  # the same share for the tools the tests start
 
 
 @pytest.fixture(scope="session")
@@ -25,4 +30,10 @@ def digits_cfg(root, work_dir, *overrides, config="digits_sup.yaml"):
     return load_config(os.path.join(ROOT, "configs", config), [
         f"data.root={root}", f"work_dir={work_dir}", "data.labeled_list=splits/1_4/labeled.txt",
         "data.unlabeled_list=splits/1_4/unlabeled.txt", "data.num_workers=0", "data.val_batch_size=8",
-        "train.log_interval=1000", "train.eval_interval=0", "train.threads=2", *overrides])
+        "train.log_interval=1000", "train.eval_interval=0", f"train.threads={THREADS}", *overrides])
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests (each starts processes: ~10-40 s) first: spread over the xdist workers from
+    the start instead of one worker finishing them alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise

@@ -32,6 +32,19 @@ def run_tool(*args, cwd=ROOT, env=None, popen=False):
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
 
 
+def load_tool(name: str):
+    """tools/NAME.py as a module, to call its ``main(argv)`` in this process: a tool started as a
+    process spends ~5 s importing torch and smp before it does anything."""
+    import importlib.util
+    tools = os.path.join(ROOT, "tools")
+    if tools not in sys.path:
+        sys.path.insert(0, tools)  # the tools import their shared _common
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(tools, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def brute_force_miou(predict, dataset, num_classes: int, ignore_index: int = 255, batch_size: int = 1) -> float:
     """mIoU counted class by class over every pixel of ``dataset`` (the definition, no confusion
     matrix): IoU_c = |pred = c and gt = c| / |pred = c or gt = c| over non-ignored pixels, summed over

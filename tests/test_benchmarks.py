@@ -6,6 +6,8 @@ import os
 import statistics
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -16,6 +18,7 @@ SMALL = ["data.labeled_list=splits/1_4/labeled.txt", "data.unlabeled_list=splits
          "data.num_workers=0", "data.val_batch_size=8"]
 
 
+@pytest.mark.slow
 def test_ssl_digits_runs_resumes_and_adds_the_equal_wall_baseline(digits_root, tmp_path, capsys):
     args = ["--ratios", "1_4", "--methods", "labeled-only", "CAC", "--seeds", "0", "1", "--iters", "4",
             "--jobs", "2", "--threads", "1", "--work-root", str(tmp_path), "--data-root", digits_root,
@@ -57,6 +60,7 @@ def test_ssl_digits_table_and_readme_block(tmp_path, monkeypatch):
     assert doc.count(ssl_digits.BEGIN) == 1 and "second" in doc and "first" not in doc and "intro" in doc
 
 
+@pytest.mark.slow
 def test_throughput_measures_every_part(digits_root, tmp_path):
     out = tmp_path / "t.json"
     assert throughput.main(["--methods", "labeled-only", "CPS+CutMix", "--steps", "2", "--warmup", "1",
@@ -71,6 +75,7 @@ def test_throughput_measures_every_part(digits_root, tmp_path):
     assert res["eval"]["val_images"] == 24 and res["eval"]["whole_img_s"] > 0 and res["eval"]["slide_img_s"] > 0
 
 
+@pytest.mark.slow
 def test_throughput_voc_scale_runs_on_a_synthetic_voc_set(tmp_path):
     out = tmp_path / "t.json"
     assert throughput.main(["--scale", "voc", "--crop", "64", "--methods", "labeled-only", "--steps", "1",
@@ -101,7 +106,6 @@ def test_ssl_digits_report_only_tabulates_finished_runs(tmp_path, capsys):
 
 
 def test_pseudo_label_quality_against_hand_counts():
-    import pytest
     import torch
     import pseudo_labels
     # 3 classes (0 background), 4 pixels with true labels [0, 1, 2, 255]

@@ -88,9 +88,9 @@ def test_cac_training_iterations_on_digits(digits_root, tmp_path):
     assert trainer.model.projector[0].weight.grad is not None
 
 
-def test_tsne_tool_on_baseline_and_cac_checkpoints(digits_root, tmp_path):
-    import subprocess
-    import sys
+@pytest.mark.slow
+def test_tsne_tool_on_baseline_and_cac_checkpoints(digits_root, tmp_path, capsys):
+    from helpers import load_tool
     runs = {}
     for name, extra in (("sup", ()), ("cac", ("method=cac", "model.projector=true", "model.proj_dim=16",
                                               "cac.unsup_start_iter=0", "cac.pos_thresh=0.0"))):
@@ -99,12 +99,18 @@ def test_tsne_tool_on_baseline_and_cac_checkpoints(digits_root, tmp_path):
         Trainer(cfg).train()
         runs[name] = str(tmp_path / name / "latest.pth")
     out = tmp_path / "tsne.png"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "tsne.py"), os.path.join(ROOT, "configs", "digits_cac.yaml"),
-                        runs["sup"], runs["cac"], "--images", "3", "--out", str(out), f"data.root={digits_root}"],
-                       capture_output=True, text=True, cwd=str(tmp_path))
-    assert r.returncode == 0, r.stderr
-    lines = [ln for ln in r.stdout.splitlines() if "alignment" in ln]
+    cell = tmp_path / "crop_size=48__seed=0"  # a sweep cell's folder: the path holds "="
+    cell.mkdir()
+    os.rename(runs["cac"], cell / "latest.pth")
+    tsne = load_tool("tsne").main
+    assert tsne([os.path.join(ROOT, "configs", "digits_cac.yaml"), runs["sup"], str(cell / "latest.pth"),
+                 "--images", "3", "--out", str(out), f"data.root={digits_root}", "data.crop_size=64"]) == 0
+    printed = capsys.readouterr().out
+    lines = [ln for ln in printed.splitlines() if "alignment" in ln]
     assert len(lines) == 2 and out.stat().st_size > 10_000
+    # crops as large as the 64 x 64 images would be one and the same view: smaller views are used
+    assert "note: data.crop_size 64 covers whole images (64x64)" in printed and "views of 48 px" in printed
+    assert all(float(ln.split("alignment ")[1].split(",")[0]) > 0 for ln in lines)
     from seg_ssl.viz.tsne import alignment, uniformity
     x = F.normalize(torch.randn(64, 8), dim=1)
     assert alignment(x, x) == 0.0 and alignment(x, -x) == pytest.approx(4.0)

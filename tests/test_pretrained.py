@@ -106,6 +106,7 @@ def test_normalization_follows_the_weights_unless_set(caplog):
         in caplog.text
 
 
+@pytest.mark.slow
 def test_voc_cps_lite2_dry_run():
     r = run_tool("tools/train.py", "configs/voc_cps_lite2.yaml", "--dry-run")
     assert r.returncode == 0, r.stderr

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, digits_cfg
-from helpers import run_tool
+from helpers import load_tool, run_tool
 from seg_ssl.engine.checkpoint import load_checkpoint
 from seg_ssl.engine.trainer import Trainer
 from test_data import make_voc, write_list
@@ -25,7 +25,8 @@ def write_cfg(tmp_path, root, **data):
     return str(path)
 
 
-def test_check_dataset_reports_every_problem_at_once(tmp_path):
+def test_check_dataset_reports_every_problem_at_once(tmp_path, capsys):
+    check_dataset = load_tool("check_dataset").main
     root = make_voc(str(tmp_path / "d"), ["a", "b", "c", "d", "e", "f", "g"])
     write_list(root, "lab.txt", ["a", "b", "c", "d", "e", "nope", "a"])
     write_list(root, "unl.txt", ["f", "b"])
@@ -37,9 +38,8 @@ def test_check_dataset_reports_every_problem_at_once(tmp_path):
     Image.fromarray(np.full((30, 40), 7, np.uint8), mode="L").save(os.path.join(lab, "c.png"))  # values
     Image.fromarray(np.zeros((5, 5), np.uint8), mode="L").save(os.path.join(lab, "d.png"))  # size
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(os.path.join(lab, "e.png"))  # RGB label
-    r = run_tool("tools/check_dataset.py", write_cfg(tmp_path, root))
-    out = r.stdout
-    assert r.returncode == 1, r.stderr
+    assert check_dataset([write_cfg(tmp_path, root)]) == 1
+    out = capsys.readouterr().out
     # a duplicate id is one more problem; the rest of the list is still scanned
     assert "lab.txt:7: duplicate id 'a' (first on line 1)" in out
     for needle in ("cannot read image", "b.jpg", "c.png has values [7] outside 0..3 and 255",
@@ -49,10 +49,11 @@ def test_check_dataset_reports_every_problem_at_once(tmp_path):
                    "9 problem(s)"):  # b.jpg counts twice (it is in both lists), and the duplicate
         assert needle in out, (needle, out)
     write_list(root, "val.txt", [""])
-    r = run_tool("tools/check_dataset.py", write_cfg(tmp_path, str(tmp_path / "missing")))
-    assert r.returncode == 1 and "is not a directory; expected root/JPEGImages/*.jpg" in r.stdout
+    assert check_dataset([write_cfg(tmp_path, str(tmp_path / "missing"))]) == 1
+    assert "is not a directory; expected root/JPEGImages/*.jpg" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_bad_file_met_by_a_worker_is_a_one_line_error(tmp_path):
     root = make_voc(str(tmp_path / "d"), ["a", "b", "v"], size=(32, 32))
     write_list(root, "lab.txt", ["a", "b"])
@@ -147,6 +148,7 @@ def test_resume_refuses_changed_settings_and_keeps_the_record(digits_root, tmp_p
     assert log.count("config (resolved):") == 2 and "resumed from" in log  # every start records its config
 
 
+@pytest.mark.slow
 def test_a_second_run_in_the_same_work_dir_is_refused(digits_root, tmp_path):
     work = tmp_path / "w"
     holder = run_tool("-c", "import sys, time; sys.path.insert(0, '.'); "
@@ -165,8 +167,13 @@ def test_a_second_run_in_the_same_work_dir_is_refused(digits_root, tmp_path):
     # once the holder has gone (a crash drops the lock too), the run goes ahead and clears what a
     # killed save left behind
     (work / ".latest.pth.abc123.tmp").write_bytes(b"half a checkpoint")
-    r = run_tool("tools/train.py", "configs/digits_sup.yaml", f"data.root={digits_root}", f"work_dir={work}",
-                 "data.labeled_list=splits/1_4/labeled.txt", "train.iters=1", "data.num_workers=0",
-                 "train.eval_interval=0", "data.val_batch_size=8")
+    trainer = Trainer(digits_cfg(digits_root, str(work), "train.iters=1"))
+    assert not (work / ".latest.pth.abc123.tmp").exists()
+    trainer.train()
+    # this process holds the lock until the trainer is closed; then another process may take it
+    taker = ("import sys; sys.path.insert(0, '.'); from seg_ssl.engine.workdir import lock_work_dir; "
+             f"lock_work_dir({str(work)!r})")
+    assert run_tool("-c", taker).returncode != 0
+    trainer.close()
+    r = run_tool("-c", taker)
     assert r.returncode == 0, r.stderr
-    assert not (work / ".latest.pth.abc123.tmp").exists() and (work / "latest.pth").exists()

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from conftest import ROOT, digits_cfg
-from helpers import run_tool
+from helpers import load_tool, run_tool
 from seg_ssl.engine.checkpoint import load_checkpoint
 from seg_ssl.engine.sweep import cell_name, parse_grid, split_values
 
@@ -28,18 +28,22 @@ def test_grid_parsing():
         parse_grid(["a=1", "a=2"])
 
 
+SWEEP_COMMON = ("data.labeled_list=splits/1_4/labeled.txt", "data.num_workers=0", "data.val_batch_size=8",
+                "train.eval_interval=0", "train.threads=1")
+
+
 def sweep(out, digits_root, *extra):
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "sweep.py"), os.path.join(ROOT, "configs", "digits_sup.yaml"),
-           "--grid", "data.crop_size=32,48", "--grid", "train.lr=0.001,0.002", "--out", str(out),
-           f"data.root={digits_root}", "data.labeled_list=splits/1_4/labeled.txt", "data.num_workers=0",
-           "data.val_batch_size=8", "train.iters=2", "train.eval_interval=0", "train.threads=1", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    """tools/sweep.py in this process (its runs are processes, as always); returns its stdout."""
+    main = load_tool("sweep").main
+    return main([os.path.join(ROOT, "configs", "digits_sup.yaml"), "--out", str(out), f"data.root={digits_root}",
+                 *SWEEP_COMMON, *extra])
 
 
-def test_sweep_runs_every_cell_writes_reports_and_resumes(digits_root, tmp_path):
+@pytest.mark.slow
+def test_sweep_runs_every_cell_writes_reports_and_resumes(digits_root, tmp_path, capsys):
     out = tmp_path / "sw"
-    r = sweep(out, digits_root)
-    assert r.returncode == 0, r.stderr
+    grid = ("--grid", "data.crop_size=32,48", "--grid", "train.lr=0.001,0.002", "train.iters=2")
+    assert sweep(out, digits_root, *grid) == 0
     rows = list(csv.DictReader(open(out / "sweep.csv")))
     assert len(rows) == 4 and all(row["status"] == "ok" for row in rows)
     assert {(row["data.crop_size"], row["train.lr"]) for row in rows} == {("32", "0.001"), ("32", "0.002"),
@@ -54,37 +58,38 @@ def test_sweep_runs_every_cell_writes_reports_and_resumes(digits_root, tmp_path)
     assert (cell / "config.yaml").is_file() and "crop_size: 32" in (cell / "config.yaml").read_text()
     # an interrupted cell (no result yet) resumes; finished cells are skipped
     os.remove(cell / "result.json")
-    r = sweep(out, digits_root)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.count("skip ") == 3 and "run  crop_size=32__lr=0.001__seed=0" in r.stdout
+    capsys.readouterr()
+    assert sweep(out, digits_root, *grid) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("skip ") == 3 and "run  crop_size=32__lr=0.001__seed=0" in printed
     assert "already trained to iteration 2" in (cell / "sweep_run.log").read_text()
 
 
-def test_a_rerun_with_other_settings_extends_or_refuses_finished_cells(digits_root, tmp_path):
+@pytest.mark.slow
+def test_a_rerun_with_other_settings_extends_or_refuses_finished_cells(digits_root, tmp_path, capsys):
+    from seg_ssl.config import ConfigError
     out = tmp_path / "sw"
+    cell = out / "lr=0.001__seed=0"
 
     def one_cell(*extra):
-        return run_tool("tools/sweep.py", "configs/digits_sup.yaml", "--grid", "train.lr=0.001", "--out", str(out),
-                        f"data.root={digits_root}", "data.labeled_list=splits/1_4/labeled.txt", "data.num_workers=0",
-                        "data.val_batch_size=8", "train.eval_interval=0", "train.threads=1", *extra)
+        return sweep(out, digits_root, "--grid", "train.lr=0.001", *extra)
 
-    assert one_cell("train.iters=1").returncode == 0
-    cell = out / "lr=0.001__seed=0"
-    r = one_cell("train.iters=2")  # a longer schedule continues the finished cell
-    assert r.returncode == 0, r.stderr
-    assert "extend lr=0.001__seed=0: train.iters 1 -> 2" in r.stdout
+    assert one_cell("train.iters=1") == 0
+    assert one_cell("train.iters=2") == 0  # a longer schedule continues the finished cell
+    assert "extend lr=0.001__seed=0: train.iters 1 -> 2" in capsys.readouterr().out
     assert json.loads((cell / "result.json").read_text())["iteration"] == 2
-    r = one_cell("train.iters=2", "model.dropout=0.3")  # another model: its old result answers nothing
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
-        f"error: sweep: 1 cell(s) in {out} ran with other settings (lr=0.001__seed=0: model.dropout 0.0 -> 0.3); "
+    with pytest.raises(ConfigError) as refused:  # another model: its old result answers nothing
+        one_cell("train.iters=2", "model.dropout=0.3")
+    assert str(refused.value) == (
+        f"sweep: 1 cell(s) in {out} ran with other settings (lr=0.001__seed=0: model.dropout 0.0 -> 0.3); "
         "pass --rerun-changed to train them again (old folders kept as <cell>.old) or choose another --out")
     assert json.loads((cell / "result.json").read_text())["iteration"] == 2  # nothing touched
-    r = one_cell("train.iters=2", "model.dropout=0.3", "--rerun-changed")
-    assert r.returncode == 0, r.stderr
+    assert one_cell("train.iters=2", "model.dropout=0.3", "--rerun-changed") == 0
     assert "dropout: 0.3" in (cell / "config.yaml").read_text()
     assert "dropout: 0.0" in (out / "lr=0.001__seed=0.old" / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_sweep_stops_its_run_and_records_the_time(digits_root, tmp_path):
     import fcntl
     import signal
@@ -111,14 +116,10 @@ def test_sigterm_to_a_sweep_stops_its_run_and_records_the_time(digits_root, tmp_
     assert float((cell / "sweep_seconds").read_text()) > 0
 
 
+@pytest.mark.slow
 def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(digits_root, tmp_path):
     out = tmp_path / "bad"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sweep.py"),
-                        os.path.join(ROOT, "configs", "digits_sup.yaml"), "--grid", "data.crop_size=30,32",
-                        "--out", str(out), f"data.root={digits_root}", "data.labeled_list=splits/1_4/labeled.txt",
-                        "data.num_workers=0", "train.iters=1", "train.eval_interval=0"],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
+    assert sweep(out, digits_root, "--grid", "data.crop_size=30,32", "train.iters=1") == 0
     rows = {row["data.crop_size"]: row for row in csv.DictReader(open(out / "sweep.csv"))}
     assert rows["30"]["status"] == "failed" and "not divisible by the output stride" in rows["30"]["error"]
     assert rows["32"]["status"] == "ok"
@@ -160,15 +161,52 @@ def test_gradcam_lights_up_exactly_where_the_class_evidence_is():
         gradcam_map(model, image, 0, layer="encoder.layer9")
 
 
-def test_gradcam_cli_writes_one_png_per_image(digits_root, tmp_path):
+def test_a_zero_map_says_why():
+    from seg_ssl.viz.gradcam import gradcam_map, zero_map_reason
+    model = ChannelLogits()
+    image = torch.zeros(3, 16, 16)
+    image[1, 4:12, 4:12] = 1.0  # class 1 there, class 0 and 2 tie (0) elsewhere: argmax gives 0
+    heat, pred = gradcam_map(model, image, 2)  # class 2 wins nowhere
+    assert (pred == 2).sum() == 0 and zero_map_reason(heat, 0, "two", "encoder.layer1") == \
+        "two is predicted on no pixel, so there is nothing to explain"
+    image = torch.tensor([-1.0, -2.0, -3.0]).view(3, 1, 1).expand(3, 16, 16).clone()
+    heat, pred = gradcam_map(model, image, 0)  # class 0 everywhere, its activation negative everywhere
+    assert (pred == 0).all() and heat.max() == 0
+    assert "weighted activation at encoder.layer1 is negative" in zero_map_reason(heat, 256, "zero", "encoder.layer1")
+    # a uniform map is scaled to zero as well
+    heat, _ = gradcam_map(model, torch.ones(3, 16, 16) * torch.tensor([2.0, 1.0, 0.0]).view(3, 1, 1), 0)
+    assert heat.max() == 0 and "the same everywhere" in zero_map_reason(heat, 256, "zero", "encoder.layer1")
+    image = torch.zeros(3, 16, 16)
+    image[0], image[0, :8] = 1.0, 2.0  # class 0 everywhere, its evidence stronger in the top half
+    heat, _ = gradcam_map(model, image, 0)
+    assert heat[:8].min() == pytest.approx(1.0) and zero_map_reason(heat, 256, "zero", "encoder.layer1") is None
+
+
+def test_gradcam_cli_writes_one_titled_png_per_image(digits_root, tmp_path, capsys):
+    from PIL import Image
     from seg_ssl.methods import build_method
     cfg = digits_cfg(digits_root, str(tmp_path / "w"))
     torch.manual_seed(0)
     torch.save({"model": build_method(cfg).model.state_dict()}, tmp_path / "m.pth")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gradcam.py"),
-                        os.path.join(ROOT, "configs", "digits_sup.yaml"), str(tmp_path / "m.pth"),
-                        "--image", os.path.join(digits_root, "JPEGImages", "val_00001.jpg"), "--class", "digit_3",
-                        "--out", str(tmp_path / "cam"), f"data.root={digits_root}"],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
-    assert os.listdir(tmp_path / "cam") == ["val_00001_cam_digit_3.png"]
+    gradcam = load_tool("gradcam").main
+    assert gradcam([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(tmp_path / "m.pth"),
+                    "--image", os.path.join(digits_root, "JPEGImages"), "--limit", "2", "--class", "digit_3",
+                    "--out", str(tmp_path / "cam"), f"data.root={digits_root}"]) == 0
+    assert sorted(os.listdir(tmp_path / "cam")) == ["train_00000_cam_digit_3.png", "train_00001_cam_digit_3.png"]
+    assert len(capsys.readouterr().out.splitlines()) == 2  # one line per image, --limit 2 of 120
+    w, h = Image.open(tmp_path / "cam" / "train_00000_cam_digit_3.png").size
+    assert w > h > 64  # a figure (title, colour bar), not the bare 64x64 overlay
+
+
+def test_annotated_figure_has_title_legend_and_colour_bar():
+    from seg_ssl.viz.overlay import annotated_figure
+    import matplotlib.pyplot as plt
+    fig = annotated_figure(np.zeros((64, 64, 3), np.uint8), "img: prediction",
+                           legend={"background": (0, 0, 0), "digit_3": (128, 0, 0)})
+    ax = fig.axes[0]
+    assert ax.get_title() == "img: prediction"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["background", "digit_3"]
+    plt.close(fig)
+    fig = annotated_figure(np.zeros((64, 64, 3), np.uint8), "cam", heat_scale=True)
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "Grad-CAM"  # the colour bar
+    plt.close(fig)

@@ -2,11 +2,13 @@ import json
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from helpers import ROOT, run_tool as run
+from helpers import ROOT, load_tool, run_tool as run
 
 
+@pytest.mark.slow
 def test_eval_scores_folders_of_pngs(tmp_path):
     (tmp_path / "pred").mkdir()
     (tmp_path / "gt").mkdir()
@@ -34,6 +36,7 @@ def test_eval_scores_folders_of_pngs(tmp_path):
     assert abs(m["aAcc"] - 3 / 6) < 1e-12 and abs(m["Acc"][0] - 0.0) < 1e-12
 
 
+@pytest.mark.slow
 def test_user_mistakes_are_one_line_errors(tmp_path):
     r = run("tools/train.py", "configs/digits_sup.yaml", "train.itres=5")
     assert r.returncode == 2
@@ -47,13 +50,17 @@ def test_user_mistakes_are_one_line_errors(tmp_path):
     assert r.returncode == 2 and "not a directory" in r.stderr
 
 
+@pytest.mark.slow
 def test_dry_run_prints_derived_sizes():
-    r = run("tools/train.py", "configs/voc_sup.yaml", "--dry-run")
+    r = run("tools/train.py", "configs/voc_sup.yaml", "--dry-run", env={"WORLD_SIZE": "2"})
     assert r.returncode == 0, r.stderr
-    assert '"labeled_per_process": 8' in r.stdout and "crop_size: 512" in r.stdout
+    # the world size torchrun would set divides the global batch of 8
+    assert json.loads(r.stdout[r.stdout.index("{\n"):])["labeled_per_process"] == 4
+    assert "crop_size: 512" in r.stdout
     assert "note: data.root 'data/VOCdevkit/VOC2012' does not exist here" in r.stderr
 
 
+@pytest.mark.slow
 def test_dry_run_names_missing_lists_and_files(digits_root, tmp_path):
     (tmp_path / "lab.txt").write_text("train_00000\nno_such_image\n")
     r = run("tools/train.py", "configs/digits_cps.yaml", "--dry-run", f"data.root={digits_root}",
@@ -75,7 +82,6 @@ def test_make_splits_cli(tmp_path):
 
 
 def test_dry_run_derives_cac_sizes_for_any_world_size():
-    import pytest
     from seg_ssl.config import ConfigError, load_config
     from seg_ssl.engine.trainer import derived_sizes
     cfg = load_config(os.path.join(ROOT, "configs", "voc_cac.yaml"))
@@ -90,44 +96,52 @@ def test_dry_run_derives_cac_sizes_for_any_world_size():
     with pytest.raises(ConfigError, match="data.batch_size = 8 is the global batch and must be divisible "
                                           "by the world size 3"):
         derived_sizes(cfg, 3)
-    # the CLI reads the world size torchrun would set
-    r = run("tools/train.py", "configs/voc_cac.yaml", "--dry-run", env={"WORLD_SIZE": "2"})
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout[r.stdout.index("{\n"):])["labeled_per_process"] == 4
 
 
+@pytest.mark.slow
 def test_eval_and_infer_on_a_checkpoint(digits_root, tmp_path):
     from conftest import digits_cfg
+    from seg_ssl.config import ConfigError
     from seg_ssl.engine.trainer import Trainer
     work = tmp_path / "w"
     trainer = Trainer(digits_cfg(digits_root, str(work), "train.iters=3"))
     res = trainer.train()
     common = [f"data.root={digits_root}", "data.val_batch_size=8", "data.num_workers=0"]
     out = tmp_path / "m.json"
-    r = run("tools/eval.py", "configs/digits_sup.yaml", str(work / "latest.pth"), *common, "--out", str(out))
-    assert r.returncode == 0, r.stderr
+    evaluate, infer = load_tool("eval").main, load_tool("infer").main  # in this process: no ~5 s start-up
+    assert evaluate([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common, "--out", str(out)]) == 0
     m = json.loads(out.read_text())
     assert m["mIoU"] == res["mIoU"] and m["aAcc"] == res["aAcc"]  # same numbers as the trainer's eval
     preds = tmp_path / "preds"
-    r = run("tools/infer.py", "configs/digits_sup.yaml", str(work / "latest.pth"), *common, "--input",
-            os.path.join(digits_root, "ImageSets", "Segmentation", "val.txt"), "--limit", "2", "--out", str(preds))
-    assert r.returncode == 0, r.stderr
+    assert infer([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common, "--input",
+                  os.path.join(digits_root, "ImageSets", "Segmentation", "val.txt"), "--limit", "2",
+                  "--out", str(preds)]) == 0
     assert sorted(os.listdir(preds)) == ["val_00000.png", "val_00000_color.png", "val_00000_overlay.png",
                                          "val_00001.png", "val_00001_color.png", "val_00001_overlay.png"]
     mask = np.asarray(Image.open(preds / "val_00000.png"))
     assert mask.shape == (64, 64) and mask.max() < 11
-    r = run("tools/eval.py", "configs/digits_cps.yaml", str(work / "latest.pth"), *common)
-    assert r.returncode == 2 and "does not match the config's model" in r.stderr
+    with pytest.raises(ConfigError, match="does not match the config's model"):
+        evaluate([os.path.join(ROOT, "configs", "digits_cps.yaml"), str(work / "latest.pth"), *common])
 
 
-def test_compare_prints_runs_side_by_side(tmp_path):
+def test_compare_prints_runs_side_by_side(tmp_path, capsys):
+    compare = load_tool("compare")
     a = {"IoU": [0.9, 0.2], "Acc": [1, 1], "mIoU": 0.55, "aAcc": 0.9, "mAcc": 0.7}
     b = {"IoU": [0.8, 0.4], "Acc": [1, 1], "mIoU": 0.6, "aAcc": 0.85, "mAcc": 0.75}
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
-    r = run("tools/compare.py", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--names", "sup", "cps")
-    assert r.returncode == 0, r.stderr
-    rows = {line.split()[0]: line.split()[1:] for line in r.stdout.splitlines() if line and line[0] != "-"}
+    assert compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--names", "sup", "cps"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line and line[0] != "-"}
     assert rows["1"] == ["20.00", "40.00", "+20.00"] and rows["mIoU"] == ["55.00", "60.00", "+5.00"]
+    # two files of one folder get two columns; files of different runs are titled by run
+    assert compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert header[1:3] == [f"{tmp_path.name}/a", f"{tmp_path.name}/b"]
+    assert compare.column_names(["runs/sup/eval.json", "runs/cps/eval.json"]) == ["sup", "cps"]
+    assert compare.column_names(["x/run/eval.json", "y/run/eval.json"]) == ["x/run/eval", "y/run/eval"]
+    from seg_ssl.config import ConfigError
+    with pytest.raises(ConfigError, match="give each file its own title"):
+        compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--names", "x", "x"])
     r = run("tools/compare.py", str(tmp_path / "a.json"), str(tmp_path / "missing.json"))
     assert r.returncode != 0 and "missing.json" in r.stderr and "Traceback" not in r.stderr

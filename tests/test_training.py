@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from conftest import digits_cfg
 from helpers import brute_force_miou
-from seg_ssl.engine.checkpoint import load_checkpoint, save_atomic
+from seg_ssl.engine.checkpoint import SaveError, load_checkpoint, save_atomic
 from seg_ssl.engine.schedule import poly_lr
 from seg_ssl.engine.trainer import Trainer
 
@@ -56,7 +56,7 @@ def test_a_few_iterations_lower_the_loss(digits_root, tmp_path):
 
 
 def test_resume_equals_uninterrupted_run(digits_root, tmp_path):
-    common = ("train.iters=8", "train.ckpt_interval=100", "model.dropout=0.3")
+    common = ("train.iters=8", "train.ckpt_interval=100", "model.dropout=0.3", "train.log_interval=2")
     full = Trainer(digits_cfg(digits_root, str(tmp_path / "full"), *common))
     full.train()
     part = Trainer(digits_cfg(digits_root, str(tmp_path / "part"), *common))
@@ -70,6 +70,10 @@ def test_resume_equals_uninterrupted_run(digits_root, tmp_path):
         assert torch.equal(a[k], b[k]), k
     assert full.optimizer.state_dict()["state"][0]["exp_avg"].equal(
         resumed.optimizer.state_dict()["state"][0]["exp_avg"])
+    # the first window after the resume holds only iteration 4, and its log line says so
+    logged = [ln.split(" | ")[0] for ln in (tmp_path / "part" / "train.log").read_text().splitlines() if " it " in ln]
+    assert [ln.split(" it ")[1].split()[0] for ln in logged] == ["2/8", "4/8", "6/8", "8/8"]
+    assert [ln.endswith("(mean of 1 it)") for ln in logged] == [False, True, False, False]
 
 
 def test_atomic_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -81,14 +85,41 @@ def test_atomic_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
     def failing_save(obj, f):
         f.write(b"partial")
-        raise OSError(28, "No space left on device")
+        raise OSError(13, "Permission denied")
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(SaveError, match=f"^cannot write {path}: Permission denied$"):
         save_atomic({"iteration": 2}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["iteration"] == 1
     assert os.listdir(tmp_path) == ["latest.pth"]  # no temp file left behind
+
+
+def test_a_full_disk_is_one_line_in_train_log_and_keeps_the_last_checkpoint(digits_root, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+    trainer = Trainer(digits_cfg(digits_root, str(tmp_path), "train.iters=1"))
+    trainer.train()
+    need = sum(t.numel() * t.element_size() for t in trainer.model.state_dict().values())
+
+    def zip_writer_failing(obj, f):  # what torch.save raises when the disk fills mid-write
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing "
+                           "file data/12: file write failed")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", zip_writer_failing)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30 - 5 * 2**20, 5 * 2**20))
+    with pytest.raises(SaveError) as e:
+        trainer.save("latest.pth")
+    monkeypatch.undo()
+    line = str(e.value)
+    assert line.startswith(f"cannot write {tmp_path / 'latest.pth'}: the disk is full (5 MB free, the checkpoint "
+                           f"needs about ") and "\n" not in line
+    assert int(line.split("needs about ")[1].split()[0]) >= need // 2**20  # weights, optimizer state too
+    assert line in (tmp_path / "train.log").read_text()
+    assert load_checkpoint(str(tmp_path / "latest.pth"))["iteration"] == 1
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
 def test_nonfinite_loss_stops_with_a_message_or_is_skipped(digits_root, tmp_path):
@@ -120,6 +151,7 @@ def test_nonfinite_loss_stops_with_a_message_or_is_skipped(digits_root, tmp_path
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
+@pytest.mark.slow
 def test_sigterm_saves_latest_and_the_same_command_continues(digits_root, tmp_path):
     import signal
     import subprocess
@@ -199,6 +231,7 @@ def test_every_method_starts_from_the_baselines_weights(digits_root, tmp_path):
     assert not torch.equal(base["classifier.1.weight"], other_seed["classifier.1.weight"])
 
 
+@pytest.mark.slow
 def test_ctrl_c_to_the_whole_process_group_stops_cleanly_with_loader_workers(digits_root, tmp_path):
     """Ctrl-C in a terminal signals every process of the group, the DataLoader workers included:
     they leave it to the main process, which saves latest.pth and exits cleanly."""

@@ -10,12 +10,12 @@ import sys
 from _common import run_cli
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--max-lines", type=int, default=50, help="problems printed (all are counted)")
-    args = p.parse_intermixed_args()
+    args = p.parse_intermixed_args(argv)
     from tqdm import tqdm
     from seg_ssl.config import load_config
     from seg_ssl.data.check import check_dataset

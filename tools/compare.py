@@ -14,17 +14,31 @@ import os
 from _common import run_cli
 
 
-def main():
+def column_names(paths: list[str]) -> list[str]:
+    """A short, distinct title per file: its folder (a run's name), or as many trailing path parts
+    as it takes to tell the files apart (two files of one folder: ``run/a``, ``run/b``)."""
+    parts = [os.path.splitext(os.path.abspath(p))[0].split(os.sep)[1:] for p in paths]
+    names = [p[-2] if len(p) > 1 else p[-1] for p in parts]
+    depth = 1
+    while len(set(names)) < len(names) and depth < max(len(p) for p in parts):
+        depth += 1
+        names = ["/".join(p[-depth:]) for p in parts]
+    return names
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("metrics", nargs="+", help="JSON files from tools/eval.py --out or metrics.json")
     p.add_argument("--names", nargs="+", help="a column title per file (default: the file's folder)")
     p.add_argument("--config", help="a config whose data.class_names label the rows")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     from seg_ssl.config import ConfigError, load_config
     from seg_ssl.evaluation.metrics import format_comparison
     if args.names and len(args.names) != len(args.metrics):
         raise ConfigError(f"--names has {len(args.names)} titles for {len(args.metrics)} files")
-    names = args.names or [os.path.basename(os.path.dirname(os.path.abspath(f))) for f in args.metrics]
+    if args.names and len(set(args.names)) < len(args.names):
+        raise ConfigError(f"--names {' '.join(args.names)}: give each file its own title")
+    names = args.names or column_names(args.metrics)
     runs = {}
     for name, path in zip(names, args.metrics):
         try:

@@ -47,7 +47,7 @@ def score_folders(pred_dir, gt_dir, num_classes, ignore_index):
     return metrics_from_confusion(cm.numpy(), unpredicted)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?")
     p.add_argument("checkpoint", nargs="?")
@@ -57,7 +57,7 @@ def main():
     p.add_argument("--num-classes", type=int)
     p.add_argument("--ignore-index", type=int, default=255)
     p.add_argument("--out", help="write metrics as JSON")
-    args = p.parse_intermixed_args()
+    args = p.parse_intermixed_args(argv)
 
     from seg_ssl.evaluation.metrics import format_table, to_json
     names = None

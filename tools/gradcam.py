@@ -1,12 +1,15 @@
 #!/usr/bin/env python
 """Grad-CAM on the segmenter for one class: PNGs of the heat map over the image.
 
-    python tools/gradcam.py CONFIG CHECKPOINT --image IMG|DIR --class NAME|INDEX [--layer encoder.layer4]
-                            [--out DIR] [key=value ...]
+    python tools/gradcam.py CONFIG CHECKPOINT --image IMG|DIR|LIST.txt --class NAME|INDEX [--layer encoder.layer4]
+                            [--limit N] [--out DIR] [key=value ...]
 
 The target is the class's logits summed over the pixels predicted as that class (grad-cam's
 SemanticSegmentationTarget); the default layer is the encoder's last block. Writes
-NAME_cam_<class>.png (heat over image, the predicted class outline in white) to --out.
+NAME_cam_<class>.png (heat over image, the predicted class outline in white, a title and a colour
+bar) to --out. A map that is zero everywhere is reported: either the class is predicted nowhere in
+the image, or every pixel's weighted activation at that layer is negative (an earlier layer, e.g.
+--layer encoder.layer2, often shows it).
 """
 import argparse
 import os
@@ -14,7 +17,7 @@ import os
 from _common import image_files, run_cli
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("checkpoint")
@@ -22,17 +25,20 @@ def main():
     p.add_argument("--image", required=True)
     p.add_argument("--class", dest="cls", required=True)
     p.add_argument("--layer", default=None)
+    p.add_argument("--limit", type=int, default=0, help="at most N images (0: all)")
     p.add_argument("--out", default="gradcam")
-    args = p.parse_intermixed_args()
+    args = p.parse_intermixed_args(argv)
+    import sys
+
     import cv2
+    import matplotlib.pyplot as plt
     import numpy as np
-    from PIL import Image
     from seg_ssl.config import ConfigError, load_config
     from seg_ssl.data.dataset import load_image
     from seg_ssl.data.transforms import normalize
     from seg_ssl.engine.loading import load_for_eval
-    from seg_ssl.viz.gradcam import gradcam_map
-    from seg_ssl.viz.overlay import heat_overlay
+    from seg_ssl.viz.gradcam import default_layer, gradcam_map, zero_map_reason
+    from seg_ssl.viz.overlay import annotated_figure, heat_overlay
 
     cfg = load_config(args.config, args.overrides)
     names = cfg.data.class_names or [str(i) for i in range(cfg.data.num_classes)]
@@ -43,21 +49,31 @@ def main():
     else:
         raise ConfigError(f"--class {args.cls!r}: expected an index below {cfg.data.num_classes} or one of {names}")
     files = image_files(args.image, cfg.data, "--image")
+    if args.limit:
+        files = files[:args.limit]
     _, _, method = load_for_eval(cfg, args.checkpoint)
     model = method.model.branch1 if hasattr(method.model, "branch1") else method.model
+    layer = args.layer or default_layer(model)
     os.makedirs(args.out, exist_ok=True)
     for path in files:
         image = load_image(path)
         try:
-            heat, pred = gradcam_map(model, normalize(image, cfg.data.mean, cfg.data.std), k, args.layer)
+            heat, pred = gradcam_map(model, normalize(image, cfg.data.mean, cfg.data.std), k, layer)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         out = heat_overlay(image, heat)
         region = (pred == k).astype(np.uint8)
         out[(region - cv2.erode(region, np.ones((3, 3), np.uint8))) > 0] = 255  # the class outline
         stem = os.path.splitext(os.path.basename(path))[0]
-        Image.fromarray(out).save(os.path.join(args.out, f"{stem}_cam_{names[k]}.png"))
-        print(f"{stem}: {names[k]} on {int((pred == k).sum())} px, cam mean {heat.mean():.3f}")
+        area = int(region.sum())
+        fig = annotated_figure(out, f"{stem}: Grad-CAM of {names[k]} at {layer} ({area} px predicted)",
+                               heat_scale=True)
+        fig.savefig(os.path.join(args.out, f"{stem}_cam_{names[k]}.png"))
+        plt.close(fig)
+        print(f"{stem}: {names[k]} on {area} px, cam mean {heat.mean():.3f}")
+        why = zero_map_reason(heat, area, names[k], layer)
+        if why:
+            print(f"warning: {stem}: the Grad-CAM map is zero everywhere: {why}", file=sys.stderr)
     return 0
 
 

@@ -10,7 +10,7 @@ import os
 from _common import image_files, run_cli
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("checkpoint")
@@ -18,7 +18,7 @@ def main():
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--limit", type=int, default=0, help="at most N images (0: all)")
-    args = p.parse_intermixed_args()
+    args = p.parse_intermixed_args(argv)
 
     import numpy as np
     import torch
@@ -29,7 +29,8 @@ def main():
     from seg_ssl.engine.loading import load_for_eval
     from seg_ssl.evaluation.evaluator import predict_kwargs
     from seg_ssl.evaluation.inference import predict_probs
-    from seg_ssl.viz.overlay import colorize, get_palette, overlay
+    import matplotlib.pyplot as plt
+    from seg_ssl.viz.overlay import annotated_figure, colorize, get_palette, overlay
 
     cfg = load_config(args.config, args.overrides)
     files = image_files(args.input, cfg.data)
@@ -38,6 +39,7 @@ def main():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     predict_fn, divisor, _ = load_for_eval(cfg, args.checkpoint, device)
     lut = get_palette(cfg.data.palette, cfg.data.ignore_index)
+    names = cfg.data.class_names or [str(i) for i in range(cfg.data.num_classes)]
     os.makedirs(args.out, exist_ok=True)
     with torch.no_grad():
         for path in files:
@@ -48,7 +50,10 @@ def main():
             stem = os.path.splitext(os.path.basename(path))[0]
             Image.fromarray(mask, mode="L").save(os.path.join(args.out, stem + ".png"))
             Image.fromarray(colorize(mask, lut)).save(os.path.join(args.out, stem + "_color.png"))
-            Image.fromarray(overlay(image, mask, lut)).save(os.path.join(args.out, stem + "_overlay.png"))
+            present = {names[c]: lut[c] for c in np.unique(mask)}
+            fig = annotated_figure(overlay(image, mask, lut), f"{stem}: prediction", legend=present)
+            fig.savefig(os.path.join(args.out, stem + "_overlay.png"))
+            plt.close(fig)
     print(f"wrote {len(files)} predictions to {args.out}")
     return 0
 

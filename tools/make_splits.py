@@ -14,13 +14,13 @@ import os
 from _common import run_cli
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list", required=True, help="train list: one id (or 'image label') per line")
     p.add_argument("--out", required=True)
     p.add_argument("--splits", default="1/16,1/8,1/4,1/2")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     from seg_ssl.config import ConfigError
     from seg_ssl.data.splits import nested_splits, write_split
     if not os.path.isfile(args.list):

@@ -16,7 +16,7 @@ import os
 from _common import run_cli
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run")
@@ -28,7 +28,7 @@ def main():
     p.add_argument("--rerun-changed", action="store_true",
                    help="train cells again from scratch whose earlier run used other settings (the old "
                         "folder is kept as <cell>.old)")
-    args = p.parse_intermixed_args()
+    args = p.parse_intermixed_args(argv)
     from seg_ssl.config import ConfigError, load_config
     from seg_ssl.engine import sweep
 

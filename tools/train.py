@@ -14,12 +14,12 @@ import sys
 from _common import run_cli
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.iters=1000")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and derived sizes")
-    args = p.parse_intermixed_args()
+    args = p.parse_intermixed_args(argv)
 
     from seg_ssl.config import load_config
     cfg = load_config(args.config, args.overrides)

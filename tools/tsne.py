@@ -13,11 +13,12 @@ used) and a CAC checkpoint can share a figure.
 """
 import argparse
 import os
+import re
 
 from _common import run_cli
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("checkpoints", nargs="+", help="checkpoints, then optional key=value overrides")
@@ -25,9 +26,12 @@ def main():
     p.add_argument("--max-points", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="tsne.png")
-    args = p.parse_intermixed_args()
-    ckpts = [c for c in args.checkpoints if "=" not in c]
-    overrides = [c for c in args.checkpoints if "=" in c]
+    args = p.parse_intermixed_args(argv)
+    # a checkpoint path may hold "=" (every sweep cell's folder does): an existing file, or anything
+    # not of the form dotted.key=value, is a checkpoint
+    is_override = [not os.path.isfile(c) and re.match(r"^[A-Za-z_][\w.]*=", c) is not None for c in args.checkpoints]
+    ckpts = [c for c, o in zip(args.checkpoints, is_override) if not o]
+    overrides = [c for c, o in zip(args.checkpoints, is_override) if o]
 
     import numpy as np
     import torch
@@ -37,11 +41,16 @@ def main():
     from seg_ssl.engine.checkpoint import load_checkpoint
     from seg_ssl.engine.loading import load_for_eval
     from seg_ssl.viz.overlay import get_palette
-    from seg_ssl.viz.tsne import alignment, overlap_features, plot_tsne, uniformity
+    from seg_ssl.viz.tsne import alignment, overlap_features, plot_tsne, uniformity, view_crop
 
     cfg = load_config(args.config, overrides)
     val = build_split(cfg.data, "val", val_pipeline(cfg.data))
     picks = np.random.default_rng(args.seed).permutation(len(val))[:args.images]
+    sides = [tuple(val[int(i)]["image"].shape[-2:]) for i in picks]
+    crops = [view_crop(cfg.data.crop_size, h, w) for h, w in sides]
+    if any(c != cfg.data.crop_size for c in crops):
+        print(f"note: data.crop_size {cfg.data.crop_size} covers whole images ({sides[0][0]}x{sides[0][1]}), where "
+              f"both views would be the same crop; views of {min(crops)} px are used there")
     panels = []
     for path in ckpts:
         ckpt_cfg = Config(validate(load_checkpoint(path)["config"], origin=path))
@@ -49,10 +58,10 @@ def main():
         model = method.model
         rng = np.random.default_rng(args.seed)
         f1s, f2s, ys = [], [], []
-        for i in picks:
+        for i, crop in zip(picks, crops):
             item = val[int(i)]
-            f1, f2, y = overlap_features(model, item["image"], item["label"], cfg.data.crop_size,
-                                         cfg.cac.iou_bound, rng, cfg.data.ignore_index)
+            f1, f2, y = overlap_features(model, item["image"], item["label"], crop, cfg.cac.iou_bound, rng,
+                                         cfg.data.ignore_index)
             f1s.append(f1)
             f2s.append(f2)
             ys.append(y)

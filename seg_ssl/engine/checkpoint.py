@@ -1,17 +1,34 @@
 """Atomic checkpoints: write to a temp file in the same folder, fsync, then rename over the old one.
 
 A crash or a full disk while saving leaves the previous checkpoint intact (``os.replace`` is atomic
-on POSIX within a file system).
+on POSIX within a file system); a write that fails is a one-line :class:`SaveError` naming the path
+(and, when the disk is full, the space free and needed), not a traceback from torch's zip writer.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
-import torch
+
+class SaveError(Exception):
+    """A checkpoint could not be written (full disk, no permission)."""
+
+
+def tensor_bytes(obj) -> int:
+    """The bytes of every tensor in a nested dict/list: about what ``torch.save`` writes."""
+    import torch
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def save_atomic(obj, path: str) -> None:
+    import torch  # here, not at the top: the tools' shared error handling imports SaveError
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
@@ -22,11 +39,19 @@ def save_atomic(obj, path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, (OSError, RuntimeError)):  # torch's zip writer reports ENOSPC as RuntimeError
+            need, free = tensor_bytes(obj), shutil.disk_usage(folder).free
+            if free < need + (1 << 20):
+                raise SaveError(f"cannot write {path}: the disk is full ({free / 2**20:.0f} MB free, the "
+                                f"checkpoint needs about {need / 2**20:.0f} MB); the previous one is intact: "
+                                f"free some space and run the same command to continue") from None
+            if isinstance(e, OSError):
+                raise SaveError(f"cannot write {path}: {e.strerror or e}") from None
         raise
 
 
@@ -39,6 +64,7 @@ def _umask() -> int:
 def load_checkpoint(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    import torch
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - a corrupt file is reported, not traced

@@ -1,4 +1,5 @@
-"""torch.distributed set-up for torchrun (env://): NCCL on CUDA, gloo on CPU."""
+"""torch.distributed set-up for torchrun (env://): NCCL on CUDA, gloo on CPU. The collectives the
+methods and the evaluator use live below them, in :mod:`seg_ssl.collectives`."""
 from __future__ import annotations
 
 import os
@@ -38,29 +39,6 @@ def init_distributed(prefer_cuda: bool = True) -> DistInfo:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://")
     return DistInfo(rank, world, local, device)
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-@torch.no_grad()
-def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's ``t`` along dim 0, without gradient; counts may differ per rank."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return t.detach()
-    world = dist.get_world_size()
-    count = torch.tensor([t.shape[0]], device=t.device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    counts = [int(c) for c in counts]
-    padded = t.new_zeros((max(counts),) + tuple(t.shape[1:]))
-    padded[:t.shape[0]] = t.detach()
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[:c] for p, c in zip(parts, counts)], 0)
 
 
 def barrier() -> None:

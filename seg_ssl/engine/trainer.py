@@ -23,14 +23,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from seg_ssl.collectives import all_reduce_sum
 from seg_ssl.config import MAY_CHANGE_ON_RESUME, ConfigError, resume_conflicts
 from seg_ssl.data.dataset import DataError, build_split, check_disjoint
 from seg_ssl.data.streams import make_stream
 from seg_ssl.data.transforms import train_pipeline, val_pipeline
 from seg_ssl.engine import dist as du
-from seg_ssl.engine.checkpoint import load_checkpoint, model_state, save_atomic
+from seg_ssl.engine.checkpoint import SaveError, load_checkpoint, model_state, save_atomic
 from seg_ssl.engine.schedule import poly_lr
-from seg_ssl.engine.workdir import lock_work_dir, remove_stale_temp_files
+from seg_ssl.engine.workdir import lock_work_dir, remove_stale_temp_files, unlock_work_dir
 from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
 from seg_ssl.evaluation.metrics import format_table, to_json
 from seg_ssl.methods import build_method
@@ -271,10 +272,16 @@ class Trainer:
             seed_everything(self.cfg.seed + self.info.rank + 1000003 * self.iteration)
         LOG.info("resumed from %s at iteration %d", path, self.iteration)
 
+    def close(self) -> None:
+        """Release the work dir, so that another process may continue this run (the lock is
+        otherwise held until this process exits)."""
+        if self.info.is_main:
+            unlock_work_dir(self.work_dir)
+
     def save(self, name: str) -> None:
         if not self.info.is_main:
             return
-        save_atomic({
+        state = {
             "iteration": self.iteration,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -284,7 +291,12 @@ class Trainer:
             "best": self.best,
             "skipped": self.skipped,
             "config": self.cfg.to_dict(),
-        }, self._ckpt_path(name))
+        }
+        try:
+            save_atomic(state, self._ckpt_path(name))
+        except SaveError as e:
+            LOG.error("%s", e)  # in train.log too, where a user looks first
+            raise
 
     # ------------------------------------------------------------------------------------------
     def set_lr(self) -> float:
@@ -363,9 +375,12 @@ class Trainer:
                                               for k in keys]).tolist()  # one transfer
                         avg = {k: v / counts[k] for k, v in zip(keys, values)}
                         eta = dt * (t.iters - self.iteration)
-                        LOG.info("it %d/%d lr %.2e %s | %.3fs/it (data %.3fs) eta %s", self.iteration,
-                                 t.iters, lr, " ".join(f"{k} {v:.4f}" for k, v in avg.items() if "/" not in k), dt,
-                                 data_time / count, time.strftime("%H:%M:%S", time.gmtime(eta)))
+                        # a window cut short (by a resume mid-window, or the last one) says so: a mean
+                        # of 3 iterations is noisier than one of log_interval
+                        short = f" (mean of {count} it{'s' if count > 1 else ''})" if count != t.log_interval else ""
+                        LOG.info("it %d/%d lr %.2e %s%s | %.3fs/it (data %.3fs) eta %s", self.iteration,
+                                 t.iters, lr, " ".join(f"{k} {v:.4f}" for k, v in avg.items() if "/" not in k), short,
+                                 dt, data_time / count, time.strftime("%H:%M:%S", time.gmtime(eta)))
                         if writer:
                             for k, v in avg.items():
                                 writer.add_scalar(f"train/{k}", v, self.iteration)
@@ -380,7 +395,7 @@ class Trainer:
                     signalled = stop.signal is not None
                     if self.info.distributed:  # every rank stops at the same step, or collectives hang
                         flag = torch.tensor(float(signalled), device=self.device)
-                        signalled = du.all_reduce_sum(flag).item() > 0
+                        signalled = all_reduce_sum(flag).item() > 0
                     if signalled or (self.iteration == stop_at and not done):
                         self.save("latest.pth")
                         LOG.warning("stopped (%s) at iteration %d; latest.pth saved, run the same "
@@ -404,7 +419,7 @@ class Trainer:
             losses = self.method.training_step(self.ddp, labeled, unlabeled, self.iteration)
         loss = losses["loss"]
         bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=self.device)
-        du.all_reduce_sum(bad)
+        all_reduce_sum(bad)
         if bad.item() > 0:
             terms = [k for k, v in losses.items() if not torch.isfinite(torch.as_tensor(v)).all()]
             if t.skip_nonfinite:
@@ -454,4 +469,5 @@ def train(cfg) -> dict:
         du.barrier()  # no rank closes its connections while another may still be sending
         return res
     finally:
+        trainer.close()
         du.cleanup()

@@ -37,6 +37,14 @@ def lock_work_dir(work_dir: str) -> None:
     _HELD[path] = f
 
 
+def unlock_work_dir(work_dir: str) -> None:
+    """Give the lock back before this process exits (a run trained from Python, e.g. a notebook or
+    a test, that another process is to continue)."""
+    f = _HELD.pop(os.path.realpath(os.path.join(work_dir, ".lock")), None)
+    if f is not None:
+        f.close()  # closing the file drops the flock
+
+
 def remove_stale_temp_files(work_dir: str) -> list[str]:
     """Delete checkpoint temp files (``.NAME.pth.*.tmp``) a killed save left behind; only safe while
     holding the work dir's lock. Returns what was removed."""

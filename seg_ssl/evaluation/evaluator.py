@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from seg_ssl.data.streams import shard_indices
-from seg_ssl.engine.dist import all_reduce_sum
+from seg_ssl.collectives import all_reduce_sum
 from seg_ssl.evaluation.inference import predict_probs
 from seg_ssl.evaluation.metrics import confusion_matrix, metrics_from_confusion
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from seg_ssl.config import ConfigError
 from seg_ssl.data.overlap import CropPairPipeline, pair_offsets
-from seg_ssl.engine.dist import all_gather_rows
+from seg_ssl.collectives import all_gather_rows
 from seg_ssl.engine.schedule import warmup_ramp
 from seg_ssl.losses.contrastive import directional_contrastive_loss
 from seg_ssl.methods.supervised import Supervised

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from seg_ssl.config import ConfigError
 from seg_ssl.data.cutmix import box_masks, mix
-from seg_ssl.engine.dist import all_reduce_sum
+from seg_ssl.collectives import all_reduce_sum
 from seg_ssl.engine.schedule import warmup_ramp
 from seg_ssl.losses.ohem import ohem_cross_entropy
 from seg_ssl.models.segmentor import build_segmentor, cat_outputs

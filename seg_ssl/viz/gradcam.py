@@ -45,3 +45,13 @@ def gradcam_map(model: nn.Module, image: torch.Tensor, class_index: int, layer: 
     with GradCAM(model=model, target_layers=[target_layer]) as cam:
         heat = cam(input_tensor=x, targets=[SemanticSegmentationTarget(class_index, mask)])[0]
     return np.nan_to_num(heat[:h, :w]), pred[:h, :w].cpu().numpy()
+
+
+def zero_map_reason(heat: np.ndarray, predicted_pixels: int, class_name: str, layer: str) -> str | None:
+    """Why a Grad-CAM map is zero everywhere (None if it is not): a blank PNG says nothing."""
+    if heat.max() > 0:
+        return None
+    if predicted_pixels == 0:
+        return f"{class_name} is predicted on no pixel, so there is nothing to explain"
+    return (f"the weighted activation at {layer} is negative or the same everywhere (each map is scaled to "
+            f"[0, 1], so a flat one is zero too); try an earlier layer (e.g. --layer encoder.layer2)")

@@ -46,3 +46,30 @@ def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.
 
     col = (colormaps["jet"](np.clip(heat, 0, 1))[..., :3] * 255).astype(np.float32)
     return (image.astype(np.float32) * (1 - alpha) + col * alpha).round().clip(0, 255).astype(np.uint8)
+
+
+def annotated_figure(picture: np.ndarray, title: str, legend: dict | None = None, heat_scale: bool = False):
+    """A matplotlib figure of an HxWx3 picture with a title, and a legend of ``{name: (r, g, b)}``
+    (the classes drawn) or a colour bar for a [0, 1] heat map in jet: what a reader of a saved
+    overlay needs to read it. The caller saves it (``fig.savefig``) and closes it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Patch
+
+    h, w = picture.shape[:2]
+    scale = max(1.0, 256 / max(h, w))  # small images are drawn larger, so the text stays readable
+    fig, ax = plt.subplots(figsize=(w * scale / 100 + (1.6 if legend or heat_scale else 0.4), h * scale / 100 + 0.6),
+                           dpi=100)
+    ax.imshow(picture, interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    if heat_scale:  # the heat's colours (jet over [0, 1]), not the picture's pixels
+        fig.colorbar(plt.cm.ScalarMappable(norm=Normalize(0, 1), cmap="jet"), ax=ax, fraction=0.046, pad=0.04,
+                     label="Grad-CAM")
+    if legend:
+        handles = [Patch(color=np.asarray(rgb) / 255.0, label=name) for name, rgb in legend.items()]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig

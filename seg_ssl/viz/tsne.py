@@ -23,6 +23,16 @@ def uniformity(f: torch.Tensor, t: float = 2.0, max_points: int = 4096) -> float
 
 
 @torch.no_grad()
+def view_crop(crop: int, h: int, w: int, stride: int = 8) -> int:
+    """The crop size for the two views of an h x w image: ``crop``, unless it covers the whole image,
+    where both views could only be the same crop (alignment 0 by construction); then 3/4 of the
+    shorter side, a multiple of the stride."""
+    if crop < min(h, w):
+        return crop
+    return max(stride, min(h, w) * 3 // 4 // stride * stride)
+
+
+@torch.no_grad()
 def overlap_features(model, image: torch.Tensor, label: torch.Tensor, crop: int, iou_bound,
                      rng: np.random.Generator, ignore_index: int = 255):
     """For one normalised image (3, H, W) and its label (H, W): draw an overlapping crop pair
