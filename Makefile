@@ -37,9 +37,10 @@ demo: $(STAMP) data/digits/.complete
 	$(BIN)/python tools/compare.py runs/demo_sup/eval.json runs/demo_cps/eval.json \
 		--names labeled-only CPS --config configs/digits_sup.yaml
 
-# one pytest-xdist worker per core (most slow tests wait on a tool's imports on one core);
-# `make test PYTEST_ARGS=` runs them in one process
-PYTEST_ARGS ?= -n auto --dist load
+# one pytest-xdist worker per core (most slow tests wait on a tool's imports on one core), at most
+# 4 (a worker holds torch, models and its own digits set: up to ~1.5 GB); `make test PYTEST_ARGS=` runs them in
+# one process
+PYTEST_ARGS ?= -n auto --maxprocesses 4 --dist load
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
