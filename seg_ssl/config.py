@@ -52,7 +52,7 @@ NUM = (int, float)
 
 # The whole schema. Nested dicts are sections. Defaults are the published VOC settings unless noted.
 SCHEMA: dict = {
-    "method": _f(str, "supervised", choices=["supervised", "cac", "cps"]),
+    "method": _f(str, "supervised", choices=["supervised", "cac", "cps", "unimatch"]),
     "work_dir": _f(str, None, nullable=True, doc="defaults to runs/<config name>"),
     "seed": _f(int, 0),
     "resume": _f(str, "auto", nullable=True,
@@ -87,6 +87,8 @@ SCHEMA: dict = {
         "unlabeled_batch_size": _f(int, 8, doc="global unlabeled batch", minimum=1),
         "num_workers": _f(int, 2, doc="DataLoader workers per process", minimum=0),
         "val_batch_size": _f(int, 1, doc="per process; >1 only when val images share a size"),
+        "unlabeled_truth": _f(bool, False, doc="benchmarks: load the labels of the unlabeled images to "
+                              "log pseudo-label accuracy (CPS, UniMatch); they never reach a loss"),
     },
     "model": {
         "arch": _f(str, "deeplabv3plus", choices=["deeplabv3plus", "pspnet"]),
@@ -100,6 +102,8 @@ SCHEMA: dict = {
         "decoder_channels": _f(int, 256, minimum=1),
         "aspp_separable": _f(bool, False),
         "aspp_dropout": _f(NUM, 0.5, doc="dropout after the ASPP projection (DeepLabv3+)"),
+        "aspp_rates": _f(list, None, nullable=True, doc="ASPP dilation rates (DeepLabv3+); null: smp's "
+                         "[12, 24, 36]; DeepLab uses [6, 12, 18] at output stride 16"),
         "dropout": _f(NUM, 0.1, doc="dropout before the classifier"),
         "projector": _f(bool, False, doc="build the pixel projector head (CAC needs it)"),
         "proj_dim": _f(int, 128, minimum=1),
@@ -162,6 +166,24 @@ SCHEMA: dict = {
         "dist_align_momentum": _f(NUM, 0.99),
         "fg_marginal": _f(bool, False, doc="class 0 is background: pseudo label background only where "
                           "p(background) >= 0.5, else the likeliest foreground class (not in the paper)"),
+    },
+    "unimatch": {  # Yang et al., CVPR 2023; defaults are the published VOC run
+        "conf_thresh": _f(NUM, 0.95, doc="pseudo labels below this confidence are ignored (Cityscapes: 0)"),
+        "weight_strong": _f(NUM, 0.25, doc="weight of each strong view's loss"),
+        "weight_fp": _f(NUM, 0.5, doc="weight of the feature-perturbed stream's loss"),
+        "fp_dropout": _f(NUM, 0.5, doc="channel dropout on the encoder maps of the perturbed stream"),
+        "cutmix_p": _f(NUM, 0.5, doc="probability of a CutMix box in each strong view"),
+        "box_size_range": _f(list, [0.02, 0.4], doc="box area, fraction of the image"),
+        "box_ratio_range": _f(list, [0.3, 3.3333333333333335], doc="box aspect h / w"),
+        "color_jitter": _f(NUM, 0.8, doc="probability of colour jitter in a strong view"),
+        "jitter_strength": _f(list, [0.5, 0.5, 0.5, 0.25], doc="brightness, contrast, saturation, hue"),
+        "grayscale": _f(NUM, 0.2),
+        "blur": _f(NUM, 0.5, doc="probability of Gaussian blur, sigma 0.1-2"),
+        "ohem": _f(bool, False, doc="OHEM on the supervised term (Cityscapes)"),
+        "ohem_thresh": _f(NUM, 0.7),
+        "ohem_min_kept": _f(int, 100000, doc="hard pixels kept at least, per labeled image"),
+        "unsup_start_iter": _f(int, 0, doc="labeled-only warm-up (none in the paper)"),
+        "rampup_iters": _f(int, 0),
     },
     "eval": {
         "mode": _f(str, "whole", choices=["whole", "slide"]),

@@ -69,11 +69,32 @@ def test_aligned_overlap_of_unaugmented_crops_is_identical():
     assert (~batch["valid1"]).any()  # padding existed and was excluded
 
 
+def test_crop_pairs_carry_the_hidden_truth_through_the_same_geometry(tmp_path):
+    """With data.unlabeled_truth a label goes through the crops' rescale, crop and flip: here the
+    label is the image's red channel / 20, so each crop's label must equal its own red channel / 20."""
+    d = digits_cfg("unused", str(tmp_path), "method=cac", "data.crop_size=48", "data.mean=[0,0,0]",
+                   "data.std=[1,1,1]").data
+    pipe = CropPairPipeline(d, (0.1, 1.0), 8, hflip=True, color_jitter=0, grayscale=0, blur=0)
+    rng = np.random.default_rng(1)
+    label = rng.integers(0, 11, (56, 72), dtype=np.uint8)
+    image = np.repeat((label * 20)[..., None], 3, axis=2).astype(np.uint8)
+    flips = []
+    for seed in range(12):
+        out = pipe(image, label, seed)
+        for i in (1, 2):
+            flips.append(bool(out[f"flip{i}"]))
+            real = out[f"valid{i}"]
+            red = (out[f"image{i}"][0] * 255 / 20).round().long()
+            assert torch.equal(out[f"label{i}"][real], red[real])
+    assert any(flips) and not all(flips)
+    assert "label1" not in pipe(image, None, 0)
+
+
 def test_cac_training_iterations_on_digits(digits_root, tmp_path):
     cfg = digits_cfg(digits_root, str(tmp_path / "cac"), "method=cac", "data.crop_size=48",
                      "model.projector=true", "model.proj_dim=32", "cac.scale_range=[1.0,1.5]",
                      "cac.unsup_start_iter=2", "cac.pos_thresh=0.0", "cac.selected_num=100", "cac.hflip=false",
-                     "cac.weight_unsup=0.5", "train.iters=6")
+                     "cac.weight_unsup=0.5", "train.iters=6", "data.unlabeled_truth=true")
     trainer = Trainer(cfg)
     logs = record_steps(trainer)
     trainer.train()
@@ -84,6 +105,8 @@ def test_cac_training_iterations_on_digits(digits_root, tmp_path):
         assert log["unsup"] > 0 and log["pos_pairs_1"] + log["pos_pairs_2"] > 0
         assert 0 < log["neg_per_pos"] <= 2 * 100 * 2  # fresh negatives of both crops + one bank step
         assert 0.1 <= log["crop_iou"] <= 1.0
+        assert 0.0 <= log["pl_acc"] <= 1.0 and "pl_kept_acc" in log  # pos_thresh 0 keeps every cell
+    assert "pl_acc" not in logs[0]
     assert len(trainer.method.bank) == 1
     assert trainer.model.projector[0].weight.grad is not None
 

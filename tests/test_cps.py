@@ -10,6 +10,7 @@ from helpers import brute_force_miou, record_steps
 from seg_ssl.config import ConfigError
 from seg_ssl.data.cutmix import box_masks, mix
 from seg_ssl.engine.trainer import Trainer
+from seg_ssl.evaluation.pseudo_labels import pseudo_label_stats
 from seg_ssl.losses.ohem import ohem_cross_entropy
 from seg_ssl.methods.cps import CPS, cross_pseudo_loss
 
@@ -192,12 +193,9 @@ def test_fg_marginal_refuses_a_dataset_without_background(digits_root, tmp_path)
 
 
 def test_pseudo_label_stats_count_the_kept_labels():
-    cfg = digits_cfg("unused", "unused", "method=cps")
-    method = CPS.__new__(CPS)  # the statistics need only the config
-    method.cfg, method.ignore_index = cfg, 255
     targets = torch.tensor([[[0, 0, 3, 255], [0, 5, 255, 255]]])  # 5 kept labels: three 0, one 3, one 5
     valid = torch.tensor([[[True, True, True, True], [True, True, True, False]]])  # 7 valid pixels
-    st = method.pseudo_label_stats(targets, valid)
+    st = pseudo_label_stats(targets, valid, num_classes=11)
     assert float(st["pseudo_bg"]) == pytest.approx(3 / 5) and st["pseudo_kept"] == pytest.approx(5 / 7)
     assert [float(st[f"pseudo_cls/{k}"]) for k in range(11)] == pytest.approx(
         [3 / 5, 0, 0, 1 / 5, 0, 1 / 5, 0, 0, 0, 0, 0])
@@ -256,6 +254,8 @@ def test_cutmix_step_mixes_one_mask_into_images_targets_and_validity(digits_root
         return model(x, groups=groups)
 
     monkeypatch.setattr(cps_module, "box_masks", recording_box_masks)
+    truth = torch.randint(0, 11, unlabeled["valid"].shape, generator=torch.Generator().manual_seed(0))
+    unlabeled["label"] = truth  # hidden truth (data.unlabeled_truth): logged, never learnt from
     out = method.training_step(recording_model, labeled, unlabeled, 0)
     (masks, _), = drawn
     x_u, v_u = unlabeled["image"], unlabeled["valid"]
@@ -275,6 +275,10 @@ def test_cutmix_step_mixes_one_mask_into_images_targets_and_validity(digits_root
     own = ce_on(s1, s1.argmax(1), valid) + ce_on(s2, s2.argmax(1), valid)
     assert float(out["cps"]) == pytest.approx(float(expect), rel=1e-5)
     assert abs(float(expect) - float(own)) > 0.1
+    # pseudo-label accuracy: both branches' labels against the truth mixed with the same mask
+    mixed_truth = torch.where(masks.bool(), truth[2:], truth[:2])
+    right = (s2.argmax(1) == mixed_truth)[valid].sum() + (s1.argmax(1) == mixed_truth)[valid].sum()
+    assert float(out["pl_acc"]) == pytest.approx(float(right) / (2 * float(valid.sum())))
     with torch.no_grad():
         sup = F.cross_entropy(model.branch1(labeled["image"]), labeled["label"], ignore_index=255) + \
             F.cross_entropy(model.branch2(labeled["image"]), labeled["label"], ignore_index=255)

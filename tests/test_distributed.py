@@ -149,6 +149,8 @@ def torchrun(nproc, config, *overrides, log_dir):
     ("digits_cps.yaml", ("cps.unsup_start_iter=1", "cps.rampup_iters=0", "cps.conf_thresh=0.0")),
     ("digits_cac.yaml", ("cac.unsup_start_iter=1", "cac.pos_thresh=0.0", "cac.selected_num=64",
                          "train.joint_forward=false")),  # groups apart under DDP and SyncBN
+    # two forwards with gradient and one in eval mode per step, under DDP and SyncBN
+    ("digits_unimatch.yaml", ("unimatch.unsup_start_iter=1", "unimatch.conf_thresh=0.0")),
 ])
 def test_two_process_runs_complete_and_resume_with_any_world_size(digits_root, tmp_path, config, extra):
     from conftest import digits_cfg

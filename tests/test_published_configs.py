@@ -5,6 +5,7 @@ an edit of a config that changes a published setting fails here and has to say w
 writes a setting differently (a global selected_num, the CPS release's effective learning rate),
 the comment gives the conversion.
 """
+import json
 import os
 
 import pytest
@@ -16,6 +17,8 @@ CAC_VOC = "CAC release configs/*.json, VOC R50 (Lai et al., CVPR 2021)"
 CAC_CITY = "CAC release configs/*.json, Cityscapes R50"
 CPS_VOC = "CPS release exp.voc/voc8.res50v3+.CPS+CutMix (Chen et al., CVPR 2021)"
 CPS_CITY = "CPS release exp.city/city8.res50v3+.CPS+CutMix"
+UM_VOC = "UniMatch release configs/pascal.yaml + unimatch.py (Yang et al., CVPR 2023)"
+UM_CITY = "UniMatch release configs/cityscapes.yaml"
 
 PUBLISHED = {
     "voc_cac.yaml": {
@@ -79,6 +82,40 @@ PUBLISHED = {
         "eval.mode": ("slide", CPS_CITY), "eval.window": (800, CPS_CITY), "eval.stride": (534, CPS_CITY + ": ceil(2/3 x 800)"),
         "eval.branch": ("1", CPS_CITY),
     },
+    "voc_unimatch.yaml": {
+        "method": ("unimatch", UM_VOC), "model.encoder": ("resnet50", UM_VOC + ": R50 runs in the release logs"),
+        "model.output_stride": (16, UM_VOC + ": replace_stride_with_dilation [F, F, T]"),
+        "model.aspp_rates": ([6, 12, 18], UM_VOC + ": dilations"),
+        "model.dropout": (0.0, UM_VOC + ": bare 1x1 classifier"),
+        "data.crop_size": (320, UM_VOC + ": 321, the nearest multiple of the output stride below it"),
+        "data.scale_range": ([0.5, 2.0], UM_VOC), "data.hflip": (True, UM_VOC),
+        "data.batch_size": (8, UM_VOC + ": 4 GPUs x 2"), "data.unlabeled_batch_size": (8, UM_VOC),
+        "train.optimizer": ("sgd", UM_VOC), "train.momentum": (0.9, UM_VOC), "train.weight_decay": (1e-4, UM_VOC),
+        "train.lr": (0.01, UM_VOC + ": head = lr 0.001 x lr_multi 10"),
+        "train.backbone_lr_mult": (0.1, UM_VOC + ": backbone lr 0.001"), "train.poly_power": (0.9, UM_VOC),
+        "train.iters": (92560, UM_VOC + ": 80 epochs x 1,157 unlabeled batches"),
+        "unimatch.conf_thresh": (0.95, UM_VOC), "unimatch.weight_strong": (0.25, UM_VOC),
+        "unimatch.weight_fp": (0.5, UM_VOC), "unimatch.fp_dropout": (0.5, UM_VOC + ": nn.Dropout2d(0.5)"),
+        "unimatch.cutmix_p": (0.5, UM_VOC), "unimatch.box_size_range": ([0.02, 0.4], UM_VOC),
+        "unimatch.box_ratio_range": ([0.3, 1 / 0.3], UM_VOC), "unimatch.color_jitter": (0.8, UM_VOC),
+        "unimatch.jitter_strength": ([0.5, 0.5, 0.5, 0.25], UM_VOC), "unimatch.grayscale": (0.2, UM_VOC),
+        "unimatch.blur": (0.5, UM_VOC), "unimatch.ohem": (False, UM_VOC), "unimatch.unsup_start_iter": (0, UM_VOC),
+        "eval.mode": ("whole", UM_VOC + ": 'original'"),
+    },
+    "cityscapes_unimatch.yaml": {
+        "method": ("unimatch", UM_CITY), "model.encoder": ("resnet50", UM_CITY),
+        "model.output_stride": (8, UM_CITY + ": replace_stride_with_dilation [F, T, T]"),
+        "model.aspp_rates": ([12, 24, 36], UM_CITY),
+        "data.crop_size": (800, UM_CITY + ": 801, the nearest multiple of the output stride below it"),
+        "data.batch_size": (8, UM_CITY + ": 4 GPUs x 2"), "data.unlabeled_batch_size": (8, UM_CITY),
+        "train.lr": (0.005, UM_CITY), "train.backbone_lr_mult": (1.0, UM_CITY + ": lr_multi 1"),
+        "train.weight_decay": (1e-4, UM_CITY), "train.iters": (78000, UM_CITY + ": 240 epochs x 325"),
+        "unimatch.conf_thresh": (0.0, UM_CITY), "unimatch.ohem": (True, UM_CITY),
+        "unimatch.ohem_thresh": (0.7, UM_CITY),
+        "unimatch.ohem_min_kept": (100000, UM_CITY + ": 200,000 per GPU batch of 2 (seg_ssl's is per image)"),
+        "eval.mode": ("slide", UM_CITY + ": sliding_window"), "eval.window": (800, UM_CITY),
+        "eval.stride": (534, UM_CITY + ": int(2/3 x window)"),
+    },
 }
 
 
@@ -97,7 +134,8 @@ def test_published_configs_keep_the_published_settings(name):
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.parametrize("method_config", ["voc_cps.yaml", "voc_cac.yaml", "cityscapes_cps.yaml", "cityscapes_cac.yaml"])
+@pytest.mark.parametrize("method_config", ["voc_cps.yaml", "voc_cac.yaml", "cityscapes_cps.yaml", "cityscapes_cac.yaml",
+                                           "voc_unimatch.yaml", "cityscapes_unimatch.yaml"])
 def test_labeled_only_twins_train_exactly_like_their_method(method_config):
     """``X_sup.yaml`` is the baseline of method config ``X.yaml``: the same model, data, schedule and
     evaluation, only the method differs (and CAC's projector, which the baseline does not use)."""
@@ -114,3 +152,13 @@ def test_labeled_only_twins_train_exactly_like_their_method(method_config):
     assert len(shared) > 40
     assert {k: twin[k] for k in shared} == {k: method[k] for k in shared}
     assert twin["model.projector"] is False
+
+
+@pytest.mark.parametrize("name", ["voc_unimatch.yaml", "cityscapes_unimatch.yaml"])
+def test_unimatch_configs_pass_dry_run(name, capsys):
+    from helpers import load_tool
+    assert load_tool("train").main([os.path.join(ROOT, "configs", name), "--dry-run"]) in (0, None)
+    out = capsys.readouterr().out
+    sizes = json.loads(out[out.index("{\n"):])
+    # each step draws twice the unlabeled batch: the second half gives the CutMix boxes
+    assert sizes["unlabeled_per_process"] == 8 and sizes["unlabeled_drawn_per_process"] == 16

@@ -39,3 +39,24 @@ def mix(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     while m.dim() < a.dim():
         m = m.unsqueeze(1)
     return a * (1 - m) + b * m
+
+
+def single_box_masks(n: int, height: int, width: int, p: float = 0.5, size_range=(0.02, 0.4),
+                     ratio_range=(0.3, 1 / 0.3), rng: np.random.Generator | None = None) -> torch.Tensor:
+    """UniMatch's CutMix boxes (n, height, width) float32 in {0, 1}: with probability ``p`` one box
+    of ``U(size_range)`` of the image area and aspect ``h / w ~ U(ratio_range)``, its top-left corner
+    drawn uniformly and redrawn (with the aspect) until the box fits; else no box (all 0)."""
+    rng = rng if rng is not None else np.random.default_rng()
+    masks = np.zeros((n, height, width), np.float32)
+    for i in range(n):  # a handful of images per step; the loop is over images, not pixels
+        if rng.uniform() > p:
+            continue
+        area = rng.uniform(*size_range) * height * width
+        while True:
+            ratio = rng.uniform(*ratio_range)
+            w, h = int(np.sqrt(area / ratio)), int(np.sqrt(area * ratio))
+            x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+            if x + w <= width and y + h <= height:
+                break
+        masks[i, y:y + h, x:x + w] = 1.0
+    return torch.from_numpy(masks)

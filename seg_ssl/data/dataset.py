@@ -169,8 +169,10 @@ class SegDataset:
         return out
 
 
-def build_split(cfg_data, which: str, transform=None) -> SegDataset:
-    """``which`` is 'labeled', 'unlabeled' or 'val'; list paths are relative to the data root."""
+def build_split(cfg_data, which: str, transform=None, with_labels: bool | None = None) -> SegDataset:
+    """``which`` is 'labeled', 'unlabeled' or 'val'; list paths are relative to the data root.
+    Unlabeled images are read without labels unless ``with_labels`` (a benchmark's hidden truth)."""
+    with_labels = which != "unlabeled" if with_labels is None else with_labels
     list_key = {"labeled": "labeled_list", "unlabeled": "unlabeled_list", "val": "val_list"}[which]
     if not os.path.isdir(cfg_data.root):
         raise DataError(f"data.root {cfg_data.root!r} is not a directory; expected a VOC-style layout "
@@ -178,16 +180,15 @@ def build_split(cfg_data, which: str, transform=None) -> SegDataset:
                         f"root/{cfg_data.ann_dir}/*{cfg_data.ann_suffix} and split lists")
     list_path = resolve_list(cfg_data.root, cfg_data[list_key])
     samples = read_split(list_path, cfg_data.root, cfg_data.img_dir, cfg_data.ann_dir,
-                         cfg_data.img_suffix, cfg_data.ann_suffix, need_labels=which != "unlabeled")
+                         cfg_data.img_suffix, cfg_data.ann_suffix, need_labels=with_labels)
     # existence only (cheap): a missing file fails now, not when a batch first draws it hours in
-    missing = [p for s in samples for p in (s.image, s.label if which != "unlabeled" else None)
+    missing = [p for s in samples for p in (s.image, s.label if with_labels else None)
                if p is not None and not os.path.isfile(p)]
     if missing:
         raise DataError(f"data.{list_key} {list_path}: {len(missing)} listed file(s) missing, e.g. {missing[0]}"
                         + (f" and {missing[1]}" if len(missing) > 1 else "")
                         + "; run tools/check_dataset.py CONFIG for every problem")
-    return SegDataset(samples, cfg_data.num_classes, cfg_data.ignore_index, transform,
-                      with_labels=which != "unlabeled")
+    return SegDataset(samples, cfg_data.num_classes, cfg_data.ignore_index, transform, with_labels=with_labels)
 
 
 def resolve_list(root: str, path: str) -> str:

@@ -90,21 +90,28 @@ class CropPairPipeline:
         photo = photometric_ops(color_jitter, grayscale, blur)
         self.photometric = A.Compose(photo) if photo else None
 
-    # label is always None here; it stays in the signature every dataset transform shares
+    # label is None unless a benchmark loads the hidden truth (data.unlabeled_truth): then each crop
+    # also returns its ``label1`` / ``label2``, for pseudo-label accuracy in the log
     def __call__(self, image: np.ndarray, label, seed: int) -> dict:
         rng = np.random.default_rng(seed)
         self.geometry.set_random_seed(int(rng.integers(2**31)))
-        out = self.geometry(image=image, mask=np.zeros(image.shape[:2], np.uint8))
-        img, valid = out["image"], out["mask"] != IGNORE
+        pad = np.zeros(image.shape[:2], np.uint8)
+        out = self.geometry(image=image, masks=[pad] if label is None else [pad, label])
+        img, valid = out["image"], out["masks"][0] != IGNORE
+        truth = None if label is None else out["masks"][1]
         c = self.d.crop_size
         pair = sample_overlapping_crops(img.shape[0], img.shape[1], c, self.iou_bound, self.stride, rng)
         result = {"iou": torch.tensor(pair.iou, dtype=torch.float32)}
         for i, (t, l, box) in enumerate(((pair.top1, pair.left1, pair.box1),
                                          (pair.top2, pair.left2, pair.box2)), 1):
             crop, v = img[t:t + c, l:l + c], valid[t:t + c, l:l + c]
+            y = None if truth is None else truth[t:t + c, l:l + c]
             flip = bool(self.hflip and rng.random() < 0.5)
             if flip:
                 crop, v = crop[:, ::-1], v[:, ::-1]
+                y = None if y is None else y[:, ::-1]
+            if y is not None:
+                result[f"label{i}"] = torch.from_numpy(np.ascontiguousarray(y)).long()
             if self.photometric is not None:
                 self.photometric.set_random_seed(int(rng.integers(2**31)))
                 crop = self.photometric(image=np.ascontiguousarray(crop))["image"]

@@ -53,14 +53,18 @@ def geometric_ops(d, crop_size: int | None = None) -> list:
     return ops
 
 
-def photometric_ops(p_jitter: float, p_gray: float = 0.0, p_blur: float = 0.0) -> list:
+def photometric_ops(p_jitter: float, p_gray: float = 0.0, p_blur: float = 0.0,
+                    jitter=(0.4, 0.4, 0.4, 0.1), blur_limit=(3, 5)) -> list:
+    """Colour jitter (brightness, contrast, saturation, hue), grayscale and Gaussian blur (sigma
+    0.1-2), each with its probability; ``blur_limit`` 0 sizes the kernel from sigma, as PIL does."""
     ops = []
     if p_jitter > 0:
-        ops.append(A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=p_jitter))
+        b, c, s, h = jitter
+        ops.append(A.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h, p=p_jitter))
     if p_gray > 0:
         ops.append(A.ToGray(p=p_gray))
     if p_blur > 0:
-        ops.append(A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.1, 2.0), p=p_blur))
+        ops.append(A.GaussianBlur(blur_limit=blur_limit, sigma_limit=(0.1, 2.0), p=p_blur))
     return ops
 
 
@@ -83,6 +87,32 @@ class Pipeline:
         result = {"image": normalize(image, self.mean, self.std), "valid": torch.from_numpy(pad != IGNORE)}
         if self.labeled:
             result["label"] = torch.from_numpy(np.ascontiguousarray(label)).long()
+        return result
+
+
+class WeakStrongPipeline:
+    """UniMatch's unlabeled sample: a weak view (the geometric ops: rescale, crop, flip) and two
+    strong views of that same crop, each with its own draw of the photometric ops, so that a
+    pixel is the same pixel in all three. Returns ``image`` (weak), ``strong1``, ``strong2`` and
+    ``valid`` (False on padding); with ``labeled`` also the ``label`` of the weak crop (a
+    benchmark's hidden truth, for pseudo-label accuracy)."""
+
+    def __init__(self, d, strong_ops: list, labeled: bool = False):
+        self.geometric = A.Compose(geometric_ops(d))
+        self.strong = A.Compose(strong_ops)
+        self.mean, self.std, self.labeled = d.mean, d.std, labeled
+
+    def __call__(self, image: np.ndarray, label: np.ndarray | None, seed: int) -> dict:
+        pad = np.zeros(image.shape[:2], np.uint8)
+        self.geometric.set_random_seed(int(seed))
+        out = self.geometric(image=image, masks=[pad] if label is None else [label, pad])
+        weak, pad = out["image"], out["masks"][-1]
+        result = {"image": normalize(weak, self.mean, self.std), "valid": torch.from_numpy(pad != IGNORE)}
+        for view in (1, 2):  # independent, reproducible draws per view
+            self.strong.set_random_seed(int(np.random.SeedSequence([int(seed), view]).generate_state(1)[0]))
+            result[f"strong{view}"] = normalize(self.strong(image=weak)["image"], self.mean, self.std)
+        if self.labeled and label is not None:
+            result["label"] = torch.from_numpy(np.ascontiguousarray(out["masks"][0])).long()
         return result
 
 

@@ -34,7 +34,7 @@ from seg_ssl.engine.schedule import poly_lr
 from seg_ssl.engine.workdir import lock_work_dir, remove_stale_temp_files, unlock_work_dir
 from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
 from seg_ssl.evaluation.metrics import format_table, to_json
-from seg_ssl.methods import build_method
+from seg_ssl.methods import METHODS, build_method
 from seg_ssl.methods.cac import cac_sizes
 from seg_ssl.models.weights import load_strict
 from seg_ssl.models.segmentor import Segmentor
@@ -150,8 +150,9 @@ def derived_sizes(cfg, world_size: int) -> dict:
                               f"size {world_size}")
     per_l, per_u = d.batch_size // world_size, d.unlabeled_batch_size // world_size
     sizes = {"world_size": world_size, "labeled_per_process": per_l, "unlabeled_per_process": per_u}
-    if cfg.method == "cps" and cfg.cps.cutmix:  # each mixed image is made of two drawn images
-        sizes["unlabeled_drawn_per_process"] = 2 * per_u
+    draws = METHODS[cfg.method].unlabeled_draws(cfg)
+    if draws > 1:  # CutMix: each mixed image is made of two drawn images
+        sizes["unlabeled_drawn_per_process"] = draws * per_u
     if cfg.method == "cac":
         sizes.update(cac_sizes(cfg, world_size, per_u))  # feature map, negatives, expected overlap
     return sizes
@@ -211,9 +212,11 @@ class Trainer:
         if self.method.uses_unlabeled:
             if not d.unlabeled_list:
                 raise ConfigError(f"method {cfg.method!r} needs data.unlabeled_list")
+            # with data.unlabeled_truth the labels come along, for pseudo-label accuracy in the log only
             self.unlabeled = build_split(d, "unlabeled", self.method.unlabeled_pipeline(d)
                                          if hasattr(self.method, "unlabeled_pipeline")
-                                         else train_pipeline(d, labeled=False))
+                                         else train_pipeline(d, labeled=d.unlabeled_truth),
+                                         with_labels=d.unlabeled_truth)
             check_disjoint(self.labeled, self.unlabeled, d.allow_overlap, "data")
         self.val = build_split(d, "val", val_pipeline(d))
 
@@ -320,7 +323,7 @@ class Trainer:
         pin = self.device.type == "cuda"
         lab = make_stream(self.labeled, d.batch_size, self.info.rank, self.info.world_size, seed, 0,
                           self.iteration, d.num_workers, pin)
-        per_step = getattr(self.method, "unlabeled_per_step", 1)  # CPS+CutMix mixes pairs of images
+        per_step = self.method.unlabeled_draws(self.cfg)  # CutMix mixes pairs of images
         unl = (make_stream(self.unlabeled, d.unlabeled_batch_size * per_step, self.info.rank, self.info.world_size,
                            seed, 1, self.iteration, d.num_workers, pin) if self.unlabeled is not None else None)
         return lab, unl

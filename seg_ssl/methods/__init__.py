@@ -2,8 +2,9 @@
 from seg_ssl.methods.cac import CAC
 from seg_ssl.methods.cps import CPS
 from seg_ssl.methods.supervised import Supervised
+from seg_ssl.methods.unimatch import UniMatch
 
-METHODS = {"supervised": Supervised, "cac": CAC, "cps": CPS}
+METHODS = {"supervised": Supervised, "cac": CAC, "cps": CPS, "unimatch": UniMatch}
 
 
 def build_method(cfg):

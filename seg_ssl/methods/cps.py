@@ -21,6 +21,7 @@ from seg_ssl.config import ConfigError
 from seg_ssl.data.cutmix import box_masks, mix
 from seg_ssl.collectives import all_reduce_sum
 from seg_ssl.engine.schedule import warmup_ramp
+from seg_ssl.evaluation.pseudo_labels import first_class_is_background, pseudo_label_accuracy, pseudo_label_stats
 from seg_ssl.losses.ohem import ohem_cross_entropy
 from seg_ssl.models.segmentor import build_segmentor, cat_outputs
 
@@ -108,7 +109,8 @@ class CPS:
         self.cfg, self.c = cfg, cfg.cps
         self.ignore_index = cfg.data.ignore_index
         names = cfg.data.class_names
-        if self.c.fg_marginal and names and str(names[0]).lower() not in ("background", "bg", "_background_"):
+        self.background = first_class_is_background(names)
+        if self.c.fg_marginal and names and not self.background:
             # Cityscapes has no background class: fg_marginal would treat 'road' as background
             raise ConfigError(f"cps.fg_marginal needs class 0 to be background; data.class_names[0] is "
                               f"{names[0]!r}")
@@ -121,13 +123,16 @@ class CPS:
             torch.manual_seed(cfg.seed + 1)
             b2 = build_segmentor(cfg.model, cfg.data.num_classes)
         self.model = TwoBranch(b1, b2)
-        # CutMix mixes two different unlabeled images per output image
-        self.unlabeled_per_step = 2 if self.c.cutmix else 1
         self.mask_rng = np.random.default_rng(cfg.seed)
         # distribution alignment: running class frequencies of labels and of pseudo-label predictions
         k = cfg.data.num_classes
         self.label_dist = torch.full((k,), 1.0 / k)
         self.pred_dist = torch.full((k,), 1.0 / k)
+
+    @staticmethod
+    def unlabeled_draws(cfg) -> int:
+        """CutMix mixes two different unlabeled images per output image."""
+        return 2 if cfg.cps.cutmix else 1
 
     def groups(self, *sizes):
         """Batch groups for the forward pass: None (one batch, shared BatchNorm statistics) with
@@ -162,17 +167,6 @@ class CPS:
             self.pred_dist = self.pred_dist.to(dev) * m + (1 - m) * stats[k:] / stats[k:].sum().clamp_min(1e-6)
             return self.label_dist / self.pred_dist.clamp_min(1e-6)
 
-    def pseudo_label_stats(self, targets: torch.Tensor, valid: torch.Tensor) -> dict:
-        """What drifts when CPS collapses: the class shares of the kept pseudo labels on unlabeled
-        pixels (``pseudo_bg`` for background, ``pseudo_cls/k`` per class, TensorBoard only) and the
-        share of valid pixels that keep one (``pseudo_kept``)."""
-        k = self.cfg.data.num_classes
-        kept = targets[targets != self.ignore_index]
-        share = torch.bincount(kept, minlength=k)[:k].float() / max(kept.numel(), 1)
-        out = {"pseudo_bg": share[0], "pseudo_kept": kept.numel() / max(int(valid.sum()), 1)}
-        out.update({f"pseudo_cls/{i}": share[i] for i in range(k)})
-        return out
-
     def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
         x_l, y = labeled["image"], labeled["label"]
         nl = x_l.shape[0]
@@ -200,6 +194,8 @@ class CPS:
             # cross supervision on the mixed images: each branch learns the other's mixed targets
             cps, p1, p2 = cross_pseudo_loss(l1[nl:], l2[nl:], t1, t2, valid, self.ignore_index,
                                             self.c.conf_thresh, align, self.c.fg_marginal, return_targets=True)
+            truth = (torch.where(masks > 0.5, unlabeled["label"][half:], unlabeled["label"][:half])
+                     if "label" in unlabeled else None)
         else:
             l1, l2 = model(torch.cat([x_l, x_u]), groups=self.groups(nl, x_u.shape[0]))
             sup1, sup2 = self.supervised_loss(l1[:nl], y), self.supervised_loss(l2[:nl], y)
@@ -211,10 +207,16 @@ class CPS:
                                             conf_thresh=self.c.conf_thresh, align=align,
                                             fg_marginal=self.c.fg_marginal, return_targets=True)
             p1, p2, valid = p1[nl:], p2[nl:], valid_u  # report the unlabeled images only
+            truth = unlabeled.get("label")
         out = {"loss": sup1 + sup2 + lam * cps, "sup1": sup1, "sup2": sup2, "cps": cps.detach(),
-               **self.pseudo_label_stats(torch.cat([p1, p2]), torch.cat([valid, valid]))}
+               **pseudo_label_stats(torch.cat([p1, p2]), torch.cat([valid, valid]), self.cfg.data.num_classes,
+                                    self.ignore_index, self.background)}
         if align is not None:
             out["pred_bg_ema"] = float(self.pred_dist[0])
+        if truth is not None:  # hidden truth of the unlabeled images (benchmarks); both branches' labels
+            p = torch.cat([p1, p2])  # pixels cps.conf_thresh drops count as wrong in pl_acc
+            out.update(pseudo_label_accuracy(p, torch.cat([truth, truth]), torch.cat([valid, valid]),
+                                             p != self.ignore_index, self.ignore_index, self.background))
         return out
 
     def predictor(self, model):

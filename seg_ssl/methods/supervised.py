@@ -15,6 +15,11 @@ class Supervised:
         self.world_size = 1  # the trainer sets the number of processes
         self.model = self.build_model(cfg)
 
+    @staticmethod
+    def unlabeled_draws(cfg) -> int:
+        """Unlabeled images drawn per unlabeled batch image (CutMix mixes pairs: 2)."""
+        return 1
+
     def build_model(self, cfg):
         return build_segmentor(cfg.model, cfg.data.num_classes)
 

@@ -22,7 +22,7 @@ class Segmentor(nn.Module):
                  num_classes: int = 21, encoder_weights: str | None = None, encoder_depth: int = 5,
                  output_stride: int = 16, decoder_channels: int = 256, aspp_separable: bool = False,
                  aspp_dropout: float = 0.5, dropout: float = 0.1, projector: bool = False,
-                 proj_dim: int = 128):
+                 proj_dim: int = 128, aspp_rates=None):
         super().__init__()
         smp_weights = "imagenet" if encoder_weights == "imagenet" else None
         if arch == "deeplabv3plus":
@@ -30,7 +30,8 @@ class Segmentor(nn.Module):
                                     encoder_depth=encoder_depth, encoder_output_stride=output_stride,
                                     decoder_channels=decoder_channels,
                                     decoder_aspp_separable=aspp_separable, decoder_aspp_dropout=aspp_dropout,
-                                    classes=num_classes)
+                                    classes=num_classes,
+                                    **({"decoder_atrous_rates": tuple(aspp_rates)} if aspp_rates else {}))
             feat_channels = decoder_channels
             # at depth 4 the encoder stops at layer3 (stride 16) and nothing is dilated
             self.output_stride = min(output_stride, 2 ** encoder_depth)
@@ -75,14 +76,22 @@ class Segmentor(nn.Module):
         """Input height and width must be multiples of this."""
         return self.output_stride
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder features at ``feature_stride`` (DeepLabv3+: 256 ch at /4; PSPNet: 512 at /8)."""
+    def features(self, x: torch.Tensor, fp_dropout: float = 0.0) -> torch.Tensor:
+        """Decoder features at ``feature_stride`` (DeepLabv3+: 256 ch at /4; PSPNet: 512 at /8).
+
+        ``fp_dropout`` > 0 (UniMatch's feature perturbation): the decoder also gets every encoder
+        map with channels dropped (Dropout2d, active in train and eval mode alike), in the same
+        batch as the clean maps; the result is ``2B`` rows, the clean features first."""
         h, w = x.shape[-2:]
         d = self.size_divisor
         if h % d or w % d:
             raise ValueError(f"input {h}x{w} is not divisible by the output stride {d}; pad it "
                              f"(seg_ssl.evaluation.inference pads for you)")
-        return self.decoder(self.encoder(x))
+        maps = self.encoder(x)
+        if fp_dropout > 0:  # maps[0] is the input image itself, which no decoder reads
+            maps = [torch.cat([maps[0], maps[0]])] + [torch.cat([m, F.dropout2d(m, fp_dropout, training=True)])
+                                                      for m in maps[1:]]
+        return self.decoder(maps)
 
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
         return self.classifier(feats)
@@ -93,16 +102,25 @@ class Segmentor(nn.Module):
             raise RuntimeError("this Segmentor was built without a projector (model.projector=false)")
         return F.normalize(self.projector(feats), dim=1)
 
-    def forward(self, x: torch.Tensor, with_projection: bool = False, groups: list[int] | None = None):
+    def forward(self, x: torch.Tensor, with_projection: bool = False, groups: list[int] | None = None,
+                fp_dropout: float = 0.0):
         """Logits at the input resolution; with ``with_projection`` a dict that adds, at stride 8,
         the L2-normalised projector embeddings ``proj`` and ``pseudo_logits`` (no gradient, no
         dropout) for pseudo labels and confidence. One call serves a whole step, as DDP wants;
         ``groups`` (sizes along the batch) runs each group through the network on its own, so that
-        BatchNorm normalises each with its own statistics (labeled and unlabeled images apart)."""
+        BatchNorm normalises each with its own statistics (labeled and unlabeled images apart).
+        ``fp_dropout`` > 0 returns ``{"logits", "logits_fp"}``, the second from the decoder fed
+        perturbed encoder maps (see :meth:`features`)."""
         if groups is not None:
-            return cat_outputs([self(part, with_projection) for part in x.split(list(groups))])
-        feats = self.features(x)
+            return cat_outputs([self(part, with_projection, fp_dropout=fp_dropout)
+                                for part in x.split(list(groups))])
+        feats = self.features(x, fp_dropout)
         logits = F.interpolate(self.classify(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        if fp_dropout > 0:
+            if with_projection:
+                raise ValueError("fp_dropout and with_projection together are not supported")
+            clean, perturbed = logits.chunk(2)
+            return {"logits": clean, "logits_fp": perturbed}
         if not with_projection:
             return logits
         if self.feature_stride != 8:  # DeepLabv3+ decodes at stride 4; CAC works at stride 8
@@ -124,8 +142,7 @@ def build_segmentor(m, num_classes: int) -> Segmentor:
                      encoder_weights=m.encoder_weights, encoder_depth=m.encoder_depth,
                      output_stride=m.output_stride, decoder_channels=m.decoder_channels,
                      aspp_separable=m.aspp_separable, aspp_dropout=m.aspp_dropout, dropout=m.dropout,
-                     projector=m.projector,
-                     proj_dim=m.proj_dim)
+                     projector=m.projector, proj_dim=m.proj_dim, aspp_rates=m.aspp_rates)
 
 
 def load_encoder_weights(encoder: nn.Module, path: str, skip=()) -> None:
