@@ -1,13 +1,18 @@
-"""Semi-supervised gain on the embedded digits set: labeled-only vs CPS, CPS+CutMix and CAC.
+"""Semi-supervised gain on the embedded digits set: labeled-only vs CPS, CPS+CutMix, CAC and UniMatch.
 
 For each labeled ratio, method and seed, trains ``tools/train.py`` in a subprocess with the same
-model, labeled batch, warm-up and iterations, and reads the final val mIoU from its metrics.json.
-The labeled-only baseline is also trained for the wall time of the slowest method (more
-iterations), which is the fair comparison for a user with a fixed compute budget. Finished runs
-are kept under --work-root and skipped when the script is run again, so an interrupted benchmark
-continues where it stopped.
+model, labeled batch and iterations, and reads the final val mIoU from its metrics.json. The
+labeled-only baseline is also trained for the wall time of the slowest method (more iterations),
+which is the fair comparison for a user with a fixed compute budget. The semi-supervised runs load
+the hidden labels of their unlabeled images (``data.unlabeled_truth``) and the table reports how
+right their pseudo labels are over training. Finished runs are kept under --work-root and skipped
+when the script is run again, so an interrupted benchmark continues where it stopped.
 
-    python benchmarks/ssl_digits.py                 # 1/16 and 1/8, 4 methods, 3 seeds (hours on 2 cores)
+Two suites: ``lite0`` (the benchmark: ImageNet-pretrained EfficientNet-Lite0 on the clean rendering,
+``configs/digits_lite0_*.yaml``) and ``scratch`` (ResNet-18 from scratch on the default rendering,
+``configs/digits_{sup,cps,cac,unimatch}.yaml``).
+
+    python benchmarks/ssl_digits.py                 # lite0: 1/16 and 1/8, 5 methods, 3 seeds (hours on 2 cores)
     python benchmarks/ssl_digits.py --quick         # smoke run: 1/16, 1 seed, 60 iterations
     python benchmarks/ssl_digits.py --write-readme  # also put the table into benchmarks/README.md
 """
@@ -18,6 +23,7 @@ import concurrent.futures as cf
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -27,14 +33,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "benchmarks", "README.md")
 BEGIN, END = "<!-- ssl_digits:begin -->", "<!-- ssl_digits:end -->"
 
-# method name -> (config, extra overrides). Every method shares digits_sup.yaml's model, optimiser,
-# labeled batch and schedule; the semi-supervised ones start after the same labeled-only warm-up.
-METHODS = {
-    "labeled-only": ("configs/digits_sup.yaml", []),
-    "CPS": ("configs/digits_cps.yaml", ["cps.cutmix=false"]),
-    "CPS+CutMix": ("configs/digits_cps.yaml", []),
-    "CAC": ("configs/digits_cac.yaml", []),
+# suite -> method name -> (config, extra overrides). In a suite every method shares the labeled-only
+# config's model, optimiser, labeled batch and schedule (each method config inherits it).
+SUITES = {
+    "lite0": {
+        "labeled-only": ("configs/digits_lite0_sup.yaml", []),
+        "CPS": ("configs/digits_lite0_cps.yaml", ["cps.cutmix=false"]),
+        "CPS+CutMix": ("configs/digits_lite0_cps.yaml", []),
+        "CAC": ("configs/digits_lite0_cac.yaml", []),
+        "UniMatch": ("configs/digits_lite0_unimatch.yaml", []),
+    },
+    "scratch": {
+        "labeled-only": ("configs/digits_sup.yaml", []),
+        "CPS": ("configs/digits_cps.yaml", ["cps.cutmix=false"]),
+        "CPS+CutMix": ("configs/digits_cps.yaml", []),
+        "CAC": ("configs/digits_cac.yaml", []),
+        "UniMatch": ("configs/digits_unimatch.yaml", []),
+    },
 }
+DATA_ROOT = {"lite0": ("data/digits_clean", "--rendering clean "), "scratch": ("data/digits", "")}
+METHODS = SUITES["lite0"]
+PL_LINE = re.compile(r"it (\d+)/\d+ .*?pl_acc ([\d.]+)(?: pl_fg_acc ([\d.]+))?")
 
 
 EQUAL_WALL = "labeled-only, equal wall time"
@@ -57,10 +76,41 @@ def run_one(name: str, config: str, overrides: list[str], work_dir: str, threads
     with open(os.path.join(work_dir, "metrics.json")) as f:
         metrics = json.load(f)
     result = {"name": name, "mIoU": 100 * metrics["mIoU"], "iteration": metrics["iteration"],
-              "wall_s": wall, "IoU": [100 * v for v in metrics["IoU"]], "command": " ".join(cmd[1:])}
+              "wall_s": wall, "IoU": [100 * v for v in metrics["IoU"]], "command": " ".join(cmd[1:]),
+              "pseudo_labels": pseudo_label_curve(os.path.join(work_dir, "train.log"))}
     with open(result_path, "w") as f:
         json.dump(result, f, indent=1)
     return result
+
+
+def pseudo_label_curve(log_path: str) -> list:
+    """``[[iteration, pl_acc, pl_fg_acc], ...]`` from a train.log's step lines (x 100; empty for a
+    run that logs none: labeled-only, or a run without data.unlabeled_truth)."""
+    curve = []
+    if os.path.isfile(log_path):
+        with open(log_path) as f:
+            for m in PL_LINE.finditer(f.read()):
+                curve.append([int(m.group(1)), 100 * float(m.group(2)),
+                              100 * float(m.group(3)) if m.group(3) else None])
+    return curve
+
+
+def load_store(path: str | None) -> dict:
+    """``{(name, ratio, seed): result}`` from a --store file (empty when there is none yet)."""
+    if not path or not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return {(r["name"], r["ratio"], int(r["seed"])): r for r in json.load(f)}
+
+
+def save_store(path: str, results: dict) -> None:
+    """Write every result, sorted, atomically (an interrupted write leaves the previous file)."""
+    rows = [{**v, "ratio": k[1], "seed": k[2]} for k, v in sorted(results.items())]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.partial{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(rows, f, indent=1)
+    os.replace(tmp, path)
 
 
 def mean_std(values: list[float], show_n: bool = False) -> str:
@@ -88,11 +138,13 @@ def finished_runs(work_root: str) -> dict:
 
 
 def table(results: dict, ratios: list[str], seeds: list[int], base_iters: int) -> str:
-    """Markdown: one row per method, columns per ratio (mean ± std of val mIoU, mean wall time).
-    Cells with fewer runs than ``seeds`` say how many they average."""
-    head = "| method | " + " | ".join(f"{r.replace('_', '/')} mIoU | {r.replace('_', '/')} wall"
-                                       for r in ratios) + " |"
-    lines = [head, "|---|" + "---|---|" * len(ratios)]
+    """Markdown: one row per method; per ratio the val mIoU (mean ± std over seeds), the gain over
+    labeled-only (difference of the means), the share of true object pixels the pseudo labels name
+    right (first logged window -> last, mean over seeds) and the mean wall time. Cells with fewer
+    runs than ``seeds`` say how many they average."""
+    cols = ("mIoU", "gain", "pseudo labels right", "wall")
+    head = "| method | " + " | ".join(f"{r.replace('_', '/')} {c}" for r in ratios for c in cols) + " |"
+    lines = [head, "|---|" + "---|" * (len(cols) * len(ratios))]
     order = {n: i for i, n in enumerate([*METHODS, EQUAL_WALL])}
     names = sorted(dict.fromkeys(n for (n, _, _) in results), key=lambda n: order.get(n, len(order)))
     for name in names:
@@ -100,15 +152,29 @@ def table(results: dict, ratios: list[str], seeds: list[int], base_iters: int) -
         for r in ratios:
             runs = [results[(name, r, s)] for s in seeds if (name, r, s) in results]
             if not runs:
-                cells += ["", ""]
+                cells += [""] * len(cols)
                 continue
             miou = mean_std([x["mIoU"] for x in runs], show_n=len(runs) != len(seeds))
-            mins = statistics.mean(x["wall_s"] for x in runs) / 60
             iters = runs[0]["iteration"]
             suffix = f" ({iters} it)" if iters != base_iters else ""
-            cells += [miou + suffix, f"{mins:.1f} min"]
+            base = [results[("labeled-only", r, s)]["mIoU"] for s in seeds if ("labeled-only", r, s) in results]
+            gain = (f"{statistics.mean(x['mIoU'] for x in runs) - statistics.mean(base):+.1f}"
+                    if base and name != "labeled-only" else "")
+            cells += [miou + suffix, gain, pseudo_label_cell(runs),
+                      f"{statistics.mean(x['wall_s'] for x in runs) / 60:.1f} min"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def pseudo_label_cell(runs: list) -> str:
+    """'first -> last' share of object pixels named right (pl_fg_acc), mean over the runs that logged it."""
+    curves = [[p for p in r.get("pseudo_labels", []) if p[2] is not None] for r in runs]
+    curves = [c for c in curves if c]
+    if not curves:
+        return ""
+    first = statistics.mean(c[0][2] for c in curves)
+    last = statistics.mean(c[-1][2] for c in curves)
+    return f"{first:.0f} -> {last:.0f}"
 
 
 def write_readme(text: str) -> None:
@@ -125,14 +191,15 @@ def write_readme(text: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--suite", default="lite0", choices=list(SUITES))
     p.add_argument("--ratios", nargs="+", default=["1_16", "1_8"])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--iters", type=int, default=None, help="default: the configs' train.iters")
     p.add_argument("--jobs", type=int, default=2, help="runs at once (each with --threads)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--work-root", default=os.path.join(ROOT, "runs", "bench_ssl_digits"))
-    p.add_argument("--data-root", default="data/digits")
+    p.add_argument("--work-root", default=None, help="default: runs/bench_ssl_digits_SUITE")
+    p.add_argument("--data-root", default=None, help="default: data/digits_clean (lite0), data/digits (scratch)")
     p.add_argument("--no-equal-wall", action="store_true", help="skip the equal-wall-time baseline")
     p.add_argument("--equal-wall-iters", type=int, default=None,
                    help="iterations of that baseline (default: from the measured wall times; give it when "
@@ -142,7 +209,13 @@ def main(argv=None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: tabulate every finished run under --work-root")
     p.add_argument("--extra", nargs="*", default=[], help="overrides for every run, key=value")
+    p.add_argument("--store", default=None,
+                   help="JSON of finished runs' results (benchmarks/results/ssl_digits_lite0.json holds the "
+                        "measured table): runs found there are not trained again, each finished run is added")
     a = p.parse_args(argv)
+    methods = SUITES[a.suite]
+    a.work_root = a.work_root or os.path.join(ROOT, "runs", f"bench_ssl_digits_{a.suite}")
+    a.data_root = a.data_root or DATA_ROOT[a.suite][0]
     if a.quick:
         a.ratios, a.seeds, a.iters = ["1_16"], [0], 60
         a.work_root = a.work_root + "_quick"
@@ -156,16 +229,22 @@ def main(argv=None) -> int:
             ov += ["cps.unsup_start_iter=20", "cps.rampup_iters=10", "cac.unsup_start_iter=20"]
         return ov + [*a.extra, *extra]  # later overrides win
 
+    def truth(name):  # the semi-supervised runs log how right their pseudo labels are
+        return [] if name == "labeled-only" else ["data.unlabeled_truth=true"]
+
     jobs = {}
     for ratio in a.ratios:
         for name in a.methods:
-            config, extra = METHODS[name]
+            config, extra = methods[name]
             for seed in a.seeds:
                 wd = os.path.join(a.work_root, ratio, name.replace("+", "_"), f"seed{seed}")
-                jobs[(name, ratio, seed)] = (name, config, overrides(ratio, seed, extra), wd, a.threads)
+                jobs[(name, ratio, seed)] = (name, config, overrides(ratio, seed, [*truth(name), *extra]), wd,
+                                             a.threads)
 
+    stored = load_store(a.store)
     if a.report_only:
-        results = {k: v for k, v in finished_runs(a.work_root).items() if k[1] in a.ratios and k[2] in a.seeds}
+        results = {k: v for k, v in {**stored, **finished_runs(a.work_root)}.items()
+                   if k[1] in a.ratios and k[2] in a.seeds}
         if not results:
             sys.exit(f"ssl_digits: no finished runs under {a.work_root}")
         base_iters = statistics.mode(v["iteration"] for v in results.values())
@@ -175,8 +254,9 @@ def main(argv=None) -> int:
         split = os.path.join(ROOT, a.data_root, "splits", ratio, "labeled.txt")
         if not os.path.isfile(split):
             sys.exit(f"ssl_digits: {split} not found; build the set with: python datasets/build_digits.py "
-                     f"--out {a.data_root}")
-    results = {}
+                     f"{DATA_ROOT[a.suite][1]}--out {a.data_root}")
+    results = {k: stored[k] for k in jobs if k in stored}
+    jobs = {k: v for k, v in jobs.items() if k not in stored}
     t0 = time.time()
 
     def run_all(todo):
@@ -185,6 +265,9 @@ def main(argv=None) -> int:
             for fut in cf.as_completed(futures):
                 key = futures[fut]
                 results[key] = fut.result()
+                if a.store:
+                    stored[key] = results[key]
+                    save_store(a.store, stored)
                 print(f"[{(time.time() - t0) / 60:6.1f} min] {key[0]:<14} {key[1]:<5} seed {key[2]}: "
                       f"mIoU {results[key]['mIoU']:.1f} in {results[key]['wall_s'] / 60:.1f} min", flush=True)
 
@@ -200,8 +283,11 @@ def main(argv=None) -> int:
             iters = a.equal_wall_iters or math.ceil(base_iters * slowest / walls["labeled-only"])
             name = EQUAL_WALL
             for seed in a.seeds:
+                if (EQUAL_WALL, ratio, seed) in stored:
+                    results[(EQUAL_WALL, ratio, seed)] = stored[(EQUAL_WALL, ratio, seed)]
+                    continue
                 wd = os.path.join(a.work_root, ratio, f"sup_wall_{iters}", f"seed{seed}")
-                extra_jobs[(name, ratio, seed)] = (name, METHODS["labeled-only"][0], overrides(
+                extra_jobs[(name, ratio, seed)] = (name, methods["labeled-only"][0], overrides(
                     ratio, seed, [f"train.iters={iters}", f"train.ckpt_interval={iters}"]), wd, a.threads)
         run_all(extra_jobs)
 
@@ -215,11 +301,12 @@ def report(a, results: dict, base_iters: int) -> int:
     print(text)
     if collapsed:
         print("collapsed to background (every foreground IoU < 1%):", ", ".join(collapsed))
+    os.makedirs(a.work_root, exist_ok=True)
     with open(os.path.join(a.work_root, "results.json"), "w") as f:
         json.dump({" ".join(map(str, k)): v for k, v in results.items()}, f, indent=1)
     if a.write_readme:
         seeds = ", ".join(map(str, a.seeds))
-        cmd = "python benchmarks/ssl_digits.py" + (" --quick" if a.quick else "")
+        cmd = f"python benchmarks/ssl_digits.py --suite {a.suite}" + (" --quick" if a.quick else "")
         wall_iters = sorted({v["iteration"] for k, v in results.items() if k[0] == EQUAL_WALL})
         if len(wall_iters) == 1:
             cmd += f" --equal-wall-iters {wall_iters[0]}"

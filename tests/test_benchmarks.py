@@ -20,11 +20,12 @@ SMALL = ["data.labeled_list=splits/1_4/labeled.txt", "data.unlabeled_list=splits
 
 @pytest.mark.slow
 def test_ssl_digits_runs_resumes_and_adds_the_equal_wall_baseline(digits_root, tmp_path, capsys):
-    args = ["--ratios", "1_4", "--methods", "labeled-only", "CAC", "--seeds", "0", "1", "--iters", "4",
-            "--jobs", "2", "--threads", "1", "--work-root", str(tmp_path), "--data-root", digits_root,
-            "--extra", "cac.unsup_start_iter=2", "data.num_workers=0", "data.val_batch_size=8"]
+    args = ["--suite", "scratch", "--ratios", "1_4", "--methods", "labeled-only", "CAC", "--seeds", "0", "1", "--iters", "4",
+            "--jobs", "2", "--threads", "1", "--work-root", str(tmp_path / "runs"), "--data-root", digits_root,
+            "--store", str(tmp_path / "store.json"),
+            "--extra", "cac.unsup_start_iter=2", "data.num_workers=0", "data.val_batch_size=8", "train.log_interval=1"]
     assert ssl_digits.main(args) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((tmp_path / "runs" / "results.json").read_text())
     sup = [results[f"labeled-only 1_4 {s}"] for s in (0, 1)]
     cac = [results[f"CAC 1_4 {s}"] for s in (0, 1)]
     wall = [results[f"labeled-only, equal wall time 1_4 {s}"] for s in (0, 1)]
@@ -33,6 +34,10 @@ def test_ssl_digits_runs_resumes_and_adds_the_equal_wall_baseline(digits_root, t
     sup_wall, cac_wall = (statistics.mean(r["wall_s"] for r in runs) for runs in (sup, cac))
     assert wall[0]["iteration"] == wall[1]["iteration"] == math.ceil(4 * max(sup_wall, cac_wall) / sup_wall)
     assert "seed=0" in sup[0]["command"] and "seed=1" in sup[1]["command"]
+    # the semi-supervised runs log their pseudo labels' accuracy against the hidden truth; labeled-only has none
+    assert "data.unlabeled_truth=true" in cac[0]["command"] and "unlabeled_truth" not in sup[0]["command"]
+    assert [p[0] for p in cac[0]["pseudo_labels"]] == [3, 4] and sup[0]["pseudo_labels"] == []
+    assert all(0 <= v <= 100 for p in cac[0]["pseudo_labels"] for v in p[1:] if v is not None)
     assert sup[0]["mIoU"] != sup[1]["mIoU"] or sup[0]["IoU"] != sup[1]["IoU"]  # seeds differ
     table = capsys.readouterr().out
     assert "| labeled-only |" in table and "| CAC |" in table and "| labeled-only, equal wall time |" in table
@@ -41,16 +46,25 @@ def test_ssl_digits_runs_resumes_and_adds_the_equal_wall_baseline(digits_root, t
     assert len(stamps) == 6
     assert ssl_digits.main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("bench_result.json")} == stamps
+    # the store alone (the runs' folders gone, as on another machine) also holds every finished run
+    stored = json.loads((tmp_path / "store.json").read_text())
+    assert sorted((r["name"], r["seed"]) for r in stored) == sorted(
+        (n, s) for n in ("labeled-only", "CAC", ssl_digits.EQUAL_WALL) for s in (0, 1))
+    other = args[:args.index("--work-root") + 1] + [str(tmp_path / "other")] + args[args.index("--work-root") + 2:]
+    assert ssl_digits.main(other) == 0
+    assert not list((tmp_path / "other").rglob("bench_result.json"))
 
 
 def test_ssl_digits_table_and_readme_block(tmp_path, monkeypatch):
-    results = {("A", "1_16", 0): {"mIoU": 10.0, "wall_s": 60, "iteration": 100},
-               ("A", "1_16", 1): {"mIoU": 12.0, "wall_s": 180, "iteration": 100},
-               ("B", "1_16", 0): {"mIoU": 20.0, "wall_s": 120, "iteration": 300}}
+    results = {("labeled-only", "1_16", 0): {"mIoU": 10.0, "wall_s": 60, "iteration": 100},
+               ("labeled-only", "1_16", 1): {"mIoU": 12.0, "wall_s": 180, "iteration": 100},
+               ("B", "1_16", 0): {"mIoU": 20.0, "wall_s": 120, "iteration": 300,
+                                  "pseudo_labels": [[50, 90.0, 40.0], [60, 91.0, None], [300, 95.0, 61.0]]}}
     text = ssl_digits.table(results, ["1_16"], [0, 1], base_iters=100)
-    rows = [line for line in text.splitlines() if line.startswith("| A") or line.startswith("| B")]
-    assert rows[0] == "| A | 11.0 ± 1.4 | 2.0 min |"  # mean and sample std of 10 and 12; mean wall
-    assert rows[1] == "| B | 20.0 (n=1) (300 it) | 2.0 min |"  # one of the two seeds
+    rows = [line for line in text.splitlines() if line.startswith("| labeled-only") or line.startswith("| B")]
+    assert rows[0] == "| labeled-only | 11.0 ± 1.4 |  |  | 2.0 min |"  # mean and sample std of 10 and 12; mean wall
+    # one of the two seeds; gain over the baseline's mean; object pixels named right, first -> last
+    assert rows[1] == "| B | 20.0 (n=1) (300 it) | +9.0 | 40 -> 61 | 2.0 min |"
     readme = tmp_path / "README.md"
     readme.write_text("# Benchmarks\n\nintro\n")
     monkeypatch.setattr(ssl_digits, "README", str(readme))
@@ -99,9 +113,9 @@ def test_ssl_digits_report_only_tabulates_finished_runs(tmp_path, capsys):
     assert ssl_digits.main(["--report-only", "--ratios", "1_16", "--seeds", "0", "1",
                             "--work-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| labeled-only | 12.0 ± 2.8 | 1.0 min |" in out
-    assert "| CAC | 13.0 (n=1) | 1.0 min |" in out
-    assert "| labeled-only, equal wall time | 15.0 (n=1) (300 it) | 1.0 min |" in out
+    assert "| labeled-only | 12.0 ± 2.8 |  |  | 1.0 min |" in out
+    assert "| CAC | 13.0 (n=1) | +1.0 |  | 1.0 min |" in out  # results written before pseudo-label logging
+    assert "| labeled-only, equal wall time | 15.0 (n=1) (300 it) | +3.0 |  | 1.0 min |" in out
     assert "collapsed to background" in out  # every foreground IoU below 1%
 
 
