@@ -22,6 +22,7 @@ UM_CITY = "UniMatch release configs/cityscapes.yaml"
 
 PUBLISHED = {
     "voc_cac.yaml": {
+        "model.aspp_rates": ([6, 12, 18], CAC_VOC + ": ASPP dilations at output stride 16"),
         "method": ("cac", CAC_VOC),
         "model.arch": ("deeplabv3plus", CAC_VOC), "model.encoder": ("resnet50", CAC_VOC),
         "model.output_stride": (16, CAC_VOC + ": DeepLab default"), "model.proj_dim": (128, CAC_VOC),
@@ -40,6 +41,7 @@ PUBLISHED = {
         "eval.mode": ("whole", CAC_VOC), "eval.scales": ([1.0], CAC_VOC), "eval.flip": (False, CAC_VOC),
     },
     "cityscapes_cac.yaml": {
+        "model.aspp_rates": ([6, 12, 18], CAC_CITY + ": ASPP dilations at output stride 16"),
         "method": ("cac", CAC_CITY), "model.encoder": ("resnet50", CAC_CITY),
         "data.crop_size": (720, CAC_CITY), "data.base_size": (2048, CAC_CITY),
         "data.scale_range": ([0.5, 2.0], CAC_CITY), "data.color_jitter": (0.8, CAC_CITY + ": labeled jitter"),
@@ -53,6 +55,7 @@ PUBLISHED = {
         "eval.mode": ("whole", CAC_CITY + ": whole-image evaluation"),
     },
     "voc_cps.yaml": {
+        "model.aspp_rates": ([6, 12, 18], CPS_VOC + ": ASPP dilations at output stride 16"),
         "method": ("cps", CPS_VOC), "model.encoder": ("resnet50", CPS_VOC),
         "model.output_stride": (16, CPS_VOC), "model.dropout": (0.0, CPS_VOC + ": no dropout in the head"),
         "model.aspp_dropout": (0.0, CPS_VOC),
@@ -71,6 +74,7 @@ PUBLISHED = {
         "eval.mode": ("whole", CPS_VOC + ": every VOC image fits one 512 window"), "eval.branch": ("1", CPS_VOC),
     },
     "cityscapes_cps.yaml": {
+        "model.aspp_rates": ([6, 12, 18], CPS_CITY + ": ASPP dilations at output stride 16"),
         "method": ("cps", CPS_CITY), "model.encoder": ("resnet50", CPS_CITY), "model.dropout": (0.0, CPS_CITY),
         "data.crop_size": (800, CPS_CITY), "data.batch_size": (8, CPS_CITY + ": 8 GPUs x 1"),
         "data.unlabeled_batch_size": (8, CPS_CITY),

@@ -25,6 +25,9 @@ class Segmentor(nn.Module):
                  proj_dim: int = 128, aspp_rates=None):
         super().__init__()
         smp_weights = "imagenet" if encoder_weights == "imagenet" else None
+        if aspp_rates is not None and (len(aspp_rates) != 3 or not all(isinstance(r, int) and r > 0
+                                                                        for r in aspp_rates)):
+            raise ConfigError(f"model.aspp_rates = {aspp_rates!r}: expected three positive integers, e.g. [6, 12, 18]")
         if arch == "deeplabv3plus":
             net = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=smp_weights,
                                     encoder_depth=encoder_depth, encoder_output_stride=output_stride,
