@@ -76,6 +76,18 @@ def test_resume_equals_uninterrupted_run(digits_root, tmp_path):
     assert [ln.endswith("(mean of 1 it)") for ln in logged] == [False, True, False, False]
 
 
+def test_evaluating_during_training_does_not_change_the_trained_weights(digits_root, tmp_path):
+    """Evaluation every 2 iterations or only at the end: the same weights (dropout draws from the
+    global generator, which the val loader would otherwise advance)."""
+    common = ("train.iters=4", "train.ckpt_interval=100", "model.dropout=0.3")
+    quiet = Trainer(digits_cfg(digits_root, str(tmp_path / "a"), *common, "train.eval_interval=0"))
+    quiet.train()
+    often = Trainer(digits_cfg(digits_root, str(tmp_path / "b"), *common, "train.eval_interval=1"))
+    often.train()
+    a, b = quiet.model.state_dict(), often.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_atomic_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = str(tmp_path / "latest.pth")
     save_atomic({"iteration": 1}, path)

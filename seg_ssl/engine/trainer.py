@@ -311,10 +311,15 @@ class Trainer:
 
     def evaluate(self) -> dict:
         self.model.eval()
-        res = evaluate(self.method.predictor(self.model), self.val, self.cfg.data.num_classes,
-                       self.cfg.data.ignore_index, self.method.size_divisor(self.model), self.device,
-                       self.info.rank, self.info.world_size, self.cfg.data.val_batch_size,
-                       **predict_kwargs(self.cfg))
+        # the val DataLoader draws its base seed from torch's global generator: without the fork, an
+        # evaluation would shift every later dropout mask and sample, so a run's weights would depend
+        # on train.eval_interval
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            res = evaluate(self.method.predictor(self.model), self.val, self.cfg.data.num_classes,
+                           self.cfg.data.ignore_index, self.method.size_divisor(self.model), self.device,
+                           self.info.rank, self.info.world_size, self.cfg.data.val_batch_size,
+                           **predict_kwargs(self.cfg))
         self.model.train()
         return res
 
