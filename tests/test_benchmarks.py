@@ -69,9 +69,11 @@ def test_ssl_digits_table_and_readme_block(tmp_path, monkeypatch):
     readme.write_text("# Benchmarks\n\nintro\n")
     monkeypatch.setattr(ssl_digits, "README", str(readme))
     ssl_digits.write_readme("first")
+    ssl_digits.write_readme("lite0 table", "lite0")  # each suite has its own block
     ssl_digits.write_readme("second")  # replaces the block, keeps the rest
     doc = readme.read_text()
     assert doc.count(ssl_digits.BEGIN) == 1 and "second" in doc and "first" not in doc and "intro" in doc
+    assert "<!-- ssl_digits:lite0:begin -->\nlite0 table\n<!-- ssl_digits:lite0:end -->" in doc
 
 
 @pytest.mark.slow

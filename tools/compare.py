@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Print the metrics of several runs side by side (per-class IoU, mIoU, aAcc, mAcc).
 
-    python tools/compare.py runs/demo_sup/eval.json runs/demo_cps/eval.json \
-        [--names labeled-only CPS] [--config configs/digits_sup.yaml]
+    python tools/compare.py runs/demo_sup/metrics.json runs/demo_cac/metrics.json \
+        [--names labeled-only CAC] [--config configs/digits_lite0_sup.yaml]
 
 Each file is what ``tools/eval.py --out`` or a run's ``metrics.json`` holds. ``--config`` gives
 the class names; the last column is the last run minus the first.
