@@ -314,6 +314,12 @@ def report(a, results: dict, base_iters: int) -> int:
     if a.write_readme:
         seeds = ", ".join(map(str, a.seeds))
         cmd = f"python benchmarks/ssl_digits.py --suite {a.suite}" + (" --quick" if a.quick else "")
+        if a.ratios != ["1_16", "1_8"]:
+            cmd += " --ratios " + " ".join(a.ratios)
+        if a.methods != list(METHODS):
+            cmd += " --methods " + " ".join(a.methods)
+        if a.store:
+            cmd += " --store " + os.path.relpath(a.store, ROOT)
         wall_iters = sorted({v["iteration"] for k, v in results.items() if k[0] == EQUAL_WALL})
         if len(wall_iters) == 1:
             cmd += f" --equal-wall-iters {wall_iters[0]}"
