@@ -88,7 +88,7 @@ SCHEMA: dict = {
         "num_workers": _f(int, 2, doc="DataLoader workers per process", minimum=0),
         "val_batch_size": _f(int, 1, doc="per process; >1 only when val images share a size"),
         "unlabeled_truth": _f(bool, False, doc="benchmarks: load the labels of the unlabeled images to "
-                              "log pseudo-label accuracy (CPS, UniMatch); they never reach a loss"),
+                              "log pseudo-label accuracy (CPS, CAC, UniMatch); they never reach a loss"),
     },
     "model": {
         "arch": _f(str, "deeplabv3plus", choices=["deeplabv3plus", "pspnet"]),
