@@ -220,3 +220,17 @@ def test_labeled_pipeline_marks_padding_apart_from_ignored_pixels():
     assert out["valid"][:20, :24].all() and not out["valid"][20:].any() and not out["valid"][:, 24:].any()
     assert out["label"][5, 5] == 255 and out["valid"][5, 5]  # ignored, but not padding
     assert (out["label"][~out["valid"]] == 255).all()
+
+
+def test_build_digits_cli_writes_the_benchmark_splits(tmp_path, monkeypatch):
+    """The clean rendering (the pretrained benchmark's) adds the 1/32 list, nested in 1/16 and 1/8."""
+    import runpy
+    import sys
+    out = tmp_path / "dc"
+    monkeypatch.setattr(sys, "argv", ["build_digits.py", "--rendering", "clean", "--train", "64", "--val", "4",
+                                      "--out", str(out)])
+    runpy.run_path(os.path.join(ROOT, "datasets", "build_digits.py"), run_name="__main__")
+    lists = {k: (out / "splits" / k / "labeled.txt").read_text().split() for k in ("1_32", "1_16", "1_8")}
+    assert [len(v) for v in lists.values()] == [2, 4, 8]
+    assert set(lists["1_32"]) <= set(lists["1_16"]) <= set(lists["1_8"])
+    assert (out / ".complete").read_text().strip() == "64 4 0 clean"
