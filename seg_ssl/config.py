@@ -184,6 +184,8 @@ SCHEMA: dict = {
         "ohem_min_kept": _f(int, 100000, doc="hard pixels kept at least, per labeled image"),
         "unsup_start_iter": _f(int, 0, doc="labeled-only warm-up (none in the paper)"),
         "rampup_iters": _f(int, 0),
+        "fg_marginal": _f(bool, False, doc="as cps.fg_marginal: background only where p(background) >= 0.5, "
+                          "a foreground pixel's confidence is p(class | foreground) (not in the paper)"),
     },
     "eval": {
         "mode": _f(str, "whole", choices=["whole", "slide"]),

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from conftest import digits_cfg
+from seg_ssl.config import ConfigError
 from seg_ssl.data.cutmix import single_box_masks
 from seg_ssl.data.transforms import WeakStrongPipeline, photometric_ops
 from seg_ssl.evaluation.pseudo_labels import pseudo_label_accuracy
@@ -120,9 +121,20 @@ def ce_terms(logits, target, conf, valid, thresh):
     return total / n_valid
 
 
-@pytest.mark.parametrize("joint_forward", [False, True])
-def test_step_composes_the_loss_as_released(tmp_path, joint_forward):
-    method = toy_method(tmp_path, "unimatch.conf_thresh=0.5", f"train.joint_forward={str(joint_forward).lower()}")
+def hard_targets(prob, fg_marginal):
+    """(confidence, label) per pixel: the argmax, or with ``fg_marginal`` background where p0 >= 0.5
+    and otherwise the likeliest foreground class with confidence p(class | foreground)."""
+    if not fg_marginal:
+        return prob.max(1)
+    p_fg, k = prob[:, 1:].max(1)
+    bg = prob[:, 0] >= 0.5
+    return torch.where(bg, prob[:, 0], p_fg / (1 - prob[:, 0])), torch.where(bg, 0, k + 1)
+
+
+@pytest.mark.parametrize("joint_forward,fg_marginal", [(False, False), (True, False), (False, True)])
+def test_step_composes_the_loss_as_released(tmp_path, joint_forward, fg_marginal):
+    method = toy_method(tmp_path, "unimatch.conf_thresh=0.5", f"train.joint_forward={str(joint_forward).lower()}",
+                        f"unimatch.fg_marginal={str(fg_marginal).lower()}")
     net = ToyNet()
     labeled, unl = toy_batches()
     nl, nu, (h, w) = 2, 2, unl["image"].shape[-2:]
@@ -136,8 +148,10 @@ def test_step_composes_the_loss_as_released(tmp_path, joint_forward):
         conv = net.conv
         p_w = conv(unl["image"][:nu]).softmax(1)
         p_mix = conv(unl["image"][nu:]).softmax(1)
-        conf_w, t_w = p_w.max(1)
-        conf_m, t_m = p_mix.max(1)
+        conf_w, t_w = hard_targets(p_w, fg_marginal)
+        conf_m, t_m = hard_targets(p_mix, fg_marginal)
+        if fg_marginal:  # the toy has pixels where the two rules differ, so the test can tell them apart
+            assert bool((t_w != p_w.argmax(1)).any()) and bool((conf_w != p_w.max(1).values).any())
         expected = {}
         sup = nn.functional.cross_entropy(conv(labeled["image"]), labeled["label"], ignore_index=255).item()
         for k, box in (("strong1", box1), ("strong2", box2)):
@@ -156,6 +170,15 @@ def test_step_composes_the_loss_as_released(tmp_path, joint_forward):
     assert net.calls[0] == ("eval", nu, 0.0) and net.training
     kept = (conf_w >= 0.5) & unl["valid"][:nu]
     assert out["pseudo_kept"] == pytest.approx(float(kept.sum()) / float(unl["valid"][:nu].sum()))
+
+
+def test_fg_marginal_refuses_a_dataset_without_background(tmp_path):
+    names = "[road," + ",".join(f"c{i}" for i in range(1, 11)) + "]"
+    cfg = digits_cfg("unused", str(tmp_path), "method=unimatch", "unimatch.fg_marginal=true", f"data.class_names={names}")
+    with pytest.raises(ConfigError, match=r"unimatch.fg_marginal needs class 0 to be background; .*'road'"):
+        UniMatch(cfg)
+    cfg = digits_cfg("unused", str(tmp_path), "method=unimatch", "unimatch.fg_marginal=true")
+    assert UniMatch(cfg).c.fg_marginal
 
 
 def test_strong_views_and_the_perturbed_stream_get_gradients_the_weak_prediction_does_not(tmp_path):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from seg_ssl.config import ConfigError
 from seg_ssl.data.cutmix import mix, single_box_masks
 from seg_ssl.data.transforms import WeakStrongPipeline, photometric_ops
 from seg_ssl.engine.schedule import warmup_ramp
@@ -59,6 +60,9 @@ class UniMatch(Supervised):
         self.c = cfg.unimatch
         self.mask_rng = np.random.default_rng(cfg.seed)
         self.background = first_class_is_background(cfg.data.class_names)
+        if self.c.fg_marginal and cfg.data.class_names and not self.background:
+            raise ConfigError(f"unimatch.fg_marginal needs class 0 to be background; data.class_names[0] is "
+                              f"{cfg.data.class_names[0]!r}")
 
     def unlabeled_pipeline(self, d):
         c = self.c
@@ -91,7 +95,7 @@ class UniMatch(Supervised):
                                        self.mask_rng).to(weak.device) for _ in range(2))
         with torch.no_grad():  # the pasted images' targets, from the network in eval mode (released)
             model.eval()
-            mix_target, mix_conf = pseudo_labels(model(weak_mix), return_conf=True)
+            mix_target, mix_conf = pseudo_labels(model(weak_mix), fg_marginal=c.fg_marginal, return_conf=True)
             model.train()
         strong1 = mix(u["strong1"][:nu], u["strong1"][nu:], box1)
         strong2 = mix(u["strong2"][:nu], u["strong2"][nu:], box2)
@@ -106,7 +110,8 @@ class UniMatch(Supervised):
             logits, logits_fp = out["logits"], out["logits_fp"][nl:]
             logits_s1, logits_s2 = model(torch.cat([strong1, strong2])).chunk(2)
         sup = self.supervised_loss(logits[:nl], y)
-        target, conf = pseudo_labels(logits[nl:], return_conf=True)  # no gradient to the weak view
+        # the weak view's targets, without gradient
+        target, conf = pseudo_labels(logits[nl:], fg_marginal=c.fg_marginal, return_conf=True)
         t1, c1, v1 = box_mixed_targets(target, conf, valid, mix_target, mix_conf, valid_mix, box1)
         t2, c2, v2 = box_mixed_targets(target, conf, valid, mix_target, mix_conf, valid_mix, box2)
         loss_s1 = weak_to_strong_loss(logits_s1, t1, c1, v1, c.conf_thresh)
