@@ -214,7 +214,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: 1/16, one seed, 60 iterations")
     p.add_argument("--write-readme", action="store_true")
     p.add_argument("--report-only", action="store_true",
-                   help="train nothing: tabulate every finished run under --work-root")
+                   help="train nothing: tabulate every finished run under --work-root (and add those the "
+                        "--store lacks to it)")
     p.add_argument("--extra", nargs="*", default=[], help="overrides for every run, key=value")
     p.add_argument("--store", default=None,
                    help="JSON of finished runs' results (benchmarks/results/ssl_digits_lite0.json holds the "
@@ -250,8 +251,10 @@ def main(argv=None) -> int:
 
     stored = load_store(a.store)
     if a.report_only:
-        results = {k: v for k, v in {**stored, **finished_runs(a.work_root)}.items()
-                   if k[1] in a.ratios and k[2] in a.seeds}
+        found = finished_runs(a.work_root)
+        if a.store and any(k not in stored for k in found):  # runs trained by other calls join the store
+            save_store(a.store, {**stored, **found})
+        results = {k: v for k, v in {**stored, **found}.items() if k[1] in a.ratios and k[2] in a.seeds}
         if not results:
             sys.exit(f"ssl_digits: no finished runs under {a.work_root}")
         base_iters = statistics.mode(v["iteration"] for v in results.values())

@@ -112,13 +112,20 @@ def test_ssl_digits_report_only_tabulates_finished_runs(tmp_path, capsys):
     put("1_16", "CAC", 0, "CAC", 13.0)
     put("1_16", "sup_wall_300", 0, ssl_digits.EQUAL_WALL, 15.0, iters=300)
     (tmp_path / "results.json").write_text("{}")  # what an earlier call leaves beside the runs
+    store = tmp_path / "store.json"  # holds a run of another count, trained elsewhere
+    store.write_text(json.dumps([{"name": "CAC", "mIoU": 20.0, "wall_s": 60.0, "iteration": 100,
+                                  "IoU": [90.0, 20.0, None], "ratio": "1_8", "seed": 0}]))
     assert ssl_digits.main(["--report-only", "--ratios", "1_16", "--seeds", "0", "1",
-                            "--work-root", str(tmp_path)]) == 0
+                            "--work-root", str(tmp_path), "--store", str(store)]) == 0
     out = capsys.readouterr().out
     assert "| labeled-only | 12.0 ± 2.8 |  |  | 1.0 min |" in out
     assert "| CAC | 13.0 (n=1) | +1.0 |  | 1.0 min |" in out  # results written before pseudo-label logging
     assert "| labeled-only, equal wall time | 15.0 (n=1) (300 it) | +3.0 |  | 1.0 min |" in out
     assert "collapsed to background" in out  # every foreground IoU below 1%
+    # the runs found under the work root joined the store, beside what it held
+    assert sorted((r["name"], r["ratio"], r["seed"], r["mIoU"]) for r in json.loads(store.read_text())) == [
+        ("CAC", "1_16", 0, 13.0), ("CAC", "1_8", 0, 20.0), ("labeled-only", "1_16", 0, 10.0),
+        ("labeled-only", "1_16", 1, 14.0), (ssl_digits.EQUAL_WALL, "1_16", 0, 15.0)]
 
 
 def test_pseudo_label_quality_against_hand_counts():
