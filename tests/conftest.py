@@ -21,7 +21,7 @@ def digits_root(tmp_path_factory):
     """A small digits set (96 train, 24 val) shared by the training tests."""
     from seg_ssl.data.digits import build_digits
     root = str(tmp_path_factory.mktemp("digits"))
-    build_digits(root, num_train=96, num_val=24, seed=0, fractions=(4,))
+    build_digits(root, num_train=96, num_val=24, seed=0, splits=("1/4",))
     return root
 
 

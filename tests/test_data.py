@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -197,8 +198,8 @@ def test_digits_builder_is_deterministic_and_disjoint(tmp_path):
     from seg_ssl.data.digits import VAL_SOURCES, TRAIN_SOURCES, build_digits
     assert TRAIN_SOURCES[1] <= VAL_SOURCES[0]  # val handwriting never seen in training
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    counts = build_digits(a, num_train=32, num_val=8, seed=0, fractions=(16, 8))
-    build_digits(b, num_train=32, num_val=8, seed=0, fractions=(16, 8))
+    counts = build_digits(a, num_train=32, num_val=8, seed=0, splits=("1/16", "1/8"))
+    build_digits(b, num_train=32, num_val=8, seed=0, splits=("1/16", "1/8"))
     assert counts == {"train": 32, "val": 8, "1_16": 2, "1_8": 4}
     for sub in ("JPEGImages/train_00007.jpg", "SegmentationClass/val_00003.png", "splits/1_8/labeled.txt"):
         assert open(os.path.join(a, sub), "rb").read() == open(os.path.join(b, sub), "rb").read()
@@ -222,15 +223,28 @@ def test_labeled_pipeline_marks_padding_apart_from_ignored_pixels():
     assert (out["label"][~out["valid"]] == 255).all()
 
 
-def test_build_digits_cli_writes_the_benchmark_splits(tmp_path, monkeypatch):
-    """The clean rendering (the pretrained benchmark's) adds the 1/32 list, nested in 1/16 and 1/8."""
+def test_build_digits_cli_writes_the_benchmark_splits(tmp_path, monkeypatch, capsys):
+    """The clean rendering (the pretrained benchmark's) writes its label counts, 1/32 to 1/8 with the
+    fixed counts 125 and 250 between, all nested; a folder missing a split is built again."""
     import runpy
     import sys
     out = tmp_path / "dc"
-    monkeypatch.setattr(sys, "argv", ["build_digits.py", "--rendering", "clean", "--train", "64", "--val", "4",
+    monkeypatch.setattr(sys, "argv", ["build_digits.py", "--rendering", "clean", "--train", "320", "--val", "4",
                                       "--out", str(out)])
-    runpy.run_path(os.path.join(ROOT, "datasets", "build_digits.py"), run_name="__main__")
-    lists = {k: (out / "splits" / k / "labeled.txt").read_text().split() for k in ("1_32", "1_16", "1_8")}
-    assert [len(v) for v in lists.values()] == [2, 4, 8]
-    assert set(lists["1_32"]) <= set(lists["1_16"]) <= set(lists["1_8"])
-    assert (out / ".complete").read_text().strip() == "64 4 0 clean"
+    script = os.path.join(ROOT, "datasets", "build_digits.py")
+    runpy.run_path(script, run_name="__main__")
+    names = ("1_32", "1_16", "1_8", "125", "250")
+    lists = {k: (out / "splits" / k / "labeled.txt").read_text().split() for k in names}
+    assert [len(v) for v in lists.values()] == [10, 20, 40, 125, 250]
+    assert set(lists["1_32"]) <= set(lists["1_16"]) <= set(lists["1_8"]) <= set(lists["125"]) <= set(lists["250"])
+    assert (out / ".complete").read_text().strip() == "320 4 0 clean"
+    shutil.rmtree(out / "splits" / "250")  # a folder built before the 250 list existed
+    runpy.run_path(script, run_name="__main__")
+    assert (out / "splits" / "250" / "labeled.txt").read_text().split() == lists["250"]
+    runpy.run_path(script, run_name="__main__")
+    assert "already built" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["build_digits.py", "--train", "64", "--out", str(tmp_path / "d"),
+                                      "--splits", "1/16,250"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(script, run_name="__main__")
+    assert "--splits: split count '250' must be in 1..64" in capsys.readouterr().err

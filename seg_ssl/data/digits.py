@@ -102,8 +102,9 @@ RENDERINGS = {
 
 
 def build_digits(out_dir: str, num_train: int = 3000, num_val: int = 500, seed: int = 0,
-                 canvas: int = 64, fractions=(16, 8), **render) -> dict:
-    """Write the dataset in the VOC layout and nested 1/16, 1/8 labeled splits; returns counts."""
+                 canvas: int = 64, splits=("1/16", "1/8"), **render) -> dict:
+    """Write the dataset in the VOC layout and nested labeled splits (fractions like '1/16' or fixed
+    counts like '250', all prefixes of one permutation); returns the image counts."""
     from sklearn.datasets import load_digits
 
     from seg_ssl.data.splits import nested_splits, write_split
@@ -127,8 +128,8 @@ def build_digits(out_dir: str, num_train: int = 3000, num_val: int = 500, seed: 
             ids[split].append(sid)
         with open(os.path.join(list_dir, f"{split}.txt"), "w") as f:
             f.write("\n".join(ids[split]) + "\n")
-    splits = nested_splits(ids["train"], [f"1/{k}" for k in fractions], seed=seed)
-    for name, (labeled, unlabeled) in splits.items():
+    lists = nested_splits(ids["train"], list(splits), seed=seed)
+    for name, (labeled, unlabeled) in lists.items():
         write_split(os.path.join(out_dir, "splits", name), labeled, unlabeled)
     return {"train": len(ids["train"]), "val": len(ids["val"]),
-            **{name: len(lab) for name, (lab, _) in splits.items()}}
+            **{name: len(lab) for name, (lab, _) in lists.items()}}
