@@ -26,8 +26,9 @@ data/digits_clean/.complete: | $(STAMP)
 
 # The demo is the pretrained digits benchmark's setting (benchmarks/README.md): EfficientNet-Lite0 with
 # Google's ImageNet weights from the installed pip package, 188 labeled of 3,000 clean canvases,
-# 1,500 iterations each for labeled-only and CAC (the cheapest semi-supervised method there and the
-# largest gain measured), one evaluation at the end.
+# 1,500 iterations each for labeled-only and CAC, one evaluation at the end. CAC is the cheapest
+# semi-supervised method there (a run takes ~2.1x labeled-only's); UniMatch gains more, but its run
+# takes ~2.7x, which would take the demo past 10 minutes on 2 cores.
 DEMO_ARGS ?= resume=null train.eval_interval=0
 
 demo: $(STAMP) data/digits_clean/.complete
