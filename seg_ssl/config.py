@@ -91,7 +91,10 @@ SCHEMA: dict = {
                               "log pseudo-label accuracy (CPS, CAC, UniMatch); they never reach a loss"),
     },
     "model": {
-        "arch": _f(str, "deeplabv3plus", choices=["deeplabv3plus", "pspnet"]),
+        "arch": _f(str, "deeplabv3plus", choices=["deeplabv3plus", "pspnet", "deeplabv3plus_unimatch",
+                                                  "deeplabv3plus_cps", "deeplabv3plus_cac"],
+                   doc="deeplabv3plus/pspnet: smp's, on any encoder; deeplabv3plus_{unimatch,cps,cac}: that "
+                   "release's own network (ResNet-50/101 backbone and head, seg_ssl/models/release.py)"),
         "encoder": _f(str, "resnet50"),
         "encoder_weights": _f(str, None, nullable=True,
                               doc="null, a local .pth (torchvision or smp state dict), imagenet (smp "
@@ -101,7 +104,8 @@ SCHEMA: dict = {
         "output_stride": _f(int, 16, choices=[8, 16]),
         "decoder_channels": _f(int, 256, minimum=1),
         "aspp_separable": _f(bool, False),
-        "aspp_dropout": _f(NUM, 0.5, doc="dropout after the ASPP projection (DeepLabv3+)"),
+        "aspp_dropout": _f(NUM, 0.5, doc="dropout after the ASPP projection (DeepLabv3+; of the releases "
+                           "only CAC's has one)"),
         "aspp_rates": _f(list, None, nullable=True, doc="ASPP dilation rates (DeepLabv3+); null: smp's "
                          "[12, 24, 36]; DeepLab uses [6, 12, 18] at output stride 16"),
         "dropout": _f(NUM, 0.1, doc="dropout before the classifier"),
@@ -410,6 +414,10 @@ def _resolve_encoder_weights(cfg: dict, origin: str) -> None:
     from seg_ssl.models.pretrained import check_encoder, expected_normalization
 
     _check_encoder_name(cfg["model"]["encoder"], origin)
+    m = cfg["model"]
+    if m["arch"].startswith("deeplabv3plus_") and m["encoder"] not in ("resnet50", "resnet101"):
+        raise ConfigError(f"{origin}: model.encoder = {m['encoder']!r}: {m['arch']} is built on resnet50 or "
+                          f"resnet101 (any other encoder: model.arch=deeplabv3plus)")
     weights = cfg["model"]["encoder_weights"]
     check_encoder(weights, cfg["model"]["encoder"])
     d = cfg["data"]

@@ -46,7 +46,7 @@ def test_overrides_are_yaml_scalars(tree):
     (["trian.iters=5"], "unknown key 'trian'"),
     (["train.iters=ten"], "train.iters = 'ten' has type str, expected int"),
     (["data.hflip=3"], "data.hflip = 3 has type int, expected bool"),
-    (["model.arch=deeplabv3"], "is not one of ['deeplabv3plus', 'pspnet'] (did you mean 'deeplabv3plus'?)"),
+    (["model.arch=deeplabv3"], "is not one of ['deeplabv3plus', 'pspnet', 'deeplabv3plus_unimatch'"),
     (["train.iters"], "expected key=value"),
     (["train.iters.x=1"], "'iters' is not a section"),
     (["train=3"], "train must be a section"),

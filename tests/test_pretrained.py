@@ -96,7 +96,7 @@ def test_bad_or_foreign_weight_files_and_wrong_encoders_are_one_line_errors(tmp_
 def test_normalization_follows_the_weights_unless_set(caplog):
     cfg_path = os.path.join(ROOT, "configs", "voc_cps.yaml")
     assert load_config(cfg_path).data.mean == [0.485, 0.456, 0.406]  # ResNet: ImageNet statistics
-    lite = ["model.encoder=tu-tf_efficientnet_lite0", "model.encoder_weights=efficientnet-lite0"]
+    lite = ["model.arch=deeplabv3plus", "model.encoder=tu-tf_efficientnet_lite0", "model.encoder_weights=efficientnet-lite0"]
     cfg = load_config(cfg_path, lite)
     assert cfg.data.mean == [0.5] * 3 and cfg.data.std == [0.5] * 3
     with caplog.at_level(logging.WARNING, logger="seg_ssl"):

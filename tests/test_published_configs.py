@@ -18,14 +18,40 @@ CAC_CITY = "CAC release configs/*.json, Cityscapes R50"
 CPS_VOC = "CPS release exp.voc/voc8.res50v3+.CPS+CutMix (Chen et al., CVPR 2021)"
 CPS_CITY = "CPS release exp.city/city8.res50v3+.CPS+CutMix"
 UM_VOC = "UniMatch release configs/pascal.yaml + unimatch.py (Yang et al., CVPR 2023)"
-UM_CITY = "UniMatch release configs/cityscapes.yaml"
+UM_CITY = "UniMatch release configs/cityscapes.yaml (818609d; its README: output stride changed from 8 to 16)"
+# the networks (seg_ssl/models/release.py; logits checked against them in test_release_networks.py)
+CAC_NET = "CAC release models/modeling/{deeplab,aspp,decoder}.py, backbone/resnet.py, models/model.py (a7cd9b4)"
+CPS_NET = "CPS release exp.*/*.res50v3+.CPS*/network.py + furnace/base_model/resnet.py"
+UM_NET = "UniMatch release model/semseg/deeplabv3plus.py (818609d) + model/backbone/resnet.py"
+
+# Each published config uses its release's network (model.arch builds the stem, dilations and head)
+CAC_MODEL = {
+    "model.arch": ("deeplabv3plus_cac", CAC_NET + ": 7x7 stem, layer4 multi-grid 2/4/8, its ASPP and decoder"),
+    "model.output_stride": (16, CAC_NET + ": DeepLab(output_stride=16), model.py passes none"),
+    "model.aspp_rates": ([6, 12, 18], CAC_NET + ": aspp.py dilations [1, 6, 12, 18] at OS 16"),
+    "model.aspp_dropout": (0.5, CAC_NET + ": aspp.py nn.Dropout(0.5)"),
+    "model.dropout": (0.1, CAC_NET + ": model.py classifier nn.Dropout(0.1)"),
+    "model.projector": (True, CAC_NET + ": model.py project"), "model.proj_dim": (128, CAC_NET),
+}
+CPS_MODEL = {
+    "model.arch": ("deeplabv3plus_cps", CPS_NET + ": resnet50 deep_stem, layer4 dilated 2/4/8, its ASPP and Head"),
+    "model.output_stride": (16, CPS_NET + ": only layer4 is dilated"),
+    "model.aspp_rates": ([6, 12, 18], CPS_NET + ": Head: ASPP(2048, 256, [6, 12, 18])"),
+    "model.aspp_dropout": (0.0, CPS_NET + ": no dropout"), "model.dropout": (0.0, CPS_NET + ": bare 1x1 classifier"),
+}
+UM_MODEL = {
+    "model.arch": ("deeplabv3plus_unimatch", UM_NET + ": deep stem, ASPPModule, reduce, fuse"),
+    "model.output_stride": (16, UM_NET + ": replace_stride_with_dilation [False, False, True]"),
+    "model.aspp_rates": ([6, 12, 18], UM_NET + ": dilations [6, 12, 18]"),
+    "model.aspp_dropout": (0.0, UM_NET + ": ASPPModule has no dropout"),
+    "model.dropout": (0.0, UM_NET + ": bare 1x1 classifier"),
+}
 
 PUBLISHED = {
     "voc_cac.yaml": {
-        "model.aspp_rates": ([6, 12, 18], CAC_VOC + ": ASPP dilations at output stride 16"),
+        **CAC_MODEL,
         "method": ("cac", CAC_VOC),
-        "model.arch": ("deeplabv3plus", CAC_VOC), "model.encoder": ("resnet50", CAC_VOC),
-        "model.output_stride": (16, CAC_VOC + ": DeepLab default"), "model.proj_dim": (128, CAC_VOC),
+        "model.encoder": ("resnet50", CAC_VOC),
         "data.crop_size": (320, CAC_VOC), "data.base_size": (400, CAC_VOC),
         "data.scale_range": ([0.5, 2.0], CAC_VOC + ": labeled"), "data.batch_size": (8, CAC_VOC + ": 2 GPUs x 4"),
         "data.unlabeled_batch_size": (8, CAC_VOC),
@@ -41,7 +67,7 @@ PUBLISHED = {
         "eval.mode": ("whole", CAC_VOC), "eval.scales": ([1.0], CAC_VOC), "eval.flip": (False, CAC_VOC),
     },
     "cityscapes_cac.yaml": {
-        "model.aspp_rates": ([6, 12, 18], CAC_CITY + ": ASPP dilations at output stride 16"),
+        **CAC_MODEL,
         "method": ("cac", CAC_CITY), "model.encoder": ("resnet50", CAC_CITY),
         "data.crop_size": (720, CAC_CITY), "data.base_size": (2048, CAC_CITY),
         "data.scale_range": ([0.5, 2.0], CAC_CITY), "data.color_jitter": (0.8, CAC_CITY + ": labeled jitter"),
@@ -55,10 +81,8 @@ PUBLISHED = {
         "eval.mode": ("whole", CAC_CITY + ": whole-image evaluation"),
     },
     "voc_cps.yaml": {
-        "model.aspp_rates": ([6, 12, 18], CPS_VOC + ": ASPP dilations at output stride 16"),
+        **CPS_MODEL,
         "method": ("cps", CPS_VOC), "model.encoder": ("resnet50", CPS_VOC),
-        "model.output_stride": (16, CPS_VOC), "model.dropout": (0.0, CPS_VOC + ": no dropout in the head"),
-        "model.aspp_dropout": (0.0, CPS_VOC),
         "data.crop_size": (512, CPS_VOC), "data.scale_range": ([0.5, 2.0], CPS_VOC), "data.hflip": (True, CPS_VOC),
         "data.batch_size": (8, CPS_VOC + ": 4 GPUs x 2"), "data.unlabeled_batch_size": (8, CPS_VOC),
         "train.optimizer": ("sgd", CPS_VOC), "train.momentum": (0.9, CPS_VOC), "train.poly_power": (0.9, CPS_VOC),
@@ -74,8 +98,8 @@ PUBLISHED = {
         "eval.mode": ("whole", CPS_VOC + ": every VOC image fits one 512 window"), "eval.branch": ("1", CPS_VOC),
     },
     "cityscapes_cps.yaml": {
-        "model.aspp_rates": ([6, 12, 18], CPS_CITY + ": ASPP dilations at output stride 16"),
-        "method": ("cps", CPS_CITY), "model.encoder": ("resnet50", CPS_CITY), "model.dropout": (0.0, CPS_CITY),
+        **CPS_MODEL,
+        "method": ("cps", CPS_CITY), "model.encoder": ("resnet50", CPS_CITY),
         "data.crop_size": (800, CPS_CITY), "data.batch_size": (8, CPS_CITY + ": 8 GPUs x 1"),
         "data.unlabeled_batch_size": (8, CPS_CITY),
         "train.lr": (0.0025, CPS_CITY + ": 0.02 / 8 GPUs, the effective step"),
@@ -87,10 +111,8 @@ PUBLISHED = {
         "eval.branch": ("1", CPS_CITY),
     },
     "voc_unimatch.yaml": {
+        **UM_MODEL,
         "method": ("unimatch", UM_VOC), "model.encoder": ("resnet50", UM_VOC + ": R50 runs in the release logs"),
-        "model.output_stride": (16, UM_VOC + ": replace_stride_with_dilation [F, F, T]"),
-        "model.aspp_rates": ([6, 12, 18], UM_VOC + ": dilations"),
-        "model.dropout": (0.0, UM_VOC + ": bare 1x1 classifier"),
         "data.crop_size": (320, UM_VOC + ": 321, the nearest multiple of the output stride below it"),
         "data.scale_range": ([0.5, 2.0], UM_VOC), "data.hflip": (True, UM_VOC),
         "data.batch_size": (8, UM_VOC + ": 4 GPUs x 2"), "data.unlabeled_batch_size": (8, UM_VOC),
@@ -107,9 +129,8 @@ PUBLISHED = {
         "eval.mode": ("whole", UM_VOC + ": 'original'"),
     },
     "cityscapes_unimatch.yaml": {
+        **UM_MODEL,
         "method": ("unimatch", UM_CITY), "model.encoder": ("resnet50", UM_CITY),
-        "model.output_stride": (8, UM_CITY + ": replace_stride_with_dilation [F, T, T]"),
-        "model.aspp_rates": ([12, 24, 36], UM_CITY),
         "data.crop_size": (800, UM_CITY + ": 801, the nearest multiple of the output stride below it"),
         "data.batch_size": (8, UM_CITY + ": 4 GPUs x 2"), "data.unlabeled_batch_size": (8, UM_CITY),
         "train.lr": (0.005, UM_CITY), "train.backbone_lr_mult": (1.0, UM_CITY + ": lr_multi 1"),

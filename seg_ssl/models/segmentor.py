@@ -1,7 +1,9 @@
-"""Segmentor: an smp encoder + decoder with our own classifier and pixel-projector heads.
+"""Segmentor: an encoder + decoder with our own classifier and pixel-projector heads.
 
-smp's ``SegmentationModel.forward`` fuses decoder and head; the methods need the decoder features
-(CAC projects them), so we run ``encoder -> decoder`` ourselves and keep smp's weights layout.
+The encoder and decoder are smp's (DeepLabv3+ or PSPNet on any smp or timm encoder), or one
+release's own DeepLabv3+ (``seg_ssl.models.release``: UniMatch, CPS, CAC). smp's
+``SegmentationModel.forward`` fuses decoder and head; the methods need the decoder features (CAC
+projects them), so we run ``encoder -> decoder`` ourselves and keep smp's weights layout.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 
 from seg_ssl.config import ConfigError
 from seg_ssl.models.pretrained import PACKAGED, load_packaged_encoder, read_state
+from seg_ssl.models.release import RELEASES, build_release_network
 from seg_ssl.models.weights import load_strict
 
 
@@ -28,7 +31,14 @@ class Segmentor(nn.Module):
         if aspp_rates is not None and (len(aspp_rates) != 3 or not all(isinstance(r, int) and r > 0
                                                                         for r in aspp_rates)):
             raise ConfigError(f"model.aspp_rates = {aspp_rates!r}: expected three positive integers, e.g. [6, 12, 18]")
-        if arch == "deeplabv3plus":
+        self.align_corners = False
+        self.release = arch in RELEASES
+        if self.release:
+            net = nn.Module()
+            net.encoder, net.decoder = build_release_network(arch, encoder, output_stride, aspp_rates, aspp_dropout)
+            feat_channels, self.output_stride, self.feature_stride = 256, output_stride, 4
+            self.align_corners = net.decoder.align_corners
+        elif arch == "deeplabv3plus":
             net = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=smp_weights,
                                     encoder_depth=encoder_depth, encoder_output_stride=output_stride,
                                     decoder_channels=decoder_channels,
@@ -58,7 +68,7 @@ class Segmentor(nn.Module):
             feat_channels = 512
             self.feature_stride = self.output_stride
         else:
-            raise ConfigError(f"model.arch {arch!r}: expected deeplabv3plus or pspnet")
+            raise ConfigError(f"model.arch {arch!r}: expected deeplabv3plus, pspnet or one of {sorted(RELEASES)}")
         self.encoder, self.decoder = net.encoder, net.decoder
         # smp keeps the stages past encoder_depth although forward never runs them: drop them, or
         # DDP would wait for gradients that never come and the optimizer would carry dead weights
@@ -66,18 +76,25 @@ class Segmentor(nn.Module):
         for name in self.pruned:
             delattr(self.encoder, name)
         self.arch, self.num_classes, self.feat_channels = arch, num_classes, feat_channels
-        self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(feat_channels, num_classes, 1))
+        # the CAC release drops single activations before its classifier (nn.Dropout), the rest channels
+        drop = nn.Dropout(dropout) if arch == "deeplabv3plus_cac" else nn.Dropout2d(dropout)
+        self.classifier = nn.Sequential(drop, nn.Conv2d(feat_channels, num_classes, 1))
         self.projector = (nn.Sequential(nn.Conv2d(feat_channels, feat_channels, 1), nn.ReLU(inplace=True),
                                         nn.Conv2d(feat_channels, proj_dim, 1)) if projector else None)
         if encoder_weights in PACKAGED:
             load_packaged_encoder(self.encoder, encoder_weights, encoder)
+        elif encoder_weights == "imagenet" and self.release:
+            raise ConfigError(f"model.encoder_weights = imagenet: smp has no weights for {arch}'s backbone; "
+                              f"give the release's ImageNet file (a local .pth)")
         elif encoder_weights not in (None, "imagenet"):
             load_encoder_weights(self.encoder, encoder_weights, skip=self.pruned)
 
     @property
     def size_divisor(self) -> int:
-        """Input height and width must be multiples of this."""
-        return self.output_stride
+        """Input height and width must be multiples of this. The releases' networks take any size
+        (their stride-2 convs round up and the decoder resizes c4 to c1), and the releases evaluate
+        unpadded images: 1."""
+        return 1 if self.release else self.output_stride
 
     def features(self, x: torch.Tensor, fp_dropout: float = 0.0) -> torch.Tensor:
         """Decoder features at ``feature_stride`` (DeepLabv3+: 256 ch at /4; PSPNet: 512 at /8).
@@ -91,9 +108,10 @@ class Segmentor(nn.Module):
             raise ValueError(f"input {h}x{w} is not divisible by the output stride {d}; pad it "
                              f"(seg_ssl.evaluation.inference pads for you)")
         maps = self.encoder(x)
-        if fp_dropout > 0:  # maps[0] is the input image itself, which no decoder reads
-            maps = [torch.cat([maps[0], maps[0]])] + [torch.cat([m, F.dropout2d(m, fp_dropout, training=True)])
-                                                      for m in maps[1:]]
+        if fp_dropout > 0:  # smp's maps[0] is the input image itself, which no decoder reads
+            first = 0 if self.release else 1
+            maps = [torch.cat([m, m]) for m in maps[:first]] + [
+                torch.cat([m, F.dropout2d(m, fp_dropout, training=True)]) for m in maps[first:]]
         return self.decoder(maps)
 
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
@@ -118,7 +136,8 @@ class Segmentor(nn.Module):
             return cat_outputs([self(part, with_projection, fp_dropout=fp_dropout)
                                 for part in x.split(list(groups))])
         feats = self.features(x, fp_dropout)
-        logits = F.interpolate(self.classify(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(self.classify(feats), size=x.shape[-2:], mode="bilinear",
+                               align_corners=self.align_corners)
         if fp_dropout > 0:
             if with_projection:
                 raise ValueError("fp_dropout and with_projection together are not supported")
