@@ -24,7 +24,7 @@ sys.path.insert(0, ROOT)
 def quality(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255,
             thresholds=(0.0, 0.5, 0.7, 0.9)) -> dict:
     """``probs`` (B, K, H, W) softmax output, ``labels`` (B, H, W). Fractions, see the module doc."""
-    from seg_ssl.methods.cps import pseudo_labels
+    from seg_ssl.losses.pseudo_labels import pseudo_labels
     logits = probs.clamp_min(1e-12).log()
     valid = labels != ignore_index
     fg = valid & (labels > 0)

@@ -5,7 +5,9 @@ files that are merged in order before the file itself; mappings merge key by key
 is replaced. Overrides ``a.b.c=value`` are applied last, their values parsed as YAML scalars.
 
 Every key the project understands is declared in ``SCHEMA`` below, with its type and default, so a
-typo or a wrong type fails before anything runs, with the key named (and a did-you-mean).
+typo or a wrong type fails before anything runs, with the key named (and a did-you-mean). Each
+method declares its own section in its own file (``Method.config_section``); they are added here
+from the method registry, so this file names no method.
 """
 from __future__ import annotations
 
@@ -13,46 +15,22 @@ import copy
 import difflib
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any
 
+import segmentation_models_pytorch as smp
+import timm
 import yaml
 
-
-class ConfigError(ValueError):
-    """A user mistake in a config file or an override; the message is one line naming the key."""
-
-
-REQUIRED = object()  # sentinel: the key has no default and must be set
+from seg_ssl.errors import ConfigError
+from seg_ssl.methods import METHODS
+from seg_ssl.models.pretrained import check_encoder, expected_normalization
+from seg_ssl.schema import NUM, REQUIRED, Field, field as _f
 
 
-@dataclass(frozen=True)
-class Field:
-    types: tuple  # accepted Python types (int is accepted where float is)
-    default: Any = None
-    nullable: bool = False
-    choices: tuple | None = None
-    doc: str = ""
-    minimum: float | None = None  # numbers: the smallest value allowed
-
-    def type_name(self) -> str:
-        names = "/".join(t.__name__ for t in self.types)
-        if self.choices:
-            names = " | ".join(repr(c) for c in self.choices)
-        return names + (" or null" if self.nullable else "")
-
-
-def _f(types, default=None, nullable=False, choices=None, doc="", minimum=None):
-    if not isinstance(types, tuple):
-        types = (types,)
-    return Field(types, default, nullable, tuple(choices) if choices else None, doc, minimum)
-
-
-NUM = (int, float)
 
 # The whole schema. Nested dicts are sections. Defaults are the published VOC settings unless noted.
 SCHEMA: dict = {
-    "method": _f(str, "supervised", choices=["supervised", "cac", "cps", "unimatch"]),
+    "method": _f(str, "supervised", choices=list(METHODS)),
     "work_dir": _f(str, None, nullable=True, doc="defaults to runs/<config name>"),
     "seed": _f(int, 0),
     "resume": _f(str, "auto", nullable=True,
@@ -88,7 +66,7 @@ SCHEMA: dict = {
         "num_workers": _f(int, 2, doc="DataLoader workers per process", minimum=0),
         "val_batch_size": _f(int, 1, doc="per process; >1 only when val images share a size"),
         "unlabeled_truth": _f(bool, False, doc="benchmarks: load the labels of the unlabeled images to "
-                              "log pseudo-label accuracy (CPS, CAC, UniMatch); they never reach a loss"),
+                              "log pseudo-label accuracy (methods that make pseudo labels); they never reach a loss"),
     },
     "model": {
         "arch": _f(str, "deeplabv3plus", choices=["deeplabv3plus", "pspnet", "deeplabv3plus_unimatch",
@@ -109,7 +87,6 @@ SCHEMA: dict = {
         "aspp_rates": _f(list, None, nullable=True, doc="ASPP dilation rates (DeepLabv3+); null: smp's "
                          "[12, 24, 36]; DeepLab uses [6, 12, 18] at output stride 16"),
         "dropout": _f(NUM, 0.1, doc="dropout before the classifier"),
-        "projector": _f(bool, False, doc="build the pixel projector head (CAC needs it)"),
         "proj_dim": _f(int, 128, minimum=1),
     },
     "train": {
@@ -127,69 +104,13 @@ SCHEMA: dict = {
         "amp": _f(str, "none", choices=["none", "bf16", "fp16"], doc="CUDA only"),
         "grad_clip": _f(NUM, None, nullable=True),
         "sync_bn": _f(bool, True, doc="SyncBatchNorm when world size > 1"),
-        "joint_forward": _f(bool, False, doc="CAC/CPS: labeled and unlabeled images in one forward, sharing "
+        "joint_forward": _f(bool, False, doc="labeled and unlabeled images in one forward, sharing "
                             "BatchNorm statistics; false (the releases): each batch apart"),
         "skip_nonfinite": _f(bool, False),
         "log_interval": _f(int, 20, minimum=1),
         "eval_interval": _f(int, 1000, doc="0: evaluate only at the end", minimum=0),
         "ckpt_interval": _f(int, 1000, minimum=1),
         "threads": _f(int, 0, doc="torch CPU threads per process; 0: leave as is"),
-    },
-    "cac": {  # Lai et al., CVPR 2021; defaults are the published VOC run
-        "iou_bound": _f(list, [0.1, 1.0], doc="IoU range of the two unlabeled crops"),
-        "stride": _f(int, 8, doc="crop offsets are multiples of the feature stride"),
-        "scale_range": _f(list, None, nullable=True, doc="unlabeled rescale; null: data.scale_range"),
-        "selected_num": _f(int, 12800, doc="negatives per crop over the global batch; "
-                           "each process samples selected_num / world_size"),
-        "step_save": _f(int, 1, doc="FIFO bank: negatives of this many earlier iterations"),
-        "temperature": _f(NUM, 0.1),
-        "pos_thresh": _f(NUM, 0.75),
-        "weight_unsup": _f(NUM, 0.1),
-        "unsup_start_iter": _f(int, 0, doc="labeled-only warm-up"),
-        "rampup_iters": _f(int, 0, doc="linear ramp of the unsupervised weight after the start"),
-        "chunk": _f(int, 8192, doc="negatives per chunk in the loss (memory: anchors x chunk)"),
-        "hflip": _f(bool, True),
-        "color_jitter": _f(NUM, 0.8, doc="probability per crop"),
-        "grayscale": _f(NUM, 0.2),
-        "blur": _f(NUM, 0.5),
-    },
-    "cps": {  # Chen et al., CVPR 2021; defaults are the published VOC run with CutMix
-        "weight": _f(NUM, 1.0, doc="lambda: VOC 1.5 (1.0 with CutMix), Cityscapes 6 (5 with CutMix)"),
-        "cutmix": _f(bool, True),
-        "mask_prop_range": _f(list, [0.25, 0.5], doc="CutMix: each box covers U(range) / mask_boxes of the image"),
-        "mask_boxes": _f(int, 3),
-        "mask_invert": _f(bool, True, doc="the release's flag: boxes are 1 (taken from the second image)"),
-        "ohem": _f(bool, False, doc="OHEM on the supervised term (Cityscapes)"),
-        "ohem_thresh": _f(NUM, 0.7),
-        "ohem_min_kept": _f(int, 50000, doc="hard pixels kept at least, per labeled image"),
-        "unsup_start_iter": _f(int, 0, doc="labeled-only warm-up"),
-        "rampup_iters": _f(int, 0),
-        "conf_thresh": _f(NUM, 0.0, doc="ignore pseudo labels below this confidence (0: the paper)"),
-        "dist_align": _f(bool, False, doc="align pseudo-label class frequencies with the labeled ones "
-                         "(not in the paper; counters collapse to background)"),
-        "dist_align_momentum": _f(NUM, 0.99),
-        "fg_marginal": _f(bool, False, doc="class 0 is background: pseudo label background only where "
-                          "p(background) >= 0.5, else the likeliest foreground class (not in the paper)"),
-    },
-    "unimatch": {  # Yang et al., CVPR 2023; defaults are the published VOC run
-        "conf_thresh": _f(NUM, 0.95, doc="pseudo labels below this confidence are ignored (Cityscapes: 0)"),
-        "weight_strong": _f(NUM, 0.25, doc="weight of each strong view's loss"),
-        "weight_fp": _f(NUM, 0.5, doc="weight of the feature-perturbed stream's loss"),
-        "fp_dropout": _f(NUM, 0.5, doc="channel dropout on the encoder maps of the perturbed stream"),
-        "cutmix_p": _f(NUM, 0.5, doc="probability of a CutMix box in each strong view"),
-        "box_size_range": _f(list, [0.02, 0.4], doc="box area, fraction of the image"),
-        "box_ratio_range": _f(list, [0.3, 3.3333333333333335], doc="box aspect h / w"),
-        "color_jitter": _f(NUM, 0.8, doc="probability of colour jitter in a strong view"),
-        "jitter_strength": _f(list, [0.5, 0.5, 0.5, 0.25], doc="brightness, contrast, saturation, hue"),
-        "grayscale": _f(NUM, 0.2),
-        "blur": _f(NUM, 0.5, doc="probability of Gaussian blur, sigma 0.1-2"),
-        "ohem": _f(bool, False, doc="OHEM on the supervised term (Cityscapes)"),
-        "ohem_thresh": _f(NUM, 0.7),
-        "ohem_min_kept": _f(int, 100000, doc="hard pixels kept at least, per labeled image"),
-        "unsup_start_iter": _f(int, 0, doc="labeled-only warm-up (none in the paper)"),
-        "rampup_iters": _f(int, 0),
-        "fg_marginal": _f(bool, False, doc="as cps.fg_marginal: background only where p(background) >= 0.5, "
-                          "a foreground pixel's confidence is p(class | foreground) (not in the paper)"),
     },
     "eval": {
         "mode": _f(str, "whole", choices=["whole", "slide"]),
@@ -198,9 +119,10 @@ SCHEMA: dict = {
         "scales": _f(list, [1.0]),
         "flip": _f(bool, False),
         "batch_windows": _f(int, 8, doc="sliding windows per forward"),
-        "branch": _f(str, "1", choices=["1", "2", "ensemble"], doc="CPS: which branch scores"),
     },
 }
+# each method's own section (seg_ssl/methods/<name>.py), under its name
+SCHEMA.update({name: dict(m.config_section) for name, m in METHODS.items() if m.config_section})
 
 
 # What a resumed run may change: the length of the schedule (train.iters, to extend a run), where
@@ -232,6 +154,8 @@ def resume_conflicts(saved: dict, current: dict, may_change=MAY_CHANGE_ON_RESUME
     for key in sorted(set(old) | set(new)):
         if key in may_change or any(key.startswith(p) for p in may_change if p.endswith(".")):
             continue
+        if key not in new and _schema_field(key) is None:
+            continue  # a key seg_ssl no longer has (removed because it had no effect)
         if key not in old:
             spec = _schema_field(key)
             if spec is not None and new[key] == spec.default:
@@ -338,7 +262,7 @@ def _check_value(key: str, spec: Field, value: Any, origin: str) -> Any:
             return None
         raise ConfigError(f"{origin}: {key} must not be null (expected {spec.type_name()})")
     if spec.types == (str,) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)  # eval.branch=1 on the command line is the string "1"
+        value = str(value)  # cps.eval_branch=1 on the command line is the string "1"
     if float in spec.types and isinstance(value, str):
         try:  # PyYAML reads 1e-3 (no dot) as a string
             value = float(value)
@@ -392,13 +316,10 @@ def validate(cfg: dict, origin: str = "config", schema: dict | None = None) -> d
 
 def _check_encoder_name(name: str, origin: str) -> None:
     """smp's encoders, or ``tu-`` plus any timm model: else a one-line error with a did-you-mean."""
-    import segmentation_models_pytorch as smp
-
     known = smp.encoders.get_encoder_names()
     if name in known:
         return
     if name.startswith("tu-"):
-        import timm
         if timm.is_model(name[3:]):
             return
         known = ["tu-" + m for m in timm.list_models()]
@@ -411,8 +332,6 @@ def _resolve_encoder_weights(cfg: dict, origin: str) -> None:
     """The encoder exists; packaged encoder weights fit one encoder only; class names and palette
     have one entry per class. data.mean / data.std follow the encoder weights unless the config sets them; a config that
     sets other values than the weights were trained with gets a warning (it may be deliberate)."""
-    from seg_ssl.models.pretrained import check_encoder, expected_normalization
-
     _check_encoder_name(cfg["model"]["encoder"], origin)
     m = cfg["model"]
     if m["arch"].startswith("deeplabv3plus_") and m["encoder"] not in ("resnet50", "resnet101"):

@@ -92,7 +92,7 @@ def test_crop_pairs_carry_the_hidden_truth_through_the_same_geometry(tmp_path):
 
 def test_cac_training_iterations_on_digits(digits_root, tmp_path):
     cfg = digits_cfg(digits_root, str(tmp_path / "cac"), "method=cac", "data.crop_size=48",
-                     "model.projector=true", "model.proj_dim=32", "cac.scale_range=[1.0,1.5]",
+                     "model.proj_dim=32", "cac.scale_range=[1.0,1.5]",
                      "cac.unsup_start_iter=2", "cac.pos_thresh=0.0", "cac.selected_num=100", "cac.hflip=false",
                      "cac.weight_unsup=0.5", "train.iters=6", "data.unlabeled_truth=true")
     trainer = Trainer(cfg)
@@ -115,7 +115,7 @@ def test_cac_training_iterations_on_digits(digits_root, tmp_path):
 def test_tsne_tool_on_baseline_and_cac_checkpoints(digits_root, tmp_path, capsys):
     from helpers import load_tool
     runs = {}
-    for name, extra in (("sup", ()), ("cac", ("method=cac", "model.projector=true", "model.proj_dim=16",
+    for name, extra in (("sup", ()), ("cac", ("method=cac", "model.proj_dim=16",
                                               "cac.unsup_start_iter=0", "cac.pos_thresh=0.0"))):
         cfg = digits_cfg(digits_root, str(tmp_path / name), "train.iters=2", "data.crop_size=48",
                          "cac.scale_range=[1.0,1.5]", *extra)
@@ -174,7 +174,8 @@ class WrittenOutputs(torch.nn.Module):
         self.proj, self.pseudo = proj, pseudo  # lists over the two crops of (2, C, 4, 4)
         self.bias = torch.nn.Parameter(torch.zeros(3))
 
-    def forward(self, x, with_projection=False, groups=None):
+    def forward(self, x, output="logits", groups=None, fp_dropout=0.0):
+        assert output == "proj"
         self.groups = groups
 
         def as_seen(t, flips):

@@ -34,8 +34,8 @@ def test_overrides_are_yaml_scalars(tree):
     cfg = load_config(write(tree / "x.yaml", "_base_: _base_/a.yaml\n"),
                       ["train.iters=1000", "train.lr=1e-3", "data.hflip=false", "model.encoder_weights=null",
                        "data.scale_range=[0.75, 1.5]", "work_dir=runs/y", "data.root=/data/VOC2012",
-                       "eval.branch=2"])
-    assert cfg.eval.branch == "2"
+                       "cps.eval_branch=2"])
+    assert cfg.cps.eval_branch == "2"
     assert cfg.train.iters == 1000 and cfg.train.lr == 1e-3 and cfg.data.hflip is False
     assert cfg.model.encoder_weights is None and cfg.data.scale_range == [0.75, 1.5]
     assert cfg.work_dir == "runs/y" and cfg.data.root == "/data/VOC2012"

@@ -10,7 +10,7 @@ from helpers import brute_force_miou, record_steps
 from seg_ssl.config import ConfigError
 from seg_ssl.data.cutmix import box_masks, mix
 from seg_ssl.engine.trainer import Trainer
-from seg_ssl.evaluation.pseudo_labels import pseudo_label_stats
+from seg_ssl.losses.pseudo_labels import pseudo_label_stats
 from seg_ssl.losses.ohem import ohem_cross_entropy
 from seg_ssl.methods.cps import CPS, cross_pseudo_loss
 
@@ -287,19 +287,19 @@ def test_cutmix_step_mixes_one_mask_into_images_targets_and_validity(digits_root
 
 def test_labeled_images_never_enter_the_cutmix_term_and_ohem_only_the_supervised_one(digits_root, tmp_path,
                                                                                        monkeypatch):
-    import seg_ssl.methods.cps as cps_module
+    import seg_ssl.methods.base as base_module  # the supervised loss of every semi-supervised method
     method = cps_method(digits_root, tmp_path, "cps.cutmix=true", "cps.ohem=true", "cps.ohem_min_kept=10")
     model = conv_branches()
     labeled, unlabeled = cps_batch()
     labeled["image"].requires_grad_()
     calls = []
-    real_ohem = cps_module.ohem_cross_entropy
+    real_ohem = base_module.ohem_cross_entropy
 
     def recording_ohem(logits, target, thresh, min_kept, ignore_index):
         calls.append((logits.shape, target, min_kept))
         return real_ohem(logits, target, thresh, min_kept, ignore_index)
 
-    monkeypatch.setattr(cps_module, "ohem_cross_entropy", recording_ohem)
+    monkeypatch.setattr(base_module, "ohem_cross_entropy", recording_ohem)
     out = method.training_step(model, labeled, unlabeled, 0)
     # OHEM scores each branch's labeled logits against the labels, and nothing else; min_kept is
     # per image (the release keeps 50,000 x its per-GPU batch)
@@ -344,7 +344,7 @@ def test_cutmix_draws_twice_the_unlabeled_batch_of_distinct_images(digits_root, 
     (10, 4, {9: 0.0, 10: 0.25, 11: 0.5, 13: 1.0, 100: 1.0}),
 ])
 def test_warmup_and_ramp_weights_of_both_methods(digits_root, tmp_path, start, ramp, weights):
-    from seg_ssl.engine.schedule import warmup_ramp
+    from seg_ssl.methods.base import warmup_ramp
     from seg_ssl.methods.cac import CAC
     cps = cps_method(digits_root, tmp_path, "cps.weight=1.5", f"cps.unsup_start_iter={start}",
                      f"cps.rampup_iters={ramp}")
@@ -367,7 +367,7 @@ def test_eval_branch_picks_what_is_scored(digits_root, tmp_path, branch):
         def forward(self, x):
             return self.logits.expand(x.shape[0], -1, *x.shape[-2:])
 
-    method = cps_method(digits_root, tmp_path, f"eval.branch={branch}")
+    method = cps_method(digits_root, tmp_path, f"cps.eval_branch={branch}")
     model = TwoBranch(Constant([0.7, 0.1, 0.1, 0.1]), Constant([0.1, 0.1, 0.2, 0.6]))
     probs = method.predictor(model)(torch.zeros(2, 3, 4, 4)).softmax(1)[0, :, 0, 0]
     expect = {"1": [0.7, 0.1, 0.1, 0.1], "2": [0.1, 0.1, 0.2, 0.6], "ensemble": [0.4, 0.1, 0.15, 0.35]}[branch]

@@ -3,7 +3,7 @@ import torch
 import torchvision
 
 from seg_ssl.config import ConfigError
-from seg_ssl.models.segmentor import Segmentor
+from seg_ssl.models.segmentor import Segmentor, logits_and_projection
 
 
 @pytest.mark.parametrize("arch, depth, os_, stride, channels", [
@@ -54,6 +54,6 @@ def test_grouped_forward_normalises_each_group_with_its_own_statistics():
     grouped = net(torch.cat([a, b]), groups=[2, 3])
     torch.testing.assert_close(grouped, torch.cat([net(a), net(b)]))
     assert not torch.allclose(grouped, net(torch.cat([a, b])), atol=1e-3)  # one batch: shared statistics
-    out = net(torch.cat([a, b]), with_projection=True, groups=[2, 3])
-    torch.testing.assert_close(out["proj"], torch.cat([net(a, with_projection=True)["proj"],
-                                                       net(b, with_projection=True)["proj"]]))
+    out = logits_and_projection(net, torch.cat([a, b]), groups=[2, 3])
+    torch.testing.assert_close(out["proj"], torch.cat([logits_and_projection(net, a)["proj"],
+                                                       logits_and_projection(net, b)["proj"]]))

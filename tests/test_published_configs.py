@@ -31,7 +31,7 @@ CAC_MODEL = {
     "model.aspp_rates": ([6, 12, 18], CAC_NET + ": aspp.py dilations [1, 6, 12, 18] at OS 16"),
     "model.aspp_dropout": (0.5, CAC_NET + ": aspp.py nn.Dropout(0.5)"),
     "model.dropout": (0.1, CAC_NET + ": model.py classifier nn.Dropout(0.1)"),
-    "model.projector": (True, CAC_NET + ": model.py project"), "model.proj_dim": (128, CAC_NET),
+    "model.proj_dim": (128, CAC_NET + ": model.py project, 256 -> 256 -> 128"),
 }
 CPS_MODEL = {
     "model.arch": ("deeplabv3plus_cps", CPS_NET + ": resnet50 deep_stem, layer4 dilated 2/4/8, its ASPP and Head"),
@@ -95,7 +95,7 @@ PUBLISHED = {
         "cps.mask_prop_range": ([0.25, 0.5], CPS_VOC), "cps.mask_boxes": (3, CPS_VOC),
         "cps.conf_thresh": (0.0, CPS_VOC + ": no threshold"), "cps.ohem": (False, CPS_VOC),
         "cps.unsup_start_iter": (0, CPS_VOC), "cps.fg_marginal": (False, CPS_VOC),
-        "eval.mode": ("whole", CPS_VOC + ": every VOC image fits one 512 window"), "eval.branch": ("1", CPS_VOC),
+        "eval.mode": ("whole", CPS_VOC + ": every VOC image fits one 512 window"), "cps.eval_branch": ("1", CPS_VOC),
     },
     "cityscapes_cps.yaml": {
         **CPS_MODEL,
@@ -108,7 +108,7 @@ PUBLISHED = {
         "cps.cutmix": (True, CPS_CITY), "cps.weight": (5.0, CPS_CITY + ": lambda with CutMix"),
         "cps.ohem": (True, CPS_CITY), "cps.ohem_thresh": (0.7, CPS_CITY), "cps.ohem_min_kept": (50000, CPS_CITY),
         "eval.mode": ("slide", CPS_CITY), "eval.window": (800, CPS_CITY), "eval.stride": (534, CPS_CITY + ": ceil(2/3 x 800)"),
-        "eval.branch": ("1", CPS_CITY),
+        "cps.eval_branch": ("1", CPS_CITY),
     },
     "voc_unimatch.yaml": {
         **UM_MODEL,
@@ -173,10 +173,9 @@ def test_labeled_only_twins_train_exactly_like_their_method(method_config):
     method = flat(load_config(os.path.join(ROOT, "configs", method_config)).to_dict())
     twin = flat(load_config(os.path.join(ROOT, "configs", method_config.replace(".yaml", "_sup.yaml"))).to_dict())
     assert twin["method"] == "supervised" and method["method"] != "supervised"
-    shared = [k for k in method if k.startswith(("data.", "train.", "eval.", "model.")) and k != "model.projector"]
+    shared = [k for k in method if k.startswith(("data.", "train.", "eval.", "model."))]
     assert len(shared) > 40
     assert {k: twin[k] for k in shared} == {k: method[k] for k in shared}
-    assert twin["model.projector"] is False
 
 
 @pytest.mark.parametrize("name", ["voc_unimatch.yaml", "cityscapes_unimatch.yaml"])

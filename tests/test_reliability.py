@@ -94,7 +94,7 @@ def test_missing_files_fail_before_training_and_a_bad_file_mid_run_keeps_the_wor
 @pytest.mark.parametrize("method, extra", [
     ("cps", ("cps.unsup_start_iter=2", "cps.cutmix=true", "cps.dist_align=true", "data.batch_size=4",
              "data.unlabeled_batch_size=4")),
-    ("cac", ("data.crop_size=48", "model.projector=true", "model.proj_dim=16", "cac.scale_range=[1.0,1.5]",
+    ("cac", ("data.crop_size=48", "model.proj_dim=16", "cac.scale_range=[1.0,1.5]",
              "cac.unsup_start_iter=1", "cac.pos_thresh=0.0", "cac.selected_num=64", "cac.hflip=false")),
     ("unimatch", ("unimatch.unsup_start_iter=2", "unimatch.conf_thresh=0.5", "data.batch_size=4",
                   "data.unlabeled_batch_size=4")),  # box generator and fp dropout draws continue exactly

@@ -9,9 +9,9 @@ from conftest import digits_cfg
 from seg_ssl.config import ConfigError
 from seg_ssl.data.cutmix import single_box_masks
 from seg_ssl.data.transforms import WeakStrongPipeline, photometric_ops
-from seg_ssl.evaluation.pseudo_labels import pseudo_label_accuracy
-from seg_ssl.methods.unimatch import UniMatch, box_mixed_targets, weak_to_strong_loss
-from seg_ssl.models.segmentor import Segmentor
+from seg_ssl.losses.pseudo_labels import box_mixed_targets, pseudo_label_accuracy, weak_to_strong_loss
+from seg_ssl.methods.unimatch import UniMatch
+from seg_ssl.models.segmentor import Segmentor, logits_and_perturbed
 
 
 def log_softmax_at(logits, b, k, i, j):
@@ -74,7 +74,8 @@ class ToyNet(nn.Module):
         self.conv = nn.Conv2d(3, k, 1)
         self.calls = []
 
-    def forward(self, x, fp_dropout=0.0):
+    def forward(self, x, output="logits", groups=None, fp_dropout=0.0):
+        fp_dropout = fp_dropout if output == "fp" else 0.0
         self.calls.append(("train" if self.training else "eval", x.shape[0], fp_dropout))
         logits = self.conv(x)
         if fp_dropout:
@@ -210,12 +211,12 @@ def test_segmentor_feature_perturbation_keeps_the_clean_stream():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         plain = net(x)
-        out = net(x, fp_dropout=0.5)
+        out = logits_and_perturbed(net, x, 0.5)
     assert torch.allclose(out["logits"], plain, atol=1e-5)  # eval mode: BatchNorm ignores the batch
     assert out["logits_fp"].shape == plain.shape
     assert not torch.allclose(out["logits_fp"], plain, atol=1e-3)  # dropout is on in eval mode too
     with torch.no_grad():
-        grouped = net(x, groups=[1, 1], fp_dropout=0.5)
+        grouped = logits_and_perturbed(net, x, 0.5, groups=[1, 1])
     assert set(grouped) == {"logits", "logits_fp"} and grouped["logits"].shape == plain.shape
 
 

@@ -7,11 +7,9 @@ import sys
 # tools/ are run as scripts from a checkout; make the package importable without installing
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from seg_ssl.config import ConfigError  # noqa: E402
-from seg_ssl.data.dataset import DataError  # noqa: E402
-from seg_ssl.engine.checkpoint import SaveError  # noqa: E402
+from seg_ssl.errors import ConfigError, UserError  # noqa: E402,F401 (ConfigError: for the tools)
 
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FloatingPointError, SaveError)
+USER_ERRORS = (UserError, FileNotFoundError, FloatingPointError)
 
 
 def one_line(e: BaseException) -> str:

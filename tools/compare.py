@@ -32,7 +32,8 @@ def main(argv=None):
     p.add_argument("--names", nargs="+", help="a column title per file (default: the file's folder)")
     p.add_argument("--config", help="a config whose data.class_names label the rows")
     args = p.parse_args(argv)
-    from seg_ssl.config import ConfigError, load_config
+    from seg_ssl.config import load_config
+    from seg_ssl.errors import ConfigError
     from seg_ssl.evaluation.metrics import format_comparison
     if args.names and len(args.names) != len(args.metrics):
         raise ConfigError(f"--names has {len(args.names)} titles for {len(args.metrics)} files")

@@ -28,7 +28,8 @@ def main(argv=None):
     args = p.parse_intermixed_args(argv)
 
     import torch
-    from seg_ssl.config import ConfigError, load_config
+    from seg_ssl.config import load_config
+    from seg_ssl.errors import ConfigError
     from seg_ssl.engine.checkpoint import save_atomic
     from seg_ssl.methods import build_method
     from seg_ssl.models.convert import ARCH, from_release, num_classes_of, release_state

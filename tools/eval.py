@@ -19,7 +19,7 @@ from _common import run_cli
 def score_folders(pred_dir, gt_dir, num_classes, ignore_index):
     import numpy as np
     import torch
-    from seg_ssl.config import ConfigError
+    from seg_ssl.errors import ConfigError
     from seg_ssl.data.dataset import load_label
     from seg_ssl.evaluation.metrics import confusion_matrix, metrics_from_confusion
     for d in (pred_dir, gt_dir):

@@ -33,7 +33,8 @@ def main(argv=None):
     import cv2
     import matplotlib.pyplot as plt
     import numpy as np
-    from seg_ssl.config import ConfigError, load_config
+    from seg_ssl.config import load_config
+    from seg_ssl.errors import ConfigError
     from seg_ssl.data.dataset import load_image
     from seg_ssl.data.transforms import normalize
     from seg_ssl.engine.loading import load_for_eval

@@ -36,7 +36,8 @@ def main(argv=None):
             print(f"note: data.root {cfg.data.root!r} does not exist here; set data.root=... before training",
                   file=sys.stderr)
             return 0
-        from seg_ssl.data.dataset import DataError, build_split
+        from seg_ssl.data.dataset import build_split
+        from seg_ssl.errors import DataError
         for which in ("labeled", "unlabeled", "val"):
             if which == "unlabeled" and not cfg.data.unlabeled_list:
                 continue

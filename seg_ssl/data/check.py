@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 import numpy as np
 
-from seg_ssl.data.dataset import DataError, load_image, load_label, read_split, resolve_list
+from seg_ssl.data.dataset import load_image, load_label, read_split, resolve_list
+from seg_ssl.errors import DataError
 
 
 def check_dataset(d, progress=None) -> dict:

@@ -14,11 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from seg_ssl.config import ConfigError
-
-
-class DataError(ValueError):
-    """Bad data on disk; the message names the file and what is wrong."""
+from seg_ssl.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)

@@ -91,16 +91,17 @@ class Pipeline:
 
 
 class WeakStrongPipeline:
-    """UniMatch's unlabeled sample: a weak view (the geometric ops: rescale, crop, flip) and two
-    strong views of that same crop, each with its own draw of the photometric ops, so that a
-    pixel is the same pixel in all three. Returns ``image`` (weak), ``strong1``, ``strong2`` and
-    ``valid`` (False on padding); with ``labeled`` also the ``label`` of the weak crop (a
-    benchmark's hidden truth, for pseudo-label accuracy)."""
+    """The unlabeled sample of UniMatch (two strong views) and FixMatch (one): a weak view (the
+    geometric ops: rescale, crop, flip) and ``views`` strong views of that same crop, each with its
+    own draw of the photometric ops, so that a pixel is the same pixel in all of them. Returns
+    ``image`` (weak), ``strong1`` (, ``strong2`` ...) and ``valid`` (False on padding); with
+    ``labeled`` also the ``label`` of the weak crop (a benchmark's hidden truth, for pseudo-label
+    accuracy)."""
 
-    def __init__(self, d, strong_ops: list, labeled: bool = False):
+    def __init__(self, d, strong_ops: list, labeled: bool = False, views: int = 2):
         self.geometric = A.Compose(geometric_ops(d))
         self.strong = A.Compose(strong_ops)
-        self.mean, self.std, self.labeled = d.mean, d.std, labeled
+        self.mean, self.std, self.labeled, self.views = d.mean, d.std, labeled, views
 
     def __call__(self, image: np.ndarray, label: np.ndarray | None, seed: int) -> dict:
         pad = np.zeros(image.shape[:2], np.uint8)
@@ -108,7 +109,7 @@ class WeakStrongPipeline:
         out = self.geometric(image=image, masks=[pad] if label is None else [label, pad])
         weak, pad = out["image"], out["masks"][-1]
         result = {"image": normalize(weak, self.mean, self.std), "valid": torch.from_numpy(pad != IGNORE)}
-        for view in (1, 2):  # independent, reproducible draws per view
+        for view in range(1, self.views + 1):  # independent, reproducible draws per view
             self.strong.set_random_seed(int(np.random.SeedSequence([int(seed), view]).generate_state(1)[0]))
             result[f"strong{view}"] = normalize(self.strong(image=weak)["image"], self.mean, self.std)
         if self.labeled and label is not None:

@@ -10,9 +10,7 @@ import os
 import shutil
 import tempfile
 
-
-class SaveError(Exception):
-    """A checkpoint could not be written (full disk, no permission)."""
+from seg_ssl.errors import SaveError
 
 
 def tensor_bytes(obj) -> int:
@@ -28,7 +26,7 @@ def tensor_bytes(obj) -> int:
 
 
 def save_atomic(obj, path: str) -> None:
-    import torch  # here, not at the top: the tools' shared error handling imports SaveError
+    import torch  # here, not at the top: only what saves needs torch
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from seg_ssl.config import ConfigError
+from seg_ssl.errors import ConfigError
 from seg_ssl.engine.checkpoint import load_checkpoint, model_state
 from seg_ssl.methods import build_method
 from seg_ssl.models.weights import load_strict

@@ -11,13 +11,3 @@ def poly_lr(base_lr: float, iteration: int, total_iters: int, power: float = 0.9
         lr *= warmup_ratio + (1.0 - warmup_ratio) * iteration / float(warmup_iters)
     return lr
 
-
-def warmup_ramp(iteration: int, start: int, rampup_iters: int) -> float:
-    """Weight factor of an unsupervised term at ``iteration`` (0-based): 0 before ``start`` (the
-    labeled-only warm-up), then linear over ``rampup_iters`` iterations to 1 (at once when 0).
-    The first iteration of the ramp already counts: 1 / rampup_iters."""
-    if iteration < start:
-        return 0.0
-    if rampup_iters <= 0:
-        return 1.0
-    return min(1.0, (iteration - start + 1) / rampup_iters)

@@ -24,18 +24,18 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from seg_ssl.collectives import all_reduce_sum
-from seg_ssl.config import MAY_CHANGE_ON_RESUME, ConfigError, resume_conflicts
-from seg_ssl.data.dataset import DataError, build_split, check_disjoint
+from seg_ssl.config import MAY_CHANGE_ON_RESUME, resume_conflicts
+from seg_ssl.data.dataset import build_split, check_disjoint
 from seg_ssl.data.streams import make_stream
 from seg_ssl.data.transforms import train_pipeline, val_pipeline
 from seg_ssl.engine import dist as du
-from seg_ssl.engine.checkpoint import SaveError, load_checkpoint, model_state, save_atomic
+from seg_ssl.engine.checkpoint import load_checkpoint, model_state, save_atomic
 from seg_ssl.engine.schedule import poly_lr
+from seg_ssl.errors import ConfigError, DataError, SaveError
 from seg_ssl.engine.workdir import lock_work_dir, remove_stale_temp_files, unlock_work_dir
 from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
 from seg_ssl.evaluation.metrics import format_table, to_json
 from seg_ssl.methods import METHODS, build_method
-from seg_ssl.methods.cac import cac_sizes
 from seg_ssl.models.weights import load_strict
 from seg_ssl.models.segmentor import Segmentor
 from seg_ssl.models.sync_bn import convert_sync_batchnorm
@@ -150,11 +150,11 @@ def derived_sizes(cfg, world_size: int) -> dict:
                               f"size {world_size}")
     per_l, per_u = d.batch_size // world_size, d.unlabeled_batch_size // world_size
     sizes = {"world_size": world_size, "labeled_per_process": per_l, "unlabeled_per_process": per_u}
-    draws = METHODS[cfg.method].unlabeled_draws(cfg)
+    method = METHODS[cfg.method]
+    draws = method.unlabeled_draws(cfg)
     if draws > 1:  # CutMix: each mixed image is made of two drawn images
         sizes["unlabeled_drawn_per_process"] = draws * per_u
-    if cfg.method == "cac":
-        sizes.update(cac_sizes(cfg, world_size, per_u))  # feature map, negatives, expected overlap
+    sizes.update(method.dry_run_sizes(cfg, world_size, per_u))
     return sizes
 
 
@@ -183,8 +183,7 @@ class Trainer:
         LOG.info("config (resolved):\n%s", yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
         seed_everything(cfg.seed + self.info.rank)
 
-        self.method = build_method(cfg)
-        self.method.world_size = self.info.world_size
+        self.method = build_method(cfg, self.info.world_size)
         model = self.method.model.to(self.device)
         if cfg.load_from:
             try:
@@ -196,8 +195,8 @@ class Trainer:
         self.model = model
         self.method.model = model
         self.ddp = (DistributedDataParallel(model, device_ids=[self.info.local_rank] if self.device.type == "cuda"
-                                            else None, find_unused_parameters=getattr(
-                                                self.method, "find_unused_parameters", False))
+                                            else None, find_unused_parameters=
+                                            self.method.find_unused_parameters)
                     if self.info.distributed else model)
         self.optimizer = build_optimizer(cfg, model)
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
@@ -213,9 +212,7 @@ class Trainer:
             if not d.unlabeled_list:
                 raise ConfigError(f"method {cfg.method!r} needs data.unlabeled_list")
             # with data.unlabeled_truth the labels come along, for pseudo-label accuracy in the log only
-            self.unlabeled = build_split(d, "unlabeled", self.method.unlabeled_pipeline(d)
-                                         if hasattr(self.method, "unlabeled_pipeline")
-                                         else train_pipeline(d, labeled=d.unlabeled_truth),
+            self.unlabeled = build_split(d, "unlabeled", self.method.unlabeled_pipeline(d),
                                          with_labels=d.unlabeled_truth)
             check_disjoint(self.labeled, self.unlabeled, d.allow_overlap, "data")
         self.val = build_split(d, "val", val_pipeline(d))

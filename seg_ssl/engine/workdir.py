@@ -4,7 +4,7 @@ from __future__ import annotations
 import glob
 import os
 
-from seg_ssl.config import ConfigError
+from seg_ssl.errors import WorkDirBusy
 
 try:
     import fcntl
@@ -28,7 +28,7 @@ def lock_work_dir(work_dir: str) -> None:
         f.seek(0)
         pid = f.read().strip() or "unknown"
         f.close()
-        raise ConfigError(f"work_dir {work_dir} is in use by another run (pid {pid}): wait for it to end, "
+        raise WorkDirBusy(f"work_dir {work_dir} is in use by another run (pid {pid}): wait for it to end, "
                           f"stop it, or set work_dir to another folder") from None
     f.seek(0)
     f.truncate()

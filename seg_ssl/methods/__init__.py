@@ -1,11 +1,15 @@
-"""Training methods. Each is one readable file with a ``training_step``; this maps config names."""
+"""Training methods: one readable file each, on the contract of ``seg_ssl.methods.base``.
+
+The registry below is the one place that lists them; the config schema takes each method's name
+and section from it (``Method.name``, ``Method.config_section``).
+"""
 from seg_ssl.methods.cac import CAC
 from seg_ssl.methods.cps import CPS
 from seg_ssl.methods.supervised import Supervised
 from seg_ssl.methods.unimatch import UniMatch
 
-METHODS = {"supervised": Supervised, "cac": CAC, "cps": CPS, "unimatch": UniMatch}
+METHODS = {m.name: m for m in (Supervised, CAC, CPS, UniMatch)}
 
 
-def build_method(cfg):
-    return METHODS[cfg.method](cfg)
+def build_method(cfg, world_size: int = 1):
+    return METHODS[cfg.method](cfg, world_size)

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seg_ssl.config import ConfigError
-from seg_ssl.data.overlap import CropPairPipeline, pair_offsets
 from seg_ssl.collectives import all_gather_rows
-from seg_ssl.engine.schedule import warmup_ramp
-from seg_ssl.evaluation.pseudo_labels import first_class_is_background, pseudo_label_accuracy
+from seg_ssl.data.overlap import CropPairPipeline, pair_offsets
+from seg_ssl.errors import ConfigError
 from seg_ssl.losses.contrastive import directional_contrastive_loss
-from seg_ssl.methods.supervised import Supervised
-from seg_ssl.models.segmentor import build_segmentor
+from seg_ssl.losses.pseudo_labels import pseudo_label_accuracy
+from seg_ssl.methods.base import SemiSupervised, warmup_fields
+from seg_ssl.models.segmentor import build_segmentor, logits, logits_and_projection
+from seg_ssl.schema import NUM, field
 
 LOG = logging.getLogger("seg_ssl")
 
@@ -95,11 +95,32 @@ def cac_sizes(cfg, world_size: int, per_u: int) -> dict:
             "cac_gathered_floats_per_step": fresh * cfg.model.proj_dim}
 
 
-class CAC(Supervised):
-    uses_unlabeled = True
+class CAC(SemiSupervised):
+    name = "cac"
+    config_section = {  # Lai et al., CVPR 2021; defaults are the published VOC run
+        "iou_bound": field(list, [0.1, 1.0], doc="IoU range of the two unlabeled crops"),
+        "stride": field(int, 8, doc="crop offsets are multiples of the feature stride"),
+        "scale_range": field(list, None, nullable=True, doc="unlabeled rescale; null: data.scale_range"),
+        "selected_num": field(int, 12800, doc="negatives per crop over the global batch; "
+                              "each process samples selected_num / world_size"),
+        "step_save": field(int, 1, doc="FIFO bank: negatives of this many earlier iterations"),
+        "temperature": field(NUM, 0.1),
+        "pos_thresh": field(NUM, 0.75),
+        "weight_unsup": field(NUM, 0.1),
+        **warmup_fields(),
+        "chunk": field(int, 8192, doc="negatives per chunk in the loss (memory: anchors x chunk)"),
+        "hflip": field(bool, True),
+        "color_jitter": field(NUM, 0.8, doc="probability per crop"),
+        "grayscale": field(NUM, 0.2),
+        "blur": field(NUM, 0.5),
+    }
     find_unused_parameters = True  # the projector sits idle during the labeled-only warm-up
 
-    def __init__(self, cfg):
+    @classmethod
+    def dry_run_sizes(cls, cfg, world_size: int, unlabeled_per_process: int) -> dict:
+        return cac_sizes(cfg, world_size, unlabeled_per_process)
+
+    def __init__(self, cfg, world_size: int = 1):
         c = cfg.cac
         if cfg.model.arch == "pspnet" and cfg.model.output_stride != 8:
             raise ConfigError("cac with pspnet needs model.output_stride=8 (features at stride 8)")
@@ -107,17 +128,14 @@ class CAC(Supervised):
             raise ConfigError(f"cac.stride = {c.stride}: the features are at stride 8")
         if cfg.data.crop_size % 8:
             raise ConfigError(f"data.crop_size = {cfg.data.crop_size} must be a multiple of 8 for cac")
-        super().__init__(cfg)
-        self.c = c
+        super().__init__(cfg, world_size)
         self.bank = collections.deque(maxlen=c.step_save) if c.step_save > 0 else None
         self._warned = False
 
     def build_model(self, cfg):
         # built once, from the same random stream as the baseline's: the projector is created last,
         # so encoder, decoder and classifier start from the baseline's weights at the same seed
-        m = dict(cfg.model)
-        m["projector"] = True
-        return build_segmentor(type(cfg.model)(m), cfg.data.num_classes)
+        return build_segmentor(cfg.model, cfg.data.num_classes, projector=True)
 
     def unlabeled_pipeline(self, d):
         c = self.c
@@ -127,7 +145,7 @@ class CAC(Supervised):
 
     def weight(self, iteration: int) -> float:
         """The unsupervised term's weight: weight_unsup after the warm-up and ramp."""
-        return self.c.weight_unsup * warmup_ramp(iteration, self.c.unsup_start_iter, self.c.rampup_iters)
+        return self.c.weight_unsup * self.ramp(iteration)
 
     def sample_negatives(self, z, valid, probs):
         """``selected_num / world`` valid pixels without replacement from one crop's whole map."""
@@ -143,14 +161,15 @@ class CAC(Supervised):
 
     def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
         weight = self.weight(iteration)
-        if weight == 0.0:
-            return super().training_step(model, labeled, unlabeled, iteration)
+        if weight == 0.0:  # labeled-only warm-up
+            sup = self.supervised_loss(logits(model, labeled["image"]), labeled["label"])
+            return {"loss": sup, "sup": sup}
         nl, nu = labeled["image"].shape[0], unlabeled["image1"].shape[0]
         # the release runs the labeled batch and each crop batch through the network apart
         # (BatchNorm statistics per batch); train.joint_forward shares them instead
-        out = model(torch.cat([labeled["image"], unlabeled["image1"], unlabeled["image2"]]), with_projection=True,
-                    groups=None if self.cfg.train.joint_forward else [nl, nu, nu])
-        sup = F.cross_entropy(out["logits"][:nl], labeled["label"], ignore_index=self.ignore_index)
+        out = logits_and_projection(model, torch.cat([labeled["image"], unlabeled["image1"], unlabeled["image2"]]),
+                                    groups=None if self.cfg.train.joint_forward else [nl, nu, nu])
+        sup = self.supervised_loss(out["logits"][:nl], labeled["label"])
         z, p = out["proj"][nl:], out["pseudo_logits"][nl:].float()
         u = unlabeled
         flips = (u["flip1"], u["flip2"])
@@ -192,7 +211,7 @@ class CAC(Supervised):
                                                                                      ("label2", flips[1]))])
             conf, pred = torch.cat([p1, p2]).softmax(1).max(1)
             out.update(pseudo_label_accuracy(pred, truth, torch.cat([v1, v2]), conf > self.c.pos_thresh,
-                                             self.ignore_index, first_class_is_background(self.cfg.data.class_names)))
+                                             self.ignore_index, self.background))
         return out
 
     def state_dict(self) -> dict:

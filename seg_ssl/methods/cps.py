@@ -12,18 +12,16 @@ label. Losses are per-process means; DDP averages gradients, nothing is divided 
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seg_ssl.config import ConfigError
-from seg_ssl.data.cutmix import box_masks, mix
 from seg_ssl.collectives import all_reduce_sum
-from seg_ssl.engine.schedule import warmup_ramp
-from seg_ssl.evaluation.pseudo_labels import first_class_is_background, pseudo_label_accuracy, pseudo_label_stats
-from seg_ssl.losses.ohem import ohem_cross_entropy
+from seg_ssl.data.cutmix import box_masks, mix
+from seg_ssl.losses.pseudo_labels import pseudo_label_accuracy, pseudo_label_stats, pseudo_labels
+from seg_ssl.methods.base import FG_MARGINAL, SemiSupervised, ohem_fields, warmup_fields
 from seg_ssl.models.segmentor import build_segmentor, cat_outputs
+from seg_ssl.schema import NUM, field
 
 
 class TwoBranch(nn.Module):
@@ -44,41 +42,6 @@ class TwoBranch(nn.Module):
             return self.branch1(x), self.branch2(x)
         parts = x.split(list(groups))
         return tuple(cat_outputs([branch(p) for p in parts]) for branch in (self.branch1, self.branch2))
-
-
-def pseudo_labels(logits, valid=None, ignore_index: int = 255, conf_thresh: float = 0.0, align=None,
-                  fg_marginal: bool = False, return_conf: bool = False):
-    """Hard pseudo labels (B, H, W) from teacher logits (B, K, H, W), without gradient; with
-    ``return_conf`` also each pixel's confidence (B, H, W), as the threshold sees it.
-
-    ``valid`` (B, H, W) bool marks pixels that may get a pseudo label (False on padding);
-    ``conf_thresh`` > 0 also drops unconfident ones. ``align`` (K,) multiplies the probabilities
-    before the decision (distribution alignment). ``fg_marginal``: class 0 is background; a pixel is
-    background only where its probability beats all foreground classes together (p0 >= 0.5), else
-    it takes the likeliest foreground class. The plain argmax calls a pixel background whenever the
-    foreground mass is spread over several classes, which biases pseudo labels towards background.
-    Its confidence is then p0 for background and p(class | foreground) = p_k / (1 - p0) for a
-    foreground class, so a threshold drops foreground pixels whose class is uncertain without
-    turning them into background.
-    """
-    with torch.no_grad():
-        prob = logits.detach().float().softmax(1)
-        if align is not None:
-            prob = prob * align.view(1, -1, 1, 1)
-            prob = prob / prob.sum(1, keepdim=True)
-        if fg_marginal:
-            p_bg = prob[:, 0]
-            is_bg = p_bg >= 0.5
-            p_fg_top, fg_class = prob[:, 1:].max(1)
-            label = torch.where(is_bg, 0, fg_class + 1)
-            conf = torch.where(is_bg, p_bg, p_fg_top / (1 - p_bg).clamp_min(1e-12))
-        else:
-            conf, label = prob.max(1)
-        if valid is not None:
-            label = label.masked_fill(~valid, ignore_index)
-        if conf_thresh > 0:
-            label = label.masked_fill(conf < conf_thresh, ignore_index)
-    return (label, conf) if return_conf else label
 
 
 def cross_pseudo_loss(student1, student2, teacher1=None, teacher2=None, valid=None,
@@ -102,18 +65,32 @@ def cross_pseudo_loss(student1, student2, teacher1=None, teacher2=None, valid=No
     return (loss, t1, t2) if return_targets else loss
 
 
-class CPS:
-    uses_unlabeled = True
+class CPS(SemiSupervised):
+    name = "cps"
+    config_section = {  # Chen et al., CVPR 2021; defaults are the published VOC run with CutMix
+        "weight": field(NUM, 1.0, doc="lambda: VOC 1.5 (1.0 with CutMix), Cityscapes 6 (5 with CutMix)"),
+        "cutmix": field(bool, True),
+        "mask_prop_range": field(list, [0.25, 0.5], doc="CutMix: each box covers U(range) / mask_boxes of the image"),
+        "mask_boxes": field(int, 3),
+        "mask_invert": field(bool, True, doc="the release's flag: boxes are 1 (taken from the second image)"),
+        **ohem_fields(50000, "hard pixels kept at least, per labeled image"),
+        **warmup_fields(),
+        "conf_thresh": field(NUM, 0.0, doc="ignore pseudo labels below this confidence (0: the paper)"),
+        "dist_align": field(bool, False, doc="align pseudo-label class frequencies with the labeled ones "
+                            "(not in the paper; counters collapse to background)"),
+        "dist_align_momentum": field(NUM, 0.99),
+        "fg_marginal": FG_MARGINAL,
+        "eval_branch": field(str, "1", choices=["1", "2", "ensemble"], doc="which branch evaluation scores"),
+    }
 
-    def __init__(self, cfg):
-        self.cfg, self.c = cfg, cfg.cps
-        self.ignore_index = cfg.data.ignore_index
-        names = cfg.data.class_names
-        self.background = first_class_is_background(names)
-        if self.c.fg_marginal and names and not self.background:
-            # Cityscapes has no background class: fg_marginal would treat 'road' as background
-            raise ConfigError(f"cps.fg_marginal needs class 0 to be background; data.class_names[0] is "
-                              f"{names[0]!r}")
+    def __init__(self, cfg, world_size: int = 1):
+        super().__init__(cfg, world_size)
+        # distribution alignment: running class frequencies of labels and of pseudo-label predictions
+        k = cfg.data.num_classes
+        self.label_dist = torch.full((k,), 1.0 / k)
+        self.pred_dist = torch.full((k,), 1.0 / k)
+
+    def build_model(self, cfg):
         # same pretrained encoder weights where given (loaded from the same file); everything
         # randomly initialised is drawn from different seeds. fork_rng leaves the caller's
         # (per-process) random stream as it was.
@@ -122,15 +99,10 @@ class CPS:
             b1 = build_segmentor(cfg.model, cfg.data.num_classes)
             torch.manual_seed(cfg.seed + 1)
             b2 = build_segmentor(cfg.model, cfg.data.num_classes)
-        self.model = TwoBranch(b1, b2)
-        self.mask_rng = np.random.default_rng(cfg.seed)
-        # distribution alignment: running class frequencies of labels and of pseudo-label predictions
-        k = cfg.data.num_classes
-        self.label_dist = torch.full((k,), 1.0 / k)
-        self.pred_dist = torch.full((k,), 1.0 / k)
+        return TwoBranch(b1, b2)
 
-    @staticmethod
-    def unlabeled_draws(cfg) -> int:
+    @classmethod
+    def unlabeled_draws(cls, cfg) -> int:
         """CutMix mixes two different unlabeled images per output image."""
         return 2 if cfg.cps.cutmix else 1
 
@@ -139,15 +111,9 @@ class CPS:
         ``train.joint_forward``, else each part apart, as the release forwards them."""
         return None if self.cfg.train.joint_forward else list(sizes)
 
-    def supervised_loss(self, logits, label):
-        if self.c.ohem:  # min_kept is per image, as the release keeps 50,000 x its per-GPU batch
-            return ohem_cross_entropy(logits, label, self.c.ohem_thresh, self.c.ohem_min_kept * logits.shape[0],
-                                      self.ignore_index)
-        return F.cross_entropy(logits, label, ignore_index=self.ignore_index)
-
     def weight(self, iteration: int) -> float:
         """lambda after the labeled-only warm-up and ramp."""
-        return self.c.weight * warmup_ramp(iteration, self.c.unsup_start_iter, self.c.rampup_iters)
+        return self.c.weight * self.ramp(iteration)
 
     def alignment(self, labels: torch.Tensor, teacher_logits: torch.Tensor, valid: torch.Tensor):
         """Update the running label / prediction class frequencies (averaged over processes) and
@@ -220,7 +186,7 @@ class CPS:
         return out
 
     def predictor(self, model):
-        branch = self.cfg.eval.branch
+        branch = self.c.eval_branch
         if branch == "1":
             return model.branch1
         if branch == "2":
@@ -231,16 +197,11 @@ class CPS:
             return torch.log(p.clamp_min(1e-12))
         return ensemble
 
-    def size_divisor(self, model) -> int:
-        return model.size_divisor
-
     def state_dict(self) -> dict:
-        return {"mask_rng": self.mask_rng.bit_generator.state, "label_dist": self.label_dist.cpu(),
-                "pred_dist": self.pred_dist.cpu()}
+        return {**super().state_dict(), "label_dist": self.label_dist.cpu(), "pred_dist": self.pred_dist.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
-        if "mask_rng" in state:
-            self.mask_rng.bit_generator.state = state["mask_rng"]
+        super().load_state_dict(state)
         for key in ("label_dist", "pred_dist"):
             if key in state:
                 setattr(self, key, state[key].clone())

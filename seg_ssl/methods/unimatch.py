@@ -15,76 +15,53 @@ divided by all valid (non-padding) pixels (:func:`weak_to_strong_loss`).
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from seg_ssl.config import ConfigError
 from seg_ssl.data.cutmix import mix, single_box_masks
 from seg_ssl.data.transforms import WeakStrongPipeline, photometric_ops
-from seg_ssl.engine.schedule import warmup_ramp
-from seg_ssl.losses.ohem import ohem_cross_entropy
-from seg_ssl.evaluation.pseudo_labels import first_class_is_background, pseudo_label_accuracy, pseudo_label_stats
-from seg_ssl.methods.cps import pseudo_labels
-from seg_ssl.methods.supervised import Supervised
+from seg_ssl.losses.pseudo_labels import (box_mixed_targets, pseudo_label_accuracy, pseudo_label_stats, pseudo_labels,
+                                          weak_to_strong_loss)
+from seg_ssl.methods.base import FG_MARGINAL, SemiSupervised, ohem_fields, warmup_fields
+from seg_ssl.models.segmentor import logits, logits_and_perturbed
+from seg_ssl.schema import NUM, field
 
 
-def weak_to_strong_loss(student_logits: torch.Tensor, target: torch.Tensor, conf: torch.Tensor,
-                        valid: torch.Tensor, conf_thresh: float) -> torch.Tensor:
-    """Sum of the per-pixel CE of ``student_logits`` (B, K, H, W) against ``target`` (B, H, W, a
-    class everywhere) over pixels that are ``valid`` with ``conf`` >= ``conf_thresh``, divided by
-    the number of valid pixels (not of kept ones: few confident pixels make a small loss, as released)."""
-    ce = F.cross_entropy(student_logits.float(), target, reduction="none")
-    kept = valid & (conf >= conf_thresh)
-    return (ce * kept).sum() / valid.sum().clamp_min(1)
+class UniMatch(SemiSupervised):
+    name = "unimatch"
+    config_section = {  # Yang et al., CVPR 2023; defaults are the published VOC run
+        "conf_thresh": field(NUM, 0.95, doc="pseudo labels below this confidence are ignored (Cityscapes: 0)"),
+        "weight_strong": field(NUM, 0.25, doc="weight of each strong view's loss"),
+        "weight_fp": field(NUM, 0.5, doc="weight of the feature-perturbed stream's loss"),
+        "fp_dropout": field(NUM, 0.5, doc="channel dropout on the encoder maps of the perturbed stream"),
+        "cutmix_p": field(NUM, 0.5, doc="probability of a CutMix box in each strong view"),
+        "box_size_range": field(list, [0.02, 0.4], doc="box area, fraction of the image"),
+        "box_ratio_range": field(list, [0.3, 3.3333333333333335], doc="box aspect h / w"),
+        "color_jitter": field(NUM, 0.8, doc="probability of colour jitter in a strong view"),
+        "jitter_strength": field(list, [0.5, 0.5, 0.5, 0.25], doc="brightness, contrast, saturation, hue"),
+        "grayscale": field(NUM, 0.2),
+        "blur": field(NUM, 0.5, doc="probability of Gaussian blur, sigma 0.1-2"),
+        **ohem_fields(100000, "hard pixels kept at least, per labeled image"),
+        **warmup_fields(" (none in the paper)"),
+        "fg_marginal": FG_MARGINAL,
+    }
 
-
-def box_mixed_targets(target, conf, valid, target_mix, conf_mix, valid_mix, box):
-    """The targets of a strong view with a CutMix box: the weak prediction of the image itself
-    outside the box, of the pasted image inside it (labels, confidences and valid masks alike)."""
-    inside = box > 0.5
-    return (torch.where(inside, target_mix, target), torch.where(inside, conf_mix, conf),
-            torch.where(inside, valid_mix, valid))
-
-
-class UniMatch(Supervised):
-    uses_unlabeled = True
-
-    @staticmethod
-    def unlabeled_draws(cfg) -> int:
+    @classmethod
+    def unlabeled_draws(cls, cfg) -> int:
         """Unlabeled images drawn per output image: each is mixed with a box from a second one."""
         return 2
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.c = cfg.unimatch
-        self.mask_rng = np.random.default_rng(cfg.seed)
-        self.background = first_class_is_background(cfg.data.class_names)
-        if self.c.fg_marginal and cfg.data.class_names and not self.background:
-            raise ConfigError(f"unimatch.fg_marginal needs class 0 to be background; data.class_names[0] is "
-                              f"{cfg.data.class_names[0]!r}")
 
     def unlabeled_pipeline(self, d):
         c = self.c
         strong = photometric_ops(c.color_jitter, c.grayscale, c.blur, jitter=c.jitter_strength, blur_limit=0)
         return WeakStrongPipeline(d, strong, labeled=d.unlabeled_truth)
 
-    def weight(self, iteration: int) -> float:
-        return warmup_ramp(iteration, self.c.unsup_start_iter, self.c.rampup_iters)
-
-    def supervised_loss(self, logits, label):
-        if self.c.ohem:  # min_kept per labeled image (the release keeps 200,000 per GPU batch of 2)
-            return ohem_cross_entropy(logits, label, self.c.ohem_thresh, self.c.ohem_min_kept * logits.shape[0],
-                                      self.ignore_index)
-        return F.cross_entropy(logits, label, ignore_index=self.ignore_index)
-
     def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
         c = self.c
         x_l, y = labeled["image"], labeled["label"]
         nl = x_l.shape[0]
-        lam = self.weight(iteration)
+        lam = self.ramp(iteration)
         if lam == 0.0:  # labeled-only warm-up, on the same scale as the full loss
-            sup = self.supervised_loss(model(x_l), y)
+            sup = self.supervised_loss(logits(model, x_l), y)
             return {"loss": sup / 2, "sup": sup}
         u = unlabeled
         nu = u["image"].shape[0] // 2  # the second half are the images the boxes come from
@@ -95,23 +72,23 @@ class UniMatch(Supervised):
                                        self.mask_rng).to(weak.device) for _ in range(2))
         with torch.no_grad():  # the pasted images' targets, from the network in eval mode (released)
             model.eval()
-            mix_target, mix_conf = pseudo_labels(model(weak_mix), fg_marginal=c.fg_marginal, return_conf=True)
+            mix_target, mix_conf = pseudo_labels(logits(model, weak_mix), fg_marginal=c.fg_marginal, return_conf=True)
             model.train()
         strong1 = mix(u["strong1"][:nu], u["strong1"][nu:], box1)
         strong2 = mix(u["strong2"][:nu], u["strong2"][nu:], box2)
 
         if self.cfg.train.joint_forward:  # one batch for BatchNorm; only the weak rows' perturbed stream is used
-            out = model(torch.cat([x_l, weak, strong1, strong2]), fp_dropout=c.fp_dropout)
-            logits, logits_fp = out["logits"], out["logits_fp"][nl:nl + nu]
-            logits_s1, logits_s2 = logits[nl + nu:].chunk(2)
-            logits = logits[:nl + nu]
+            out = logits_and_perturbed(model, torch.cat([x_l, weak, strong1, strong2]), c.fp_dropout)
+            clean, logits_fp = out["logits"], out["logits_fp"][nl:nl + nu]
+            logits_s1, logits_s2 = clean[nl + nu:].chunk(2)
+            clean = clean[:nl + nu]
         else:  # as released: [labeled + weak (+ perturbed)] and [strong 1 + strong 2] apart
-            out = model(torch.cat([x_l, weak]), fp_dropout=c.fp_dropout)
-            logits, logits_fp = out["logits"], out["logits_fp"][nl:]
-            logits_s1, logits_s2 = model(torch.cat([strong1, strong2])).chunk(2)
-        sup = self.supervised_loss(logits[:nl], y)
+            out = logits_and_perturbed(model, torch.cat([x_l, weak]), c.fp_dropout)
+            clean, logits_fp = out["logits"], out["logits_fp"][nl:]
+            logits_s1, logits_s2 = logits(model, torch.cat([strong1, strong2])).chunk(2)
+        sup = self.supervised_loss(clean[:nl], y)
         # the weak view's targets, without gradient
-        target, conf = pseudo_labels(logits[nl:], fg_marginal=c.fg_marginal, return_conf=True)
+        target, conf = pseudo_labels(clean[nl:], fg_marginal=c.fg_marginal, return_conf=True)
         t1, c1, v1 = box_mixed_targets(target, conf, valid, mix_target, mix_conf, valid_mix, box1)
         t2, c2, v2 = box_mixed_targets(target, conf, valid, mix_target, mix_conf, valid_mix, box2)
         loss_s1 = weak_to_strong_loss(logits_s1, t1, c1, v1, c.conf_thresh)
@@ -126,10 +103,3 @@ class UniMatch(Supervised):
             out.update(pseudo_label_accuracy(target, u["label"][:nu], valid, kept != self.ignore_index,
                                              self.ignore_index, self.background))
         return out
-
-    def state_dict(self) -> dict:
-        return {"mask_rng": self.mask_rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "mask_rng" in state:
-            self.mask_rng.bit_generator.state = state["mask_rng"]

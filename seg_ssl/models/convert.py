@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from seg_ssl.config import ConfigError
+from seg_ssl.errors import ConfigError
 
 # release -> [(release prefix, seg_ssl prefix)], in the order they are tried
 RULES: dict[str, list[tuple[str, str]]] = {

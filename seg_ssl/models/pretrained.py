@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from seg_ssl.config import ConfigError
+from seg_ssl.errors import ConfigError
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.resnet import Bottleneck, ResNet
 
-from seg_ssl.config import ConfigError
+from seg_ssl.errors import ConfigError
 
 RESNET_LAYERS = {"resnet50": [3, 4, 6, 3], "resnet101": [3, 4, 23, 3]}
 

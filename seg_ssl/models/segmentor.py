@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seg_ssl.config import ConfigError
+from seg_ssl.errors import ConfigError
 from seg_ssl.models.pretrained import PACKAGED, load_packaged_encoder, read_state
 from seg_ssl.models.release import RELEASES, build_release_network
 from seg_ssl.models.weights import load_strict
@@ -120,36 +120,58 @@ class Segmentor(nn.Module):
     def project(self, feats: torch.Tensor) -> torch.Tensor:
         """L2-normalised pixel embeddings (CAC)."""
         if self.projector is None:
-            raise RuntimeError("this Segmentor was built without a projector (model.projector=false)")
+            raise RuntimeError("this Segmentor was built without a projector (projector=False)")
         return F.normalize(self.projector(feats), dim=1)
 
-    def forward(self, x: torch.Tensor, with_projection: bool = False, groups: list[int] | None = None,
+    def forward(self, x: torch.Tensor, output: str = "logits", groups: list[int] | None = None,
                 fp_dropout: float = 0.0):
-        """Logits at the input resolution; with ``with_projection`` a dict that adds, at stride 8,
-        the L2-normalised projector embeddings ``proj`` and ``pseudo_logits`` (no gradient, no
-        dropout) for pseudo labels and confidence. One call serves a whole step, as DDP wants;
+        """The one forward DDP sees (a step makes one call, as DDP wants); ``output`` picks what it
+        returns, one type each. Methods call it through the entry functions below, which name it:
+
+        - ``"logits"`` (:func:`logits`): logits at the input resolution, (B, K, H, W);
+        - ``"fp"`` (:func:`logits_and_perturbed`): ``{"logits", "logits_fp"}``, the second from the
+          decoder fed the encoder maps with ``fp_dropout`` of their channels dropped (UniMatch);
+        - ``"proj"`` (:func:`logits_and_projection`): ``{"logits", "proj", "pseudo_logits"}``: the
+          L2-normalised projector embeddings and the classifier's logits (no gradient, no dropout)
+          at stride 8 (CAC).
+
         ``groups`` (sizes along the batch) runs each group through the network on its own, so that
-        BatchNorm normalises each with its own statistics (labeled and unlabeled images apart).
-        ``fp_dropout`` > 0 returns ``{"logits", "logits_fp"}``, the second from the decoder fed
-        perturbed encoder maps (see :meth:`features`)."""
+        BatchNorm normalises each with its own statistics (labeled and unlabeled images apart)."""
+        if output not in OUTPUTS:
+            raise ValueError(f"output {output!r}: expected one of {OUTPUTS}")
         if groups is not None:
-            return cat_outputs([self(part, with_projection, fp_dropout=fp_dropout)
-                                for part in x.split(list(groups))])
-        feats = self.features(x, fp_dropout)
+            return cat_outputs([self(part, output, fp_dropout=fp_dropout) for part in x.split(list(groups))])
+        feats = self.features(x, fp_dropout if output == "fp" else 0.0)
         logits = F.interpolate(self.classify(feats), size=x.shape[-2:], mode="bilinear",
                                align_corners=self.align_corners)
-        if fp_dropout > 0:
-            if with_projection:
-                raise ValueError("fp_dropout and with_projection together are not supported")
+        if output == "fp":
             clean, perturbed = logits.chunk(2)
             return {"logits": clean, "logits_fp": perturbed}
-        if not with_projection:
+        if output == "logits":
             return logits
         if self.feature_stride != 8:  # DeepLabv3+ decodes at stride 4; CAC works at stride 8
             feats = F.avg_pool2d(feats, 8 // self.feature_stride)
         with torch.no_grad():
             pseudo_logits = self.classifier[-1](feats.detach())
         return {"logits": logits, "proj": self.project(feats), "pseudo_logits": pseudo_logits}
+
+
+OUTPUTS = ("logits", "fp", "proj")
+
+
+def logits(model, x: torch.Tensor, groups: list[int] | None = None) -> torch.Tensor:
+    """Logits (B, K, H, W) of ``model`` (a Segmentor, DDP-wrapped or not)."""
+    return model(x, "logits", groups)
+
+
+def logits_and_perturbed(model, x: torch.Tensor, fp_dropout: float, groups: list[int] | None = None) -> dict:
+    """``{"logits", "logits_fp"}``: clean logits and those of the feature-perturbed stream."""
+    return model(x, "fp", groups, fp_dropout)
+
+
+def logits_and_projection(model, x: torch.Tensor, groups: list[int] | None = None) -> dict:
+    """``{"logits", "proj", "pseudo_logits"}``: logits, stride-8 embeddings and their class logits."""
+    return model(x, "proj", groups)
 
 
 def cat_outputs(outputs: list):
@@ -159,12 +181,13 @@ def cat_outputs(outputs: list):
     return torch.cat(outputs)
 
 
-def build_segmentor(m, num_classes: int) -> Segmentor:
+def build_segmentor(m, num_classes: int, projector: bool = False) -> Segmentor:
+    """The Segmentor of config section ``model``; ``projector`` adds the pixel projector (CAC)."""
     return Segmentor(arch=m.arch, encoder=m.encoder, num_classes=num_classes,
                      encoder_weights=m.encoder_weights, encoder_depth=m.encoder_depth,
                      output_stride=m.output_stride, decoder_channels=m.decoder_channels,
                      aspp_separable=m.aspp_separable, aspp_dropout=m.aspp_dropout, dropout=m.dropout,
-                     projector=m.projector, proj_dim=m.proj_dim, aspp_rates=m.aspp_rates)
+                     projector=projector, proj_dim=m.proj_dim, aspp_rates=m.aspp_rates)
 
 
 def load_encoder_weights(encoder: nn.Module, path: str, skip=()) -> None:

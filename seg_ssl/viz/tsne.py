@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from seg_ssl.data.overlap import sample_overlapping_crops
 from seg_ssl.methods.cac import overlap_pairs
+from seg_ssl.models.segmentor import logits_and_projection
 
 
 def alignment(f1: torch.Tensor, f2: torch.Tensor) -> float:
@@ -49,7 +50,7 @@ def overlap_features(model, image: torch.Tensor, label: torch.Tensor, crop: int,
     labs = torch.stack([lab[pair.top1:pair.top1 + crop, pair.left1:pair.left1 + crop],
                         lab[pair.top2:pair.top2 + crop, pair.left2:pair.left2 + crop]])
     if model.projector is not None:
-        z = model(crops, with_projection=True)["proj"]
+        z = logits_and_projection(model, crops)["proj"]
     else:
         feats = model.features(crops)
         if model.feature_stride != 8:

@@ -1,0 +1,25 @@
+"""The errors a user can act on. Each message is one line that names the file, key or value and
+what was expected; the tools print it without a traceback (``tools/_common.py``).
+
+This module imports nothing from seg_ssl, so every layer can raise these.
+"""
+
+
+class UserError(Exception):
+    """A mistake or a condition the user can fix; shown as one line."""
+
+
+class ConfigError(UserError, ValueError):
+    """A mistake in a config file, an override or a command-line argument; names the key."""
+
+
+class DataError(UserError, ValueError):
+    """Bad data on disk; names the file and what is wrong."""
+
+
+class SaveError(UserError):
+    """A checkpoint or result could not be written (full disk, no permission); names the path."""
+
+
+class WorkDirBusy(UserError):
+    """Another live run holds the work dir; names it and the holder."""

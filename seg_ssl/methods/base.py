@@ -1,0 +1,152 @@
+"""The contract between a method and the trainer, as code.
+
+A method is one file with one class. It names itself and its config section; the trainer calls
+the hooks below and nothing else (every hook has a default here). What the trainer guarantees:
+
+- ``training_step(model, labeled, unlabeled, iteration)`` is called once per iteration with the
+  model in train mode (DDP-wrapped when distributed: call it, never reach into ``.module`` for a
+  forward). ``labeled`` holds ``image`` (B, 3, H, W), ``label`` (B, H, W; ignore index where
+  unknown) and ``valid`` (B, H, W; False on padding), B = data.batch_size / world size.
+  ``unlabeled`` is None unless ``uses_unlabeled``; then it is what ``unlabeled_pipeline`` makes,
+  batched, with ``unlabeled_draws(cfg) x data.unlabeled_batch_size / world size`` images. Both are
+  on the training device. ``iteration`` counts from 0 and survives a resume.
+- It returns a dict: ``loss``, the scalar tensor to back-propagate, and any scalars to log (tensors
+  or floats, averaged over the log interval; a key missing in some steps is averaged over the steps
+  that have it). Keys with a ``/`` go to TensorBoard only, not the log line.
+- While the unsupervised weight is 0 (a labeled-only warm-up) a method may skip its unlabeled forward
+  and return the labeled terms only, on the same scale as its full loss: the trainer still draws the
+  unlabeled batch, so the data order does not depend on the warm-up.
+- ``world_size`` is set before the first step; collectives (``seg_ssl.collectives``) are no-ops alone.
+- ``self.model`` is built at construction (``build_model``); the trainer may replace it by a copy
+  with SyncBatchNorm and moves it to the device before the first step, and checkpoints
+  ``model.state_dict()`` and ``method.state_dict()`` (the method's own state, e.g. a feature bank
+  or the generator of its CutMix boxes).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch.nn as nn
+import torch.nn.functional as F
+
+from seg_ssl.data.transforms import train_pipeline
+from seg_ssl.errors import ConfigError
+from seg_ssl.losses.ohem import ohem_cross_entropy
+from seg_ssl.losses.pseudo_labels import first_class_is_background
+from seg_ssl.models.segmentor import build_segmentor
+from seg_ssl.schema import NUM, field
+
+
+class Method:
+    name = ""              # the value of the config's ``method`` key
+    config_section: dict = {}  # the schema of the method's own section (seg_ssl.schema fields), {} for none
+    uses_unlabeled = False   # the trainer builds the unlabeled stream only when True
+    find_unused_parameters = False  # DDP: some parameters get no gradient in some steps
+
+    def __init__(self, cfg, world_size: int = 1):
+        self.cfg = cfg
+        self.ignore_index = cfg.data.ignore_index
+        self.world_size = world_size
+        self.model = self.build_model(cfg)
+
+    @classmethod
+    def unlabeled_draws(cls, cfg) -> int:
+        """Unlabeled images drawn per unlabeled batch image (CutMix from a second image: 2)."""
+        return 1
+
+    @classmethod
+    def dry_run_sizes(cls, cfg, world_size: int, unlabeled_per_process: int) -> dict:
+        """Extra sizes ``tools/train.py --dry-run`` prints for this method (CAC: negatives, overlap)."""
+        return {}
+
+    def build_model(self, cfg) -> nn.Module:
+        """The network trained, built from ``cfg.model`` (one Segmentor unless overridden)."""
+        return build_segmentor(cfg.model, cfg.data.num_classes)
+
+    def unlabeled_pipeline(self, data_cfg):
+        """The transform of an unlabeled image (with its label where ``data.unlabeled_truth``)."""
+        return train_pipeline(data_cfg, labeled=data_cfg.unlabeled_truth)
+
+    def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
+        """One iteration's losses; see the module docstring for what comes in and goes out."""
+        raise NotImplementedError
+
+    def predictor(self, model):
+        """The ``images -> logits`` function evaluation uses (``model`` is unwrapped, in eval mode)."""
+        return model
+
+    def size_divisor(self, model) -> int:
+        """Input sides must be multiples of this at evaluation."""
+        return model.size_divisor
+
+    def state_dict(self) -> dict:
+        """The method's own state between steps, saved in checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+def warmup_ramp(iteration: int, start: int, rampup_iters: int) -> float:
+    """Weight factor of an unsupervised term at ``iteration`` (0-based): 0 before ``start`` (the
+    labeled-only warm-up), then linear over ``rampup_iters`` iterations to 1 (at once when 0).
+    The first iteration of the ramp already counts: 1 / rampup_iters."""
+    if iteration < start:
+        return 0.0
+    if rampup_iters <= 0:
+        return 1.0
+    return min(1.0, (iteration - start + 1) / rampup_iters)
+
+
+# fields most semi-supervised sections share; each method lists them in its own section
+def warmup_fields(what: str = "") -> dict:
+    return {"unsup_start_iter": field(int, 0, doc="labeled-only warm-up" + what),
+            "rampup_iters": field(int, 0, doc="linear ramp of the unsupervised weight after the start")}
+
+
+def ohem_fields(min_kept: int, doc: str) -> dict:
+    return {"ohem": field(bool, False, doc="OHEM on the supervised term (Cityscapes)"),
+            "ohem_thresh": field(NUM, 0.7),
+            "ohem_min_kept": field(int, min_kept, doc=doc)}
+
+
+FG_MARGINAL = field(bool, False, doc="class 0 is background: pseudo label background only where p(background) "
+                    ">= 0.5, else the likeliest foreground class, whose confidence is p(class | foreground) "
+                    "(not in the papers)")
+
+
+class SemiSupervised(Method):
+    """What the semi-supervised methods share: their config section as ``self.c``, the warm-up and
+    ramp of the unsupervised weight, the (OHEM) supervised loss, the ``fg_marginal`` guard, and a
+    seeded generator for CutMix boxes whose state is checkpointed."""
+
+    uses_unlabeled = True
+
+    def __init__(self, cfg, world_size: int = 1):
+        super().__init__(cfg, world_size)
+        self.c = cfg[self.name]
+        self.mask_rng = np.random.default_rng(cfg.seed)
+        names = cfg.data.class_names
+        self.background = first_class_is_background(names)
+        if self.c.get("fg_marginal") and names and not self.background:
+            # Cityscapes has no background class: fg_marginal would treat 'road' as background
+            raise ConfigError(f"{self.name}.fg_marginal needs class 0 to be background; data.class_names[0] is "
+                              f"{names[0]!r}")
+
+    def ramp(self, iteration: int) -> float:
+        """0 during the labeled-only warm-up, then up to 1 (``unsup_start_iter``, ``rampup_iters``)."""
+        return warmup_ramp(iteration, self.c.unsup_start_iter, self.c.rampup_iters)
+
+    def supervised_loss(self, logits, label):
+        """Cross-entropy on the labeled pixels; with ``ohem``, on the hardest ones (at least
+        ``ohem_min_kept`` per labeled image, as the releases keep a count per GPU batch)."""
+        if self.c.get("ohem"):
+            return ohem_cross_entropy(logits, label, self.c.ohem_thresh, self.c.ohem_min_kept * logits.shape[0],
+                                      self.ignore_index)
+        return F.cross_entropy(logits, label, ignore_index=self.ignore_index)
+
+    def state_dict(self) -> dict:
+        return {"mask_rng": self.mask_rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "mask_rng" in state:
+            self.mask_rng.bit_generator.state = state["mask_rng"]
