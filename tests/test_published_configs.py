@@ -18,6 +18,7 @@ CAC_CITY = "CAC release configs/*.json, Cityscapes R50"
 CPS_VOC = "CPS release exp.voc/voc8.res50v3+.CPS+CutMix (Chen et al., CVPR 2021)"
 CPS_CITY = "CPS release exp.city/city8.res50v3+.CPS+CutMix"
 UM_VOC = "UniMatch release configs/pascal.yaml + unimatch.py (Yang et al., CVPR 2023)"
+FM_VOC = "UniMatch release fixmatch.py + configs/pascal.yaml (the FixMatch rows of Yang et al., CVPR 2023)"
 UM_CITY = "UniMatch release configs/cityscapes.yaml (818609d; its README: output stride changed from 8 to 16)"
 # the networks (seg_ssl/models/release.py; logits checked against them in test_release_networks.py)
 CAC_NET = "CAC release models/modeling/{deeplab,aspp,decoder}.py, backbone/resnet.py, models/model.py (a7cd9b4)"
@@ -128,6 +129,20 @@ PUBLISHED = {
         "unimatch.blur": (0.5, UM_VOC), "unimatch.ohem": (False, UM_VOC), "unimatch.unsup_start_iter": (0, UM_VOC),
         "eval.mode": ("whole", UM_VOC + ": 'original'"),
     },
+    "voc_fixmatch.yaml": {
+        **UM_MODEL,
+        "method": ("fixmatch", FM_VOC), "model.encoder": ("resnet50", FM_VOC),
+        "data.crop_size": (320, FM_VOC + ": 321 (README: the releases' networks)"),
+        "data.batch_size": (8, FM_VOC + ": 4 GPUs x 2"), "data.unlabeled_batch_size": (8, FM_VOC),
+        "train.optimizer": ("sgd", FM_VOC), "train.momentum": (0.9, FM_VOC), "train.weight_decay": (1e-4, FM_VOC),
+        "train.lr": (0.01, FM_VOC + ": head = lr 0.001 x lr_multi 10"), "train.backbone_lr_mult": (0.1, FM_VOC),
+        "train.poly_power": (0.9, FM_VOC), "train.iters": (92560, FM_VOC + ": 80 epochs x 1,157"),
+        "fixmatch.conf_thresh": (0.95, FM_VOC), "fixmatch.cutmix_p": (0.5, FM_VOC),
+        "fixmatch.box_size_range": ([0.02, 0.4], FM_VOC + ": obtain_cutmix_box"),
+        "fixmatch.color_jitter": (0.8, FM_VOC + ": dataset/semi.py"), "fixmatch.grayscale": (0.2, FM_VOC),
+        "fixmatch.blur": (0.5, FM_VOC), "fixmatch.unsup_start_iter": (0, FM_VOC),
+        "eval.mode": ("whole", FM_VOC + ": 'original'"),
+    },
     "cityscapes_unimatch.yaml": {
         **UM_MODEL,
         "method": ("unimatch", UM_CITY), "model.encoder": ("resnet50", UM_CITY),
@@ -160,7 +175,7 @@ def test_published_configs_keep_the_published_settings(name):
 
 
 @pytest.mark.parametrize("method_config", ["voc_cps.yaml", "voc_cac.yaml", "cityscapes_cps.yaml", "cityscapes_cac.yaml",
-                                           "voc_unimatch.yaml", "cityscapes_unimatch.yaml"])
+                                           "voc_unimatch.yaml", "cityscapes_unimatch.yaml", "voc_fixmatch.yaml"])
 def test_labeled_only_twins_train_exactly_like_their_method(method_config):
     """``X_sup.yaml`` is the baseline of method config ``X.yaml``: the same model, data, schedule and
     evaluation, only the method differs (and CAC's projector, which the baseline does not use)."""
@@ -178,7 +193,7 @@ def test_labeled_only_twins_train_exactly_like_their_method(method_config):
     assert {k: twin[k] for k in shared} == {k: method[k] for k in shared}
 
 
-@pytest.mark.parametrize("name", ["voc_unimatch.yaml", "cityscapes_unimatch.yaml"])
+@pytest.mark.parametrize("name", ["voc_unimatch.yaml", "cityscapes_unimatch.yaml", "voc_fixmatch.yaml"])
 def test_unimatch_configs_pass_dry_run(name, capsys):
     from helpers import load_tool
     assert load_tool("train").main([os.path.join(ROOT, "configs", name), "--dry-run"]) in (0, None)

@@ -6,9 +6,10 @@ and section from it (``Method.name``, ``Method.config_section``).
 from seg_ssl.methods.cac import CAC
 from seg_ssl.methods.cps import CPS
 from seg_ssl.methods.supervised import Supervised
+from seg_ssl.methods.fixmatch import FixMatch
 from seg_ssl.methods.unimatch import UniMatch
 
-METHODS = {m.name: m for m in (Supervised, CAC, CPS, UniMatch)}
+METHODS = {m.name: m for m in (Supervised, CAC, CPS, UniMatch, FixMatch)}
 
 
 def build_method(cfg, world_size: int = 1):

@@ -1,0 +1,91 @@
+"""FixMatch for segmentation, as the UniMatch release's ``fixmatch.py`` (Sohn et al., NeurIPS 2020;
+the baseline UniMatch builds on, Yang et al., CVPR 2023).
+
+Each unlabeled image comes as one weak view (rescale, crop, flip) and one strong view of the same
+crop (colour jitter, grayscale, blur). The weak view's prediction, without gradient, gives hard
+pseudo labels and their confidence. With probability 1/2 the strong view gets a CutMix box pasted
+from a second unlabeled image; inside the box its target is that image's weak prediction, made
+with the network in eval mode (as released).
+
+    loss = (CE(labeled) + L(strong)) / 2
+
+where L is the cross-entropy over pixels whose target confidence is >= ``conf_thresh``, divided by
+all valid (non-padding) pixels (``seg_ssl.losses.pseudo_labels.weak_to_strong_loss``). UniMatch is
+this with a second strong view and a feature-perturbed stream.
+"""
+from __future__ import annotations
+
+import torch
+
+from seg_ssl.data.cutmix import mix, single_box_masks
+from seg_ssl.data.transforms import WeakStrongPipeline, photometric_ops
+from seg_ssl.losses.pseudo_labels import (box_mixed_targets, pseudo_label_accuracy, pseudo_label_stats, pseudo_labels,
+                                          weak_to_strong_loss)
+from seg_ssl.methods.base import FG_MARGINAL, SemiSupervised, ohem_fields, warmup_fields
+from seg_ssl.models.segmentor import logits
+from seg_ssl.schema import NUM, field
+
+
+class FixMatch(SemiSupervised):
+    name = "fixmatch"
+    config_section = {  # defaults are the UniMatch release's fixmatch.py with configs/pascal.yaml
+        "conf_thresh": field(NUM, 0.95, doc="pseudo labels below this confidence are ignored"),
+        "cutmix_p": field(NUM, 0.5, doc="probability of a CutMix box in the strong view"),
+        "box_size_range": field(list, [0.02, 0.4], doc="box area, fraction of the image"),
+        "box_ratio_range": field(list, [0.3, 3.3333333333333335], doc="box aspect h / w"),
+        "color_jitter": field(NUM, 0.8, doc="probability of colour jitter in the strong view"),
+        "jitter_strength": field(list, [0.5, 0.5, 0.5, 0.25], doc="brightness, contrast, saturation, hue"),
+        "grayscale": field(NUM, 0.2),
+        "blur": field(NUM, 0.5, doc="probability of Gaussian blur, sigma 0.1-2"),
+        **ohem_fields(100000, "hard pixels kept at least, per labeled image"),
+        **warmup_fields(" (none in the release)"),
+        "fg_marginal": FG_MARGINAL,
+    }
+
+    @classmethod
+    def unlabeled_draws(cls, cfg) -> int:
+        """Unlabeled images drawn per output image: each may get a box from a second one."""
+        return 2
+
+    def unlabeled_pipeline(self, d):
+        c = self.c
+        strong = photometric_ops(c.color_jitter, c.grayscale, c.blur, jitter=c.jitter_strength, blur_limit=0)
+        return WeakStrongPipeline(d, strong, labeled=d.unlabeled_truth, views=1)
+
+    def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
+        c = self.c
+        x_l, y = labeled["image"], labeled["label"]
+        nl = x_l.shape[0]
+        lam = self.ramp(iteration)
+        if lam == 0.0:  # labeled-only warm-up, on the same scale as the full loss
+            sup = self.supervised_loss(logits(model, x_l), y)
+            return {"loss": sup / 2, "sup": sup}
+        u = unlabeled
+        nu = u["image"].shape[0] // 2  # the second half are the images the boxes come from
+        weak, weak_mix = u["image"][:nu], u["image"][nu:]
+        valid, valid_mix = u["valid"][:nu], u["valid"][nu:]
+        box = single_box_masks(nu, *weak.shape[-2:], c.cutmix_p, c.box_size_range, c.box_ratio_range,
+                               self.mask_rng).to(weak.device)
+        with torch.no_grad():  # the pasted images' targets, from the network in eval mode (released)
+            model.eval()
+            mix_target, mix_conf = pseudo_labels(logits(model, weak_mix), fg_marginal=c.fg_marginal, return_conf=True)
+            model.train()
+        strong = mix(u["strong1"][:nu], u["strong1"][nu:], box)
+
+        if self.cfg.train.joint_forward:  # one batch for BatchNorm
+            out = logits(model, torch.cat([x_l, weak, strong]))
+            clean, logits_s = out[:nl + nu], out[nl + nu:]
+        else:  # as released: [labeled + weak] and [strong] apart
+            clean, logits_s = logits(model, torch.cat([x_l, weak])), logits(model, strong)
+        sup = self.supervised_loss(clean[:nl], y)
+        # the weak view's targets, without gradient; inside the box, the pasted image's
+        target, conf = pseudo_labels(clean[nl:], fg_marginal=c.fg_marginal, return_conf=True)
+        t, cf, v = box_mixed_targets(target, conf, valid, mix_target, mix_conf, valid_mix, box)
+        loss_s = weak_to_strong_loss(logits_s, t, cf, v, c.conf_thresh)
+        kept = target.masked_fill(~(valid & (conf >= c.conf_thresh)), self.ignore_index)
+        out = {"loss": (sup + lam * loss_s) / 2, "sup": sup.detach(), "strong": loss_s.detach(),
+               **pseudo_label_stats(kept, valid, self.cfg.data.num_classes, self.ignore_index, self.background)}
+        if "label" in u:  # hidden truth of the unlabeled images (benchmarks): how right are the targets?
+            out.update(pseudo_label_accuracy(target, u["label"][:nu], valid, kept != self.ignore_index,
+                                             self.ignore_index, self.background))
+        return out
