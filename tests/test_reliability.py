@@ -98,6 +98,8 @@ def test_missing_files_fail_before_training_and_a_bad_file_mid_run_keeps_the_wor
              "cac.unsup_start_iter=1", "cac.pos_thresh=0.0", "cac.selected_num=64", "cac.hflip=false")),
     ("unimatch", ("unimatch.unsup_start_iter=2", "unimatch.conf_thresh=0.5", "data.batch_size=4",
                   "data.unlabeled_batch_size=4")),  # box generator and fp dropout draws continue exactly
+    ("fixmatch", ("fixmatch.unsup_start_iter=2", "fixmatch.conf_thresh=0.5", "data.batch_size=4",
+                  "data.unlabeled_batch_size=4")),
 ])
 def test_resume_is_exact_for_every_method(digits_root, tmp_path, method, extra):
     common = (f"method={method}", "train.iters=5", "train.ckpt_interval=100", *extra)
