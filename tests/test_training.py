@@ -199,7 +199,7 @@ def test_sigterm_saves_latest_and_the_same_command_continues(digits_root, tmp_pa
 
 @pytest.mark.parametrize("decay_norm_and_bias", [True, False])
 def test_optimizer_groups_backbone_lr_and_weight_decay(digits_root, tmp_path, decay_norm_and_bias):
-    from seg_ssl.engine.trainer import build_optimizer
+    from seg_ssl.engine.optim import build_optimizer
     from seg_ssl.methods.cps import CPS
     cfg = digits_cfg(digits_root, str(tmp_path), "method=cps", "train.optimizer=sgd", "train.lr=0.02",
                      "train.backbone_lr_mult=0.1", "train.weight_decay=0.0005",

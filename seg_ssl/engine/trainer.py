@@ -10,15 +10,12 @@ import json
 import logging
 import math
 import os
-import random
 import signal
 import sys
 import time
 
-import numpy as np
 import torch
 import yaml
-import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -30,14 +27,14 @@ from seg_ssl.data.streams import make_stream
 from seg_ssl.data.transforms import train_pipeline, val_pipeline
 from seg_ssl.engine import dist as du
 from seg_ssl.engine.checkpoint import load_checkpoint, model_state, save_atomic
-from seg_ssl.engine.schedule import poly_lr
+from seg_ssl.engine.optim import build_optimizer, set_lr
+from seg_ssl.engine.rng import rng_state, seed_everything, set_rng_state
 from seg_ssl.errors import ConfigError, DataError, SaveError
 from seg_ssl.engine.workdir import lock_work_dir, remove_stale_temp_files, unlock_work_dir
 from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
 from seg_ssl.evaluation.metrics import format_table, to_json
 from seg_ssl.methods import METHODS, build_method
 from seg_ssl.models.weights import load_strict
-from seg_ssl.models.segmentor import Segmentor
 from seg_ssl.models.sync_bn import convert_sync_batchnorm
 
 LOG = logging.getLogger("seg_ssl")
@@ -57,57 +54,6 @@ def setup_logging(work_dir: str | None, is_main: bool) -> None:
         fh = logging.FileHandler(os.path.join(work_dir, "train.log"))
         fh.setFormatter(fmt)
         LOG.addHandler(fh)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def param_groups(model: nn.Module, backbone_mult: float, weight_decay: float,
-                 decay_norm_and_bias: bool = True) -> list[dict]:
-    """Encoders of every Segmentor at lr x backbone_mult, everything else at lr. With
-    ``decay_norm_and_bias`` false, biases and normalisation weights (every parameter of one
-    dimension) get no weight decay, as the CPS release's ``group_weight`` does."""
-    backbone = {id(p) for m in model.modules() if isinstance(m, Segmentor) for p in m.encoder.parameters()}
-    groups = []
-    for name, mult, in_group in (("backbone", backbone_mult, lambda p: id(p) in backbone),
-                                 ("head", 1.0, lambda p: id(p) not in backbone)):
-        params = [p for p in model.parameters() if p.requires_grad and in_group(p)]
-        if decay_norm_and_bias:
-            groups.append({"params": params, "lr_mult": mult, "weight_decay": weight_decay, "name": name})
-            continue
-        groups.append({"params": [p for p in params if p.ndim > 1], "lr_mult": mult,
-                       "weight_decay": weight_decay, "name": name})
-        groups.append({"params": [p for p in params if p.ndim <= 1], "lr_mult": mult,
-                       "weight_decay": 0.0, "name": name + "_no_decay"})
-    return groups
-
-
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    t = cfg.train
-    groups = param_groups(model, t.backbone_lr_mult, t.weight_decay, t.decay_norm_and_bias)
-    for g in groups:
-        g["lr"] = t.lr * g["lr_mult"]
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
 
 
 def to_device(batch, device):
@@ -300,11 +246,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def set_lr(self) -> float:
-        t = self.cfg.train
-        lr = poly_lr(t.lr, self.iteration, t.iters, t.poly_power, t.warmup_iters, t.warmup_ratio)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr * g.get("lr_mult", 1.0)
-        return lr
+        return set_lr(self.optimizer, self.cfg.train, self.iteration)
 
     def evaluate(self) -> dict:
         self.model.eval()
