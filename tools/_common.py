@@ -9,9 +9,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from seg_ssl.config import ConfigError  # noqa: E402
 from seg_ssl.data.dataset import DataError  # noqa: E402
-from seg_ssl.engine.checkpoint import SaveError  # noqa: E402
+from seg_ssl.engine.checkpoint import DistributedError, SaveError  # noqa: E402
 
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, FloatingPointError, SaveError)
+USER_ERRORS = (ConfigError, DataError, DistributedError, FileNotFoundError, FloatingPointError, SaveError)
 
 
 def one_line(e: BaseException) -> str:

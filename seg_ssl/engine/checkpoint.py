@@ -15,6 +15,13 @@ class SaveError(Exception):
     """A checkpoint could not be written (full disk, no permission)."""
 
 
+class DistributedError(RuntimeError):
+    """A process could not reach the others: joining the group or a collective timed out, or a peer
+    died. One line naming the rank and what it waited for (raised by :mod:`seg_ssl.engine.dist`;
+    defined here, beside SaveError, because the tools' error handling imports this module without
+    torch)."""
+
+
 def tensor_bytes(obj) -> int:
     """The bytes of every tensor in a nested dict/list: about what ``torch.save`` writes."""
     import torch
