@@ -136,11 +136,12 @@ def test_the_lock_is_not_held_by_the_processes_a_killed_run_forked(tmp_path):
     work.mkdir()
     code = ("import os, signal, sys, time; sys.path.insert(0, '.'); from seg_ssl.engine.workdir import lock_work_dir; "
             f"lock_work_dir({str(work)!r}); child = os.fork()\n"
-            "if child == 0:\n    time.sleep(600); os._exit(0)\n"
+            "if child == 0:\n    os.close(1); time.sleep(600); os._exit(0)\n"  # lets go of the pipe, not the lock file
             "print(child, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
-    r = run_tool("-c", code)
-    child = int(r.stdout.split()[0])
+    run = run_tool("-c", code, popen=True)
+    child = int(run.stdout.readline())
     try:
+        assert run.wait() == -signal.SIGKILL
         os.kill(child, 0)  # the forked child still runs, holding every file its parent had open
         lock_work_dir(str(work))  # raises if the child kept the lock
         unlock_work_dir(str(work))
