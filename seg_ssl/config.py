@@ -37,6 +37,15 @@ SCHEMA: dict = {
                  doc="'auto' continues from work_dir/latest.pth if present; a path; or null"),
     "load_from": _f(str, None, nullable=True, doc="initialise weights from a checkpoint, no state"),
     "deterministic": _f(bool, False),
+    "work_dir_wait_s": _f(NUM, 30, minimum=0,
+                          doc="how long a run waits for the work dir's lock while the run holding it "
+                          "exits (torchrun's previous attempt), before it stops naming the holder's pid"),
+    "dist": {
+        "timeout_s": _f(NUM, 600, minimum=1,
+                        doc="how long a process waits for the others (joining the process group, "
+                        "each collective) before it stops with an error naming its rank and what it "
+                        "waited for; torch's own default is 30 minutes (gloo), 10 (NCCL)"),
+    },
     "data": {
         "root": _f(str, REQUIRED, doc="dataset root; list paths and folders are relative to it"),
         "img_dir": _f(str, "JPEGImages"),
@@ -126,11 +135,11 @@ SCHEMA.update({name: dict(m.config_section) for name, m in METHODS.items() if m.
 
 
 # What a resumed run may change: the length of the schedule (train.iters, to extend a run), where
-# and how often it logs, evaluates and saves, evaluation settings, threads and loader workers, and
-# the data's location. Anything else would make the record of the run (config.yaml) wrong about
-# iterations already done.
-MAY_CHANGE_ON_RESUME = ("work_dir", "resume", "train.iters", "train.log_interval", "train.eval_interval",
-                        "train.ckpt_interval", "train.threads", "data.root", "data.num_workers",
+# and how often it logs, evaluates and saves, evaluation settings, threads and loader workers, the
+# data's location, and how long to wait for other processes. Anything else would make the record of
+# the run (config.yaml) wrong about iterations already done.
+MAY_CHANGE_ON_RESUME = ("work_dir", "resume", "work_dir_wait_s", "dist.", "train.iters", "train.log_interval",
+                        "train.eval_interval", "train.ckpt_interval", "train.threads", "data.root", "data.num_workers",
                         "data.val_batch_size", "eval.")
 
 

@@ -23,3 +23,8 @@ class SaveError(UserError):
 
 class WorkDirBusy(UserError):
     """Another live run holds the work dir; names it and the holder."""
+
+
+class DistributedError(UserError, RuntimeError):
+    """A process could not reach the others: joining the group or a collective timed out, or a peer
+    died. One line naming the rank and what it waited for (raised by ``seg_ssl.engine.dist``)."""

@@ -161,7 +161,7 @@ def test_a_second_run_in_the_same_work_dir_is_refused(digits_root, tmp_path):
                       "print('locked', flush=True); sys.stdin.read()", popen=True)
     assert holder.stdout.readline().strip() == "locked"
     r = run_tool("tools/train.py", "configs/digits_sup.yaml", f"data.root={digits_root}", f"work_dir={work}",
-                 "data.labeled_list=splits/1_4/labeled.txt", "train.iters=1")
+                 "data.labeled_list=splits/1_4/labeled.txt", "train.iters=1", "work_dir_wait_s=0")
     holder.stdin.close()
     holder.wait()
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (

@@ -6,6 +6,10 @@
 #SBATCH --cpus-per-task=32
 #SBATCH --time=48:00:00
 #SBATCH --signal=TERM@120
+# pre-emption on a partition that requeues puts the job back in the queue; it runs this same
+# command again, which resumes from latest.pth (resume=auto); the log is appended to, not replaced
+#SBATCH --requeue
+#SBATCH --open-mode=append
 set -euo pipefail
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 MASTER_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)

@@ -45,9 +45,19 @@ def read_split(list_path: str, root: str, img_dir: str, ann_dir: str, img_suffix
     if not os.path.isfile(list_path):
         raise DataError(f"split list not found: {list_path}")
     samples, seen = [], {}
-    with open(list_path) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.strip().split()
+    pair_hint = (f"a line is one id (2007_000032) or an image and its label relative to the root, "
+                 f"separated by a space ({img_dir}/2007_000032{img_suffix} {ann_dir}/2007_000032{ann_suffix})")
+    # utf-8-sig drops a byte-order mark at the start (Windows editors write one); one inside the
+    # file (lists concatenated) is dropped too: it is never part of a file name, and kept it would
+    # make "JPEGImages/\ufeffid.jpg", a path that looks right and does not exist
+    with open(list_path, encoding="utf-8-sig") as f:
+        try:
+            lines = f.readlines()
+        except UnicodeDecodeError as e:
+            raise DataError(f"{list_path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        for lineno, line in enumerate(lines, 1):
+            line = line.replace("\ufeff", "").strip()  # strip(): CRLF and trailing blanks
+            parts = line.split()
             if not parts:
                 continue
             if len(parts) == 1 and ("/" in parts[0] or parts[0].endswith(img_suffix)):
@@ -61,12 +71,20 @@ def read_split(list_path: str, root: str, img_dir: str, ann_dir: str, img_suffix
                 sid = parts[0]
                 image = os.path.join(root, img_dir, sid + img_suffix)
                 label = os.path.join(root, ann_dir, sid + ann_suffix)
+            elif len(parts) == 2 and not any("/" in p or os.path.splitext(p)[1] for p in parts):
+                # neither half is a path: an id with a space in it, not an image/label pair
+                problem = (f"{list_path}:{lineno}: {line!r}: ids cannot contain spaces; {pair_hint}")
+                if problems is None:
+                    raise DataError(problem)
+                problems.append(problem)
+                continue
             elif len(parts) == 2:
                 image = os.path.join(root, parts[0].lstrip("/"))
                 label = os.path.join(root, parts[1].lstrip("/"))
                 sid = os.path.splitext(os.path.basename(parts[0]))[0]
             else:
-                problem = f"{list_path}:{lineno}: expected 'id' or 'image label', got {line.strip()!r}"
+                problem = (f"{list_path}:{lineno}: expected 'id' or 'image label', got {line!r} "
+                           f"(ids cannot contain spaces; {pair_hint})")
                 if problems is None:
                     raise DataError(problem)
                 problems.append(problem)
@@ -185,6 +203,18 @@ def build_split(cfg_data, which: str, transform=None, with_labels: bool | None =
                         + (f" and {missing[1]}" if len(missing) > 1 else "")
                         + "; run tools/check_dataset.py CONFIG for every problem")
     return SegDataset(samples, cfg_data.num_classes, cfg_data.ignore_index, transform, with_labels=with_labels)
+
+
+def unreadable(dataset: SegDataset, indices) -> list[str]:
+    """Decode the samples at ``indices`` (image, label, sizes, label values) as training or
+    evaluation would; returns one problem line per sample that fails."""
+    problems = []
+    for i in indices:
+        try:
+            dataset.load(i)
+        except DataError as e:
+            problems.append(str(e))
+    return problems
 
 
 def resolve_list(root: str, path: str) -> str:

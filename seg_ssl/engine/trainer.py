@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from seg_ssl.collectives import all_reduce_sum
 from seg_ssl.config import MAY_CHANGE_ON_RESUME, resume_conflicts
-from seg_ssl.data.dataset import build_split, check_disjoint
+from seg_ssl.data.dataset import build_split, check_disjoint, resolve_list, unreadable
 from seg_ssl.data.streams import make_stream
 from seg_ssl.data.transforms import train_pipeline, val_pipeline
 from seg_ssl.engine import dist as du
@@ -87,6 +87,22 @@ class StopRequested:
             signal.signal(s, h)
 
 
+FAULT_ENV = "SEG_SSL_TEST_KILL"
+
+
+def _fault_injection(rank: int, iteration: int) -> None:
+    """Test hook, off unless ``SEG_SSL_TEST_KILL=RANK:ITERATION`` is set: that rank SIGKILLs itself
+    right after finishing ITERATION, on torchrun's first attempt only (TORCHELASTIC_RESTART_COUNT 0
+    or unset), so that the restarted workers run on. It makes the elastic-restart test kill a worker
+    at a known step instead of racing a kill from outside."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return
+    target_rank, target_it = (int(v) for v in spec.split(":"))
+    if rank == target_rank and iteration == target_it:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def derived_sizes(cfg, world_size: int) -> dict:
     """Per-process sizes computed from the global config (shown by ``--dry-run``)."""
     d = cfg.data
@@ -107,7 +123,7 @@ def derived_sizes(cfg, world_size: int) -> dict:
 class Trainer:
     def __init__(self, cfg, info: du.DistInfo | None = None):
         self.cfg = cfg
-        self.info = info or du.init_distributed()
+        self.info = info or du.init_distributed(timeout_s=cfg.dist.timeout_s)
         self.device = self.info.device
         t = cfg.train
         if t.threads > 0:
@@ -119,9 +135,10 @@ class Trainer:
         self.work_dir = cfg.work_dir
         if self.info.is_main:
             os.makedirs(self.work_dir, exist_ok=True)
-            lock_work_dir(self.work_dir)  # before anything is written: one run per work dir
+            lock_work_dir(self.work_dir, cfg.work_dir_wait_s)  # before anything is written: one run per work dir
             remove_stale_temp_files(self.work_dir)
-        du.barrier()
+        with du.waiting_for("waiting for rank 0 to lock the work dir", self.info):
+            du.barrier()
         setup_logging(self.work_dir, self.info.is_main)
         self._resume_path, self._resume_ckpt = self._checkpoint_to_resume()
         if self.info.is_main:  # only now: a refused resume leaves the run's record as it was
@@ -162,11 +179,31 @@ class Trainer:
                                          with_labels=d.unlabeled_truth)
             check_disjoint(self.labeled, self.unlabeled, d.allow_overlap, "data")
         self.val = build_split(d, "val", val_pipeline(d))
+        self._check_val_decodes()
 
         self.iteration = 0
         self.best = {"mIoU": -1.0, "iteration": 0}
         self.skipped = 0
+        self.eval_pending = False  # latest.pth was saved just before an evaluation that did not finish
         self._maybe_resume()
+
+    def _check_val_decodes(self) -> None:
+        """Decode every val image and label now (each rank its evaluation shard), not only check
+        that they exist: a truncated val image otherwise stops the run at its first evaluation.
+        Training files are only checked to exist: a bad one met mid-run saves latest.pth first,
+        and decoding a whole train set (10,582 VOC images) would delay every start."""
+        from seg_ssl.data.streams import shard_indices
+        problems = unreadable(self.val, shard_indices(len(self.val), self.info.rank, self.info.world_size))
+        if self.info.distributed:  # every rank stops with the same line, none waits for the others
+            import torch.distributed as dist
+            every = [None] * self.info.world_size
+            with du.waiting_for("checking the val files", self.info):
+                dist.all_gather_object(every, problems)
+            problems = [p for rank_problems in every for p in rank_problems]
+        if problems:
+            path = resolve_list(self.cfg.data.root, self.cfg.data.val_list)
+            raise DataError(f"data.val_list {path}: {len(problems)} val file(s) cannot be used, e.g. {problems[0]}; "
+                            f"run tools/check_dataset.py CONFIG for every problem")
 
     # ------------------------------------------------------------------------------------------
     def _ckpt_path(self, name: str) -> str:
@@ -212,9 +249,16 @@ class Trainer:
         self.iteration = int(ckpt["iteration"])
         self.best = ckpt.get("best", self.best)
         self.skipped = ckpt.get("skipped", 0)
-        if self.info.rank == 0 and ckpt.get("rng"):
+        self.eval_pending = bool(ckpt.get("eval_pending", False))
+        per_rank = ckpt.get("rng_per_rank")
+        if per_rank and len(per_rank) == self.info.world_size:
+            # every rank continues its own stream (dropout masks, CAC's negative sampling): with
+            # only rank 0's state the others would reseed, and a 2-process resume would differ
+            # from the uninterrupted run
+            set_rng_state(per_rank[self.info.rank])
+        elif self.info.rank == 0 and ckpt.get("rng"):
             set_rng_state(ckpt["rng"])
-        else:  # other ranks (and other world sizes) reseed deterministically from the position
+        else:  # other world sizes reseed deterministically from the position
             seed_everything(self.cfg.seed + self.info.rank + 1000003 * self.iteration)
         LOG.info("resumed from %s at iteration %d", path, self.iteration)
 
@@ -224,7 +268,23 @@ class Trainer:
         if self.info.is_main:
             unlock_work_dir(self.work_dir)
 
-    def save(self, name: str) -> None:
+    def gather_rng(self) -> list | None:
+        """Every rank's RNG state, on rank 0 (None elsewhere). A collective: all ranks call it at
+        the same step. The methods' own state (CPS/UniMatch box generators, CPS's class
+        distributions, CAC's bank of gathered negatives) is the same on every rank, so rank 0's
+        copy of it is enough; the global RNGs are not."""
+        if not self.info.distributed:
+            return [rng_state()]
+        import torch.distributed as dist
+        states = [None] * self.info.world_size if self.info.is_main else None
+        with du.waiting_for("gathering RNG states for latest.pth", self.info, self.iteration):
+            dist.gather_object(rng_state(), states, dst=0)
+        return states
+
+    def save(self, name: str, rng_per_rank: list | None = None, eval_pending: bool = False) -> None:
+        """Rank 0 writes ``name``. ``rng_per_rank`` (from :meth:`gather_rng`) lets every rank
+        continue its own random stream on resume; without it (best.pth, a save that only rank 0
+        reaches) the other ranks reseed from the position."""
         if not self.info.is_main:
             return
         state = {
@@ -234,8 +294,10 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "method": self.method.state_dict(),
             "rng": rng_state(),
+            "rng_per_rank": rng_per_rank,
             "best": self.best,
             "skipped": self.skipped,
+            "eval_pending": eval_pending,
             "config": self.cfg.to_dict(),
         }
         try:
@@ -293,6 +355,10 @@ class Trainer:
             bar = tqdm(total=t.iters, initial=self.iteration, disable=not (self.info.is_main and sys.stderr.isatty()),
                        dynamic_ncols=True)
             sums, counts, count, t0, data_time = {}, {}, 0, time.time(), 0.0
+            if self.eval_pending:  # the evaluation latest.pth was saved for did not finish: run it first
+                LOG.info("evaluating at iteration %d first: latest.pth was saved just before this evaluation",
+                         self.iteration)
+                last = self._evaluate_after_save(writer)
             with StopRequested() as stop:
                 while self.iteration < t.iters:
                     lr = self.set_lr()
@@ -306,8 +372,10 @@ class Trainer:
                                     "command to continue", self.iteration)
                         raise
                     data_time += time.time() - td
-                    losses = self.step(labeled, unlabeled)
+                    with du.waiting_for("training step (gradient all-reduce)", self.info, self.iteration + 1):
+                        losses = self.step(labeled, unlabeled)
                     self.iteration += 1
+                    _fault_injection(self.info.rank, self.iteration)
                     bar.update(1)
                     # a key may appear only in some steps (warm-up); keys with a "/" go to TensorBoard only
                     for k, v in losses.items():
@@ -335,16 +403,20 @@ class Trainer:
                         bar.set_postfix(loss=f"{avg.get('loss', 0):.3f}")
                         sums, counts, count, t0, data_time = {}, {}, 0, time.time(), 0.0
                     done = self.iteration == t.iters
-                    if (t.eval_interval and self.iteration % t.eval_interval == 0) or done:
-                        last = self._eval_and_log(writer)
-                    if self.iteration % t.ckpt_interval == 0 or done:
-                        self.save("latest.pth")
+                    evaluate_now = bool(t.eval_interval and self.iteration % t.eval_interval == 0) or done
+                    saved = evaluate_now or self.iteration % t.ckpt_interval == 0
+                    if saved:  # before evaluating: an evaluation that fails (a bad val image) loses nothing
+                        self.save("latest.pth", self.gather_rng(), eval_pending=evaluate_now)
+                    if evaluate_now:
+                        last = self._evaluate_after_save(writer)
                     signalled = stop.signal is not None
                     if self.info.distributed:  # every rank stops at the same step, or collectives hang
                         flag = torch.tensor(float(signalled), device=self.device)
-                        signalled = all_reduce_sum(flag).item() > 0
+                        with du.waiting_for("agreeing on a stop signal", self.info, self.iteration):
+                            signalled = all_reduce_sum(flag).item() > 0
                     if signalled or (self.iteration == stop_at and not done):
-                        self.save("latest.pth")
+                        if not saved:
+                            self.save("latest.pth", self.gather_rng())
                         LOG.warning("stopped (%s) at iteration %d; latest.pth saved, run the same "
                                     "command to continue", f"signal {stop.signal}" if stop.signal else
                                     ("signal on another rank" if signalled else "max_steps"), self.iteration)
@@ -354,7 +426,8 @@ class Trainer:
                         return {"stopped": True, "iteration": self.iteration}
             bar.close()
         if not last:
-            last = self._eval_and_log(writer)
+            with du.waiting_for(f"evaluating at iteration {self.iteration}", self.info):
+                last = self._eval_and_log(writer)
         if writer:
             writer.close()
         return last
@@ -390,6 +463,23 @@ class Trainer:
         self.scaler.update()
         return {k: v.detach() if torch.is_tensor(v) else v for k, v in losses.items()}
 
+    def _evaluate_after_save(self, writer) -> dict:
+        """Evaluate at an iteration whose latest.pth is already written. A failure says that the
+        checkpoint is kept and that the same command continues (evaluating again first)."""
+        hint = (f"evaluation at iteration {self.iteration} failed; latest.pth (iteration {self.iteration}) is "
+                f"saved: fix the cause and run the same command to continue (it evaluates again first)")
+        try:
+            with du.waiting_for(f"evaluating at iteration {self.iteration}", self.info):
+                res = self._eval_and_log(writer)
+        except DataError as e:  # an unreadable or wrong val file: the user's to fix, one line
+            LOG.error("%s; %s", _message(e), hint)
+            raise DataError(f"{_message(e)}; {hint}") from None
+        except Exception:  # anything else keeps its traceback, with what was kept said first
+            LOG.error("%s", hint)
+            raise
+        self.eval_pending = False
+        return res
+
     def _eval_and_log(self, writer) -> dict:
         res = self.evaluate()
         miou = res["mIoU"]
@@ -409,11 +499,22 @@ class Trainer:
         return res
 
 
+def _message(e: BaseException) -> str:
+    """An error's own line; a DataError re-raised from a DataLoader worker carries the worker's
+    traceback in its message, whose last line is the original message."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split("\n"))
+
+
 def train(cfg) -> dict:
     trainer = Trainer(cfg)
     try:
         res = trainer.train()
-        du.barrier()  # no rank closes its connections while another may still be sending
+        with du.waiting_for("the other ranks to finish", trainer.info):
+            du.barrier()  # no rank closes its connections while another may still be sending
         return res
     finally:
         trainer.close()
