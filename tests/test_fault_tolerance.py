@@ -151,7 +151,7 @@ def test_the_lock_is_not_held_by_the_processes_a_killed_run_forked(tmp_path):
 
 def test_a_second_run_waits_for_the_lock_then_names_the_holder(tmp_path, capsys):
     import threading
-    from seg_ssl.config import ConfigError
+    from seg_ssl.errors import WorkDirBusy
     from seg_ssl.engine.workdir import lock_work_dir, unlock_work_dir
     work = tmp_path / "w"
     work.mkdir()
@@ -159,7 +159,7 @@ def test_a_second_run_waits_for_the_lock_then_names_the_holder(tmp_path, capsys)
                       f"lock_work_dir({str(work)!r}); print('locked', flush=True); sys.stdin.read()", popen=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(ConfigError, match=rf"^work_dir {work} is in use by another run \(pid {holder.pid}\) "
+        with pytest.raises(WorkDirBusy, match=rf"^work_dir {work} is in use by another run \(pid {holder.pid}\) "
                                               r"\(waited 0.3 s\): wait for it to end"):
             lock_work_dir(str(work), wait_s=0.3)
         # a run that starts while the holder is exiting gets the lock once it has gone
