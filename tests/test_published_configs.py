@@ -196,8 +196,9 @@ def test_labeled_only_twins_train_exactly_like_their_method(method_config):
 @pytest.mark.parametrize("name", ["voc_unimatch.yaml", "cityscapes_unimatch.yaml", "voc_fixmatch.yaml"])
 def test_unimatch_configs_pass_dry_run(name, capsys):
     from helpers import load_tool
-    assert load_tool("train").main([os.path.join(ROOT, "configs", name), "--dry-run"]) in (0, None)
-    out = capsys.readouterr().out
-    sizes = json.loads(out[out.index("{\n"):])
+    assert load_tool("train").main([os.path.join(ROOT, "configs", name), "--dry-run", "--json"]) in (0, None)
+    out = json.loads(capsys.readouterr().out)
+    sizes = out["sizes"]
+    assert out["config"]["method"] == name.split("_")[1].split(".")[0]
     # each step draws twice the unlabeled batch: the second half gives the CutMix boxes
     assert sizes["unlabeled_per_process"] == 8 and sizes["unlabeled_drawn_per_process"] == 16

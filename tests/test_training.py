@@ -9,6 +9,8 @@ from conftest import digits_cfg
 from helpers import brute_force_miou
 from seg_ssl.engine.checkpoint import SaveError, load_checkpoint, save_atomic
 from seg_ssl.engine.schedule import poly_lr
+from seg_ssl.data.dataset import build_split
+from seg_ssl.data.transforms import val_pipeline
 from seg_ssl.engine.trainer import Trainer
 
 
@@ -269,3 +271,25 @@ def test_ctrl_c_to_the_whole_process_group_stops_cleanly_with_loader_workers(dig
     out = "".join(seen) + proc.communicate(timeout=600)[0]
     assert proc.returncode == 0 and "stopped (signal 2)" in out, out[-2000:]
     assert 4 <= load_checkpoint(str(work / "latest.pth"))["iteration"] < 100000
+
+
+def test_every_evaluation_is_a_line_of_metrics_jsonl(digits_root, tmp_path):
+    """metrics.json holds the last evaluation; metrics.jsonl one line per evaluation, with per-class
+    IoU by class name and the confusion matrix, and a resumed run appends to it."""
+    def run(iters):
+        cfg = digits_cfg(digits_root, str(tmp_path / "run"), f"train.iters={iters}", "train.eval_interval=2",
+                         "model.decoder_channels=16")
+        Trainer(cfg).train()
+        return cfg
+    run(2)
+    cfg = run(4)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in lines] == [2, 4]
+    last = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert lines[-1]["mIoU"] == last["mIoU"] and list(lines[-1]["IoU"]) == cfg.data.class_names
+    assert list(lines[-1]["IoU"].values()) == last["IoU"]
+    val = build_split(cfg.data, "val", val_pipeline(cfg.data))
+    labeled_pixels = sum(int((val[i]["label"] != 255).sum()) for i in range(len(val)))
+    cm = torch.tensor(lines[-1]["confusion"])
+    assert cm.shape == (11, 11) and int(cm.sum()) == labeled_pixels
+    assert lines[-1]["aAcc"] == pytest.approx(float(cm.diag().sum() / cm.sum()))

@@ -19,6 +19,7 @@ def main(argv=None):
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.iters=1000")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and derived sizes")
+    p.add_argument("--json", action="store_true", help="with --dry-run: one JSON object {config, sizes} on stdout")
     args = p.parse_intermixed_args(argv)
 
     from seg_ssl.config import load_config
@@ -28,8 +29,11 @@ def main(argv=None):
         import yaml
         from seg_ssl.engine.trainer import derived_sizes
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        print(json.dumps(derived_sizes(cfg, world), indent=1))
+        if args.json:  # for scripts: nothing else on stdout
+            print(json.dumps({"config": cfg.to_dict(), "sizes": derived_sizes(cfg, world)}))
+        else:
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            print(json.dumps(derived_sizes(cfg, world), indent=1))
         # a dry run trains nothing, but says (on stderr: stdout stays YAML + JSON) what is not
         # there: the root, a list, a listed file
         if not os.path.isdir(cfg.data.root):

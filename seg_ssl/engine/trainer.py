@@ -32,7 +32,7 @@ from seg_ssl.engine.rng import rng_state, seed_everything, set_rng_state
 from seg_ssl.errors import ConfigError, DataError, SaveError
 from seg_ssl.engine.workdir import lock_work_dir, remove_stale_temp_files, unlock_work_dir
 from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
-from seg_ssl.evaluation.metrics import format_table, to_json
+from seg_ssl.evaluation.metrics import evaluation_record, format_table, to_json
 from seg_ssl.methods import METHODS, build_method
 from seg_ssl.models.weights import load_strict
 from seg_ssl.models.sync_bn import convert_sync_batchnorm
@@ -249,7 +249,11 @@ class Trainer:
         self.iteration = int(ckpt["iteration"])
         self.best = ckpt.get("best", self.best)
         self.skipped = ckpt.get("skipped", 0)
-        self.eval_pending = bool(ckpt.get("eval_pending", False))
+        # latest.pth is written just before an evaluation; whether that evaluation finished is what
+        # metrics.json says (rank 0 reads it, every rank follows, so all evaluate or none)
+        pending = bool(ckpt.get("eval_pending", False)) and not self._evaluated_at(self.iteration)
+        self.eval_pending = all_reduce_sum(torch.tensor(float(pending and self.info.is_main),
+                                                        device=self.device)).item() > 0
         per_rank = ckpt.get("rng_per_rank")
         if per_rank and len(per_rank) == self.info.world_size:
             # every rank continues its own stream (dropout masks, CAC's negative sampling): with
@@ -280,6 +284,14 @@ class Trainer:
         with du.waiting_for("gathering RNG states for latest.pth", self.info, self.iteration):
             dist.gather_object(rng_state(), states, dst=0)
         return states
+
+    def _evaluated_at(self, iteration: int) -> bool:
+        """Whether this work dir's last finished evaluation (metrics.json) is at ``iteration``."""
+        try:
+            with open(os.path.join(self.work_dir, "metrics.json")) as f:
+                return json.load(f).get("iteration") == iteration
+        except (OSError, ValueError):
+            return False
 
     def save(self, name: str, rng_per_rank: list | None = None, eval_pending: bool = False) -> None:
         """Rank 0 writes ``name``. ``rng_per_rank`` (from :meth:`gather_rng`) lets every rank
@@ -492,8 +504,10 @@ class Trainer:
             self.best = {"mIoU": miou, "iteration": self.iteration}
             self.save("best.pth")
         if self.info.is_main:
-            with open(os.path.join(self.work_dir, "metrics.json"), "w") as f:
+            with open(os.path.join(self.work_dir, "metrics.json"), "w") as f:  # the last evaluation
                 json.dump({"iteration": self.iteration, **to_json(res)}, f, indent=1)
+            with open(os.path.join(self.work_dir, "metrics.jsonl"), "a") as f:  # every evaluation, one line each
+                f.write(json.dumps(evaluation_record(res, self.iteration, self.cfg.data.class_names)) + "\n")
         res["table"] = format_table(res, self.cfg.data.class_names)
         res["is_main"] = self.info.is_main
         return res

@@ -75,6 +75,19 @@ def to_json(metrics: dict) -> dict:
             "Acc": [clean(v) for v in metrics["Acc"]]}
 
 
+def evaluation_record(metrics: dict, iteration: int, class_names: list[str] | None = None) -> dict:
+    """One line of ``WORK_DIR/metrics.jsonl``: the iteration, aAcc/mIoU/mAcc, per-class IoU and
+    accuracy by class name (null for a class absent from prediction and truth) and the confusion
+    matrix (rows: truth, columns: prediction)."""
+    clean = to_json(metrics)
+    names = class_names or [str(i) for i in range(len(clean["IoU"]))]
+    out = {"iteration": iteration, "aAcc": clean["aAcc"], "mIoU": clean["mIoU"], "mAcc": clean["mAcc"],
+           "IoU": dict(zip(names, clean["IoU"])), "Acc": dict(zip(names, clean["Acc"]))}
+    if "confusion" in metrics:
+        out["confusion"] = [[int(v) for v in row] for row in metrics["confusion"].tolist()]
+    return out
+
+
 def format_comparison(runs: dict, class_names: list[str] | None = None) -> str:
     """Per-class IoU of several runs side by side (``{name: metrics}``), then aAcc/mIoU/mAcc rows,
     in percent; a last column gives the difference of the last run from the first."""
