@@ -161,6 +161,44 @@ def test_gradcam_lights_up_exactly_where_the_class_evidence_is():
         gradcam_map(model, image, 0, layer="encoder.layer9")
 
 
+def _segmentor(config, *overrides):
+    """The model a config builds, randomly initialised (no weights read)."""
+    from seg_ssl.config import load_config
+    from seg_ssl.methods import build_method
+    torch.manual_seed(0)
+    cfg = load_config(os.path.join(ROOT, "configs", config), ["data.root=unused", "model.encoder_weights=null",
+                                                              *overrides])
+    return build_method(cfg).model.eval()
+
+
+@pytest.mark.parametrize("config, stage, earlier, block", [
+    # the demo's encoder: a timm (tu-) EfficientNet, whose encoder.model returns a list of maps
+    ("digits_lite0_sup.yaml", "encoder.model.blocks.6", "encoder.model.blocks.4", "encoder.model.blocks.6.0"),
+    ("digits_sup.yaml", "encoder.layer4", "encoder.layer3", "encoder.layer4.1"),  # an smp ResNet
+])
+def test_gradcam_runs_on_every_encoder_family_with_its_default_layer(config, stage, earlier, block):
+    from seg_ssl.viz.gradcam import default_layer, earlier_layer, gradcam_map, resolve_layer
+    model = _segmentor(config, "model.encoder_depth=5")
+    assert default_layer(model) == stage and earlier_layer(model, stage) == earlier
+    image = torch.randn(3, 40, 56)  # padded to the output stride for the forward, cropped back
+    cls = int(np.bincount(gradcam_map(model, image, 0)[1].ravel()).argmax())  # a class predicted somewhere
+    heat, pred = gradcam_map(model, image, cls)
+    assert heat.shape == pred.shape == (40, 56) and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1
+    gradcam_map(model, image, cls, layer=block)  # a deeper name works as well
+    # the layer the README used to suggest: refused with every usable name, the deeper ones included
+    with pytest.raises(ValueError, match="'encoder.layer2' is not a module") if "model" in stage else \
+            pytest.raises(ValueError, match="'encoder.layer9' is not a module"):
+        resolve_layer(model, "encoder.layer2" if "model" in stage else "encoder.layer9")
+    try:
+        resolve_layer(model, "encoder.layer2" if "model" in stage else "encoder.layer9")
+    except ValueError as e:
+        listed = str(e).split("usable layers")[1]
+        assert stage in listed and earlier in listed and block in listed and "decoder" in listed
+    if "model" in stage:  # exists, but returns a list: named as such, not a crash inside grad-cam
+        with pytest.raises(ValueError, match="'encoder.model' does not output one feature map"):
+            gradcam_map(model, image, cls, layer="encoder.model")
+
+
 def test_a_zero_map_says_why():
     from seg_ssl.viz.gradcam import gradcam_map, zero_map_reason
     model = ChannelLogits()
