@@ -436,7 +436,11 @@ def load_config(path: str, overrides: list[str] | None = None) -> "Config":
     cfg = validate(raw, origin=os.path.relpath(path))
     if cfg["work_dir"] is None:
         cfg["work_dir"] = os.path.join("runs", os.path.splitext(os.path.basename(path))[0])
-    return Config(cfg)
+    out = Config(cfg)
+    # which keys this run set explicitly (an explicit train.threads wins over OMP_NUM_THREADS, a file's
+    # does not: seg_ssl.engine.threads); an attribute, so it is neither saved nor compared on resume
+    out.command_line = frozenset(".".join(parse_override(o)[0]) for o in overrides or [])
+    return out
 
 
 class Config(dict):
@@ -446,6 +450,8 @@ class Config(dict):
         super().__init__()
         for k, v in (data or {}).items():
             self[k] = Config(v) if isinstance(v, dict) else v
+
+    command_line: frozenset = frozenset()  # dotted keys given as overrides (set by load_config)
 
     def __getattr__(self, name):
         try:

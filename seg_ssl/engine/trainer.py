@@ -31,6 +31,7 @@ from seg_ssl.data.transforms import train_pipeline, val_pipeline
 from seg_ssl.engine import dist as du
 from seg_ssl.engine.checkpoint import SaveError, load_checkpoint, model_state, save_atomic
 from seg_ssl.engine.schedule import poly_lr
+from seg_ssl.engine.threads import apply_threads
 from seg_ssl.engine.workdir import lock_work_dir, remove_stale_temp_files, unlock_work_dir
 from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
 from seg_ssl.evaluation.metrics import format_table, to_json
@@ -164,8 +165,7 @@ class Trainer:
         self.info = info or du.init_distributed()
         self.device = self.info.device
         t = cfg.train
-        if t.threads > 0:
-            torch.set_num_threads(t.threads)
+        threads_line = apply_threads(cfg)  # logged once the log is set up
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
@@ -177,6 +177,7 @@ class Trainer:
             remove_stale_temp_files(self.work_dir)
         du.barrier()
         setup_logging(self.work_dir, self.info.is_main)
+        LOG.info("%s", threads_line)
         self._resume_path, self._resume_ckpt = self._checkpoint_to_resume()
         if self.info.is_main:  # only now: a refused resume leaves the run's record as it was
             cfg.dump(os.path.join(self.work_dir, "config.yaml"))

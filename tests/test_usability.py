@@ -1,0 +1,52 @@
+"""Everyday use after `make demo` (issue 26): threads, console, API, export, metrics, TensorBoard."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, THREADS, digits_cfg
+from helpers import load_tool, run_tool
+
+
+# -- threads ---------------------------------------------------------------------------------------
+
+def test_explicit_thread_settings_win_over_a_config_files_value():
+    from seg_ssl.engine.threads import resolve_threads
+    assert resolve_threads(2, False, {"OMP_NUM_THREADS": "1"}) == (
+        1, "OMP_NUM_THREADS=1 in the environment, which wins over train.threads: 2 of the config file")
+    assert resolve_threads(3, True, {"OMP_NUM_THREADS": "1"}) == (
+        3, "train.threads=3 on the command line; OMP_NUM_THREADS=1 is ignored")
+    assert resolve_threads(2, False, {}) == (2, "train.threads: 2 in the config file")
+    assert resolve_threads(0, False, {})[0] == 0  # torch's default
+    assert resolve_threads(0, False, {"OMP_NUM_THREADS": "x"})[0] == 0  # not a count: ignored
+
+
+def test_the_trainer_uses_omp_num_threads_over_the_config_file_and_logs_why(digits_root, tmp_path, monkeypatch):
+    from seg_ssl.config import load_config
+    from seg_ssl.engine.trainer import Trainer
+    cfg_file = tmp_path / "threads.yaml"
+    cfg_file.write_text(f"_base_: {os.path.join(ROOT, 'configs', 'digits_sup.yaml')}\ntrain:\n  threads: 2\n")
+    base = [f"data.root={digits_root}", "data.labeled_list=splits/1_4/labeled.txt", "data.num_workers=0",
+            "data.unlabeled_list=splits/1_4/unlabeled.txt", "train.iters=1"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    try:
+        for extra, expect, why in (([], 1, "OMP_NUM_THREADS=1 in the environment, which wins over train.threads: 2"),
+                                   (["train.threads=3"], 3, "train.threads=3 on the command line")):
+            work = tmp_path / f"w{expect}"
+            cfg = load_config(str(cfg_file), [*base, f"work_dir={work}", *extra])
+            trainer = Trainer(cfg)
+            trainer.close()
+            assert torch.get_num_threads() == expect
+            assert f"threads: {expect} ({why}" in (work / "train.log").read_text()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_no_shipped_digits_config_sets_a_thread_count():
+    from seg_ssl.config import load_config
+    for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
+        if name.startswith("digits"):
+            cfg = load_config(os.path.join(ROOT, "configs", name), ["data.root=x"])
+            assert cfg.train.threads == 0, name
