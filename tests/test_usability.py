@@ -50,3 +50,41 @@ def test_no_shipped_digits_config_sets_a_thread_count():
         if name.startswith("digits"):
             cfg = load_config(os.path.join(ROOT, "configs", name), ["data.root=x"])
             assert cfg.train.threads == 0, name
+
+
+# -- console ---------------------------------------------------------------------------------------
+
+class Terminal:
+    """stdout and stderr of one terminal: everything written, in order."""
+    def __init__(self):
+        self.text = ""
+
+    def write(self, s):
+        self.text += s
+        return len(s)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_and_log_lines_never_share_a_line(digits_root, tmp_path, monkeypatch):
+    import sys
+    from seg_ssl.engine.trainer import Trainer
+    term = Terminal()
+    monkeypatch.setattr(sys, "stdout", term)
+    monkeypatch.setattr(sys, "stderr", term)
+    trainer = Trainer(digits_cfg(digits_root, str(tmp_path / "w"), "train.iters=2", "train.log_interval=1"))
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    # the bar is drawn at once (0%) and redrawn with "\r", without a newline; a log line written
+    # after it without the redirect continues that line: "...?it/s]08:47:18 it 1/2 lr ..."
+    assert "%|" in term.text
+    lines = [part.split("\r")[-1] for part in term.text.split("\n")]
+    logged = [line for line in lines if " it 1/2 lr " in line or " it 2/2 lr " in line]
+    assert len(logged) == 2 and all(line[:8].count(":") == 2 and line[8:12] == " it " for line in logged), logged
+    assert all("eta" in line for line in logged)  # the ETA stays in the log lines

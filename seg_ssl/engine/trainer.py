@@ -22,6 +22,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from seg_ssl.collectives import all_reduce_sum
 from seg_ssl.config import MAY_CHANGE_ON_RESUME, ConfigError, resume_conflicts
@@ -355,7 +356,10 @@ class Trainer:
             bar = tqdm(total=t.iters, initial=self.iteration, disable=not (self.info.is_main and sys.stderr.isatty()),
                        dynamic_ncols=True)
             sums, counts, count, t0, data_time = {}, {}, 0, time.time(), 0.0
-            with StopRequested() as stop:
+            # on a terminal the bar (stderr) and the log lines (stdout) share the screen: tqdm's redirect
+            # clears the bar, writes the line and redraws the bar below it, so they never run into each
+            # other; without a terminal there is no bar and the log lines (with their ETA) are all there is
+            with StopRequested() as stop, logging_redirect_tqdm(loggers=[LOG], tqdm_class=tqdm):
                 while self.iteration < t.iters:
                     lr = self.set_lr()
                     td = time.time()
