@@ -1,2 +1,2 @@
-"""seg_ssl: semi-supervised semantic segmentation (labeled-only, CAC, CPS) on one trainer."""
+"""seg_ssl: semi-supervised semantic segmentation (labeled-only, CAC, CPS, UniMatch) on one trainer."""
 __version__ = "0.1.0"

@@ -88,3 +88,17 @@ def test_progress_bar_and_log_lines_never_share_a_line(digits_root, tmp_path, mo
     logged = [line for line in lines if " it 1/2 lr " in line or " it 2/2 lr " in line]
     assert len(logged) == 2 and all(line[:8].count(":") == 2 and line[8:12] == " it " for line in logged), logged
     assert all("eta" in line for line in logged)  # the ETA stays in the log lines
+
+
+# -- stale text ------------------------------------------------------------------------------------
+
+def test_package_summaries_name_every_method():
+    import configparser
+    import seg_ssl
+    from seg_ssl.methods import METHODS
+    setup = configparser.ConfigParser()
+    setup.read(os.path.join(ROOT, "setup.cfg"))
+    shown = {"supervised": "labeled-only", "cac": "CAC", "cps": "CPS", "unimatch": "UniMatch"}
+    assert set(shown) == set(METHODS)  # a new method gets a name here, and in both summaries
+    for summary in (setup["metadata"]["description"], seg_ssl.__doc__.splitlines()[0]):
+        assert all(name in summary for name in shown.values()), summary
