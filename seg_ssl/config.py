@@ -192,7 +192,9 @@ SCHEMA: dict = {
         "window": _f(int, None, nullable=True, doc="slide window; null: data.crop_size"),
         "stride": _f(int, None, nullable=True, doc="slide stride; null: 2/3 of the window"),
         "scales": _f(list, [1.0]),
-        "flip": _f(bool, False),
+        "flip": _f(bool, False, doc="average with the mirrored image's prediction; only where training "
+                   "flipped too (data.hflip) and a mirrored object is the same class: not for digits (a "
+                   "mirrored 2 reads as a 5), text or left/right classes"),
         "batch_windows": _f(int, 8, doc="sliding windows per forward"),
         "branch": _f(str, "1", choices=["1", "2", "ensemble"], doc="CPS: which branch scores"),
     },
@@ -417,6 +419,12 @@ def _resolve_encoder_weights(cfg: dict, origin: str) -> None:
         if d[key] is not None and len(d[key]) != d["num_classes"]:
             raise ConfigError(f"{origin}: data.{key} has {len(d[key])} entries for data.num_classes = "
                               f"{d['num_classes']}: give one per class")
+    if cfg["eval"]["flip"] and not cfg["data"]["hflip"]:
+        # test-time flipping averages in predictions on images unlike any the model trained on
+        logging.getLogger("seg_ssl").warning(
+            "%s: eval.flip is true but data.hflip is false: the model never saw a mirrored image, and "
+            "where hflip is off because a mirrored object is another class (digits: 2 and 5), flipping "
+            "at test time lowers the score; set eval.flip=false", origin)
     expected = dict(zip(("mean", "std"), expected_normalization(weights)))
     for key in ("mean", "std"):
         if d[key] is None:

@@ -102,3 +102,37 @@ def test_package_summaries_name_every_method():
     assert set(shown) == set(METHODS)  # a new method gets a name here, and in both summaries
     for summary in (setup["metadata"]["description"], seg_ssl.__doc__.splitlines()[0]):
         assert all(name in summary for name in shown.values()), summary
+
+
+# -- digits and flips ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(n for n in os.listdir(os.path.join(ROOT, "configs")) if n.startswith("digits")))
+def test_digits_are_never_flipped_in_training_or_testing(name):
+    """A mirrored digit is another shape (2 and 5): no pipeline a digits config builds flips, and
+    evaluation does not either."""
+    import albumentations as A
+    from seg_ssl.config import load_config
+    from seg_ssl.data.transforms import train_pipeline
+    from seg_ssl.methods import METHODS
+    cfg = load_config(os.path.join(ROOT, "configs", name), ["data.root=x", "model.encoder_weights=null"])
+    assert not cfg.eval.flip and not cfg.data.hflip and (cfg.method != "cac" or not cfg.cac.hflip)
+    pipelines = [train_pipeline(cfg.data, labeled=True), train_pipeline(cfg.data, labeled=False)]
+    method = METHODS[cfg.method].__new__(METHODS[cfg.method])  # its pipeline only: no model built
+    if hasattr(method, "unlabeled_pipeline"):
+        method.c = cfg[cfg.method]
+        pipelines.append(method.unlabeled_pipeline(cfg.data))
+    ops = []
+    for p in pipelines:
+        assert not getattr(p, "hflip", False)  # CAC's crop pairs flip by their own flag
+        for compose in (getattr(p, "compose", None), getattr(p, "geometric", None)):
+            if compose is not None:
+                ops += list(compose.transforms)
+    assert ops and not any(isinstance(op, A.HorizontalFlip) for op in ops)
+
+
+def test_eval_flip_says_when_not_to_use_it_and_warns_where_training_never_flipped(caplog):
+    from seg_ssl.config import SCHEMA, load_config
+    assert "not for digits" in SCHEMA["eval"]["flip"].doc
+    with caplog.at_level("WARNING", logger="seg_ssl"):
+        load_config(os.path.join(ROOT, "configs", "digits_lite0_sup.yaml"), ["data.root=x", "eval.flip=true"])
+    assert "eval.flip is true but data.hflip is false" in caplog.text
