@@ -136,3 +136,80 @@ def test_eval_flip_says_when_not_to_use_it_and_warns_where_training_never_flippe
     with caplog.at_level("WARNING", logger="seg_ssl"):
         load_config(os.path.join(ROOT, "configs", "digits_lite0_sup.yaml"), ["data.root=x", "eval.flip=true"])
     assert "eval.flip is true but data.hflip is false" in caplog.text
+
+
+# -- the small API and checkpoint-only tools ---------------------------------------------------------
+
+@pytest.fixture
+def sup_checkpoint(digits_root, tmp_path):
+    """What the trainer writes (weights and the resolved config), from a seeded random model."""
+    from seg_ssl.methods import build_method
+    cfg = digits_cfg(digits_root, str(tmp_path / "w"), "data.num_workers=0")
+    torch.manual_seed(0)
+    model = build_method(cfg).model
+    path = tmp_path / "m.pth"
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "optimizer": {}}, path)
+    return str(path), cfg
+
+
+def test_load_reads_the_config_in_the_checkpoint_and_predicts_any_image_form(sup_checkpoint, digits_root):
+    from PIL import Image
+    import seg_ssl
+    from seg_ssl.data.transforms import normalize
+    from seg_ssl.engine.loading import load_for_eval
+    from seg_ssl.evaluation.inference import predict_probs
+    path, cfg = sup_checkpoint
+    model = seg_ssl.load(path)  # no config given
+    assert model.cfg.to_dict() == cfg.to_dict() and model.class_names[7] == "digit_6"
+    image_path = os.path.join(digits_root, "JPEGImages", "val_00000.jpg")
+    image = np.asarray(Image.open(image_path).convert("RGB"))
+    probs = model.predict_proba(image)
+    assert probs.shape == (11, 64, 64) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    mask = model.predict(image_path)
+    assert mask.shape == (64, 64) and np.array_equal(mask, probs.argmax(0))
+    assert np.array_equal(model.predict(Image.open(image_path)), mask)
+    assert np.array_equal(model.predict(image.astype(np.float32) / 255), mask)
+    # the same numbers as the config-file path the tools take
+    predict_fn, divisor, _ = load_for_eval(digits_cfg(digits_root, "unused"), path)
+    with torch.no_grad():
+        ref = predict_probs(predict_fn, normalize(image, cfg.data.mean, cfg.data.std)[None], size_divisor=divisor)
+    np.testing.assert_allclose(probs, ref[0].numpy(), atol=1e-6)
+
+
+def test_eval_and_infer_take_a_checkpoint_without_a_config(sup_checkpoint, digits_root, tmp_path, capsys):
+    import json
+    path, _ = sup_checkpoint
+    evaluate, infer = load_tool("eval").main, load_tool("infer").main
+    assert evaluate([path, "--out", str(tmp_path / "a.json")]) == 0
+    table = capsys.readouterr().out
+    assert "digit_6" in table  # class names from the stored config
+    assert evaluate([os.path.join(ROOT, "configs", "digits_sup.yaml"), path, f"data.root={digits_root}",
+                     "data.labeled_list=splits/1_4/labeled.txt", "data.unlabeled_list=splits/1_4/unlabeled.txt",
+                     "--out", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "a.json").read_text()) == json.loads((tmp_path / "b.json").read_text())
+    assert infer([path, "--input", os.path.join(digits_root, "JPEGImages", "val_00000.jpg"),
+                  "--out", str(tmp_path / "p")]) == 0
+    assert os.path.isfile(tmp_path / "p" / "val_00000.png")
+
+
+def test_a_checkpoint_without_a_config_is_one_line(tmp_path):
+    torch.save({"model": {}}, tmp_path / "bare.pth")
+    r = run_tool("tools/eval.py", str(tmp_path / "bare.pth"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "holds no config" in r.stderr, r.stderr
+    r = run_tool("tools/eval.py", os.path.join(ROOT, "configs", "digits_sup.yaml"))
+    assert r.returncode == 2 and "is a config: give the checkpoint after it" in r.stderr, r.stderr
+
+
+def test_the_seg_ssl_command_runs_each_tool(sup_checkpoint, tmp_path, capsys):
+    import configparser
+    from seg_ssl import cli
+    setup = configparser.ConfigParser()
+    setup.read(os.path.join(ROOT, "setup.cfg"))
+    assert "seg-ssl = seg_ssl.cli:main" in setup["options.entry_points"]["console_scripts"]
+    with pytest.raises(SystemExit) as e:
+        cli.main(["eval", sup_checkpoint[0]])
+    assert e.value.code == 0 and "digit_6" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["trian"])
+    assert e.value.code == 2 and "unknown command 'trian'" in capsys.readouterr().err

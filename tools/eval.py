@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Evaluate a checkpoint, or score a folder of predicted index PNGs against label PNGs.
 
-    python tools/eval.py CONFIG CHECKPOINT [key=value ...] [--out metrics.json]
+    python tools/eval.py [CONFIG] CHECKPOINT [key=value ...] [--out metrics.json]   (no CONFIG: the checkpoint's)
     torchrun --nproc_per_node=2 tools/eval.py CONFIG CHECKPOINT     (same numbers, faster)
     python tools/eval.py --pred-dir P --gt-dir G --num-classes K [--ignore-index 255] [--out m.json]
 
@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from _common import run_cli
+from _common import config_and_checkpoint, run_cli
 
 
 def score_folders(pred_dir, gt_dir, num_classes, ignore_index):
@@ -67,18 +67,17 @@ def main(argv=None):
             p.error("--pred-dir, --gt-dir and --num-classes go together")
         metrics = score_folders(args.pred_dir, args.gt_dir, args.num_classes, args.ignore_index)
     else:
-        if not (args.config and args.checkpoint):
-            p.error("give CONFIG CHECKPOINT, or --pred-dir/--gt-dir/--num-classes")
-        from seg_ssl.config import load_config
+        if not args.config:
+            p.error("give CHECKPOINT or CONFIG CHECKPOINT, or --pred-dir/--gt-dir/--num-classes")
         from seg_ssl.data.dataset import build_split
         from seg_ssl.data.transforms import val_pipeline
         from seg_ssl.engine import dist as du
         from seg_ssl.engine.loading import load_for_eval
         from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
-        cfg = load_config(args.config, args.overrides)
+        cfg, checkpoint = config_and_checkpoint(args.config, args.checkpoint, args.overrides)
         info = du.init_distributed()
         is_main = info.is_main
-        predict_fn, divisor, _ = load_for_eval(cfg, args.checkpoint, info.device)
+        predict_fn, divisor, _ = load_for_eval(cfg, checkpoint, info.device)
         val = build_split(cfg.data, "val", val_pipeline(cfg.data))
         metrics = evaluate(predict_fn, val, cfg.data.num_classes, cfg.data.ignore_index, divisor,
                            info.device, info.rank, info.world_size, cfg.data.val_batch_size,

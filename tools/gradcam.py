@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Grad-CAM on the segmenter for one class: PNGs of the heat map over the image.
 
-    python tools/gradcam.py CONFIG CHECKPOINT --image IMG|DIR|LIST.txt --class NAME|INDEX [--layer encoder.layer4]
+    python tools/gradcam.py [CONFIG] CHECKPOINT --image IMG|DIR|LIST.txt --class NAME|INDEX [--layer encoder.layer4]
                             [--limit N] [--out DIR] [key=value ...]
 
 The target is the class's logits summed over the pixels predicted as that class (grad-cam's
@@ -15,13 +15,13 @@ the warning names, often shows it).
 import argparse
 import os
 
-from _common import image_files, run_cli
+from _common import config_and_checkpoint, image_files, run_cli
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config")
-    p.add_argument("checkpoint")
+    p.add_argument("config", nargs="?", help="a config file, or the checkpoint (its stored config)")
+    p.add_argument("checkpoint", nargs="?")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--image", required=True)
     p.add_argument("--class", dest="cls", required=True)
@@ -34,14 +34,14 @@ def main(argv=None):
     import cv2
     import matplotlib.pyplot as plt
     import numpy as np
-    from seg_ssl.config import ConfigError, load_config
+    from seg_ssl.config import ConfigError
     from seg_ssl.data.dataset import load_image
     from seg_ssl.data.transforms import normalize
     from seg_ssl.engine.loading import load_for_eval
     from seg_ssl.viz.gradcam import default_layer, earlier_layer, gradcam_map, resolve_layer, zero_map_reason
     from seg_ssl.viz.overlay import annotated_figure, heat_overlay
 
-    cfg = load_config(args.config, args.overrides)
+    cfg, checkpoint = config_and_checkpoint(args.config, args.checkpoint, args.overrides)
     names = cfg.data.class_names or [str(i) for i in range(cfg.data.num_classes)]
     if args.cls.isdigit() and int(args.cls) < cfg.data.num_classes:
         k = int(args.cls)
@@ -52,7 +52,7 @@ def main(argv=None):
     files = image_files(args.image, cfg.data, "--image")
     if args.limit:
         files = files[:args.limit]
-    _, _, method = load_for_eval(cfg, args.checkpoint)
+    _, _, method = load_for_eval(cfg, checkpoint)
     model = method.model.branch1 if hasattr(method.model, "branch1") else method.model
     layer = args.layer or default_layer(model)
     try:

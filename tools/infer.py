@@ -2,18 +2,20 @@
 """Predict masks for an image, a folder or a split list (.txt of ids): writes NAME.png (class ids), NAME_color.png and
 NAME_overlay.png to --out.
 
-    python tools/infer.py CONFIG CHECKPOINT --input IMG|DIR|LIST.txt --out DIR [--limit N] [key=value ...]
+    python tools/infer.py [CONFIG] CHECKPOINT --input IMG|DIR|LIST.txt --out DIR [--limit N] [key=value ...]
+
+Without CONFIG the config stored in the checkpoint is used.
 """
 import argparse
 import os
 
-from _common import image_files, run_cli
+from _common import config_and_checkpoint, image_files, run_cli
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config")
-    p.add_argument("checkpoint")
+    p.add_argument("config", nargs="?", help="a config file, or the checkpoint (its stored config)")
+    p.add_argument("checkpoint", nargs="?")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True)
@@ -23,7 +25,6 @@ def main(argv=None):
     import numpy as np
     import torch
     from PIL import Image
-    from seg_ssl.config import load_config
     from seg_ssl.data.dataset import load_image
     from seg_ssl.data.transforms import normalize
     from seg_ssl.engine.loading import load_for_eval
@@ -32,12 +33,12 @@ def main(argv=None):
     import matplotlib.pyplot as plt
     from seg_ssl.viz.overlay import annotated_figure, colorize, get_palette, overlay
 
-    cfg = load_config(args.config, args.overrides)
+    cfg, checkpoint = config_and_checkpoint(args.config, args.checkpoint, args.overrides)
     files = image_files(args.input, cfg.data)
     if args.limit:
         files = files[:args.limit]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    predict_fn, divisor, _ = load_for_eval(cfg, args.checkpoint, device)
+    predict_fn, divisor, _ = load_for_eval(cfg, checkpoint, device)
     lut = get_palette(cfg.data.palette, cfg.data.ignore_index)
     names = cfg.data.class_names or [str(i) for i in range(cfg.data.num_classes)]
     os.makedirs(args.out, exist_ok=True)
