@@ -56,13 +56,19 @@ def test_sweep_runs_every_cell_writes_reports_and_resumes(digits_root, tmp_path,
     assert (out / "sweep.md").read_text().count("| - | 1/1 |") == 4  # one seed: no spread, not 0.00
     cell = out / "crop_size=32__lr=0.001__seed=0"
     assert (cell / "config.yaml").is_file() and "crop_size: 32" in (cell / "config.yaml").read_text()
-    # an interrupted cell (no result yet) resumes; finished cells are skipped
+    # a finished cell keeps weights and config only (no optimizer state)
+    for name in ("latest.pth", "best.pth"):
+        ckpt = load_checkpoint(str(cell / name))
+        assert "optimizer" not in ckpt and ckpt["config"]["data"]["crop_size"] == 32 and ckpt["iteration"] == 2
+    assert json.loads((cell / "result.json").read_text())["checkpoint_mb_saved"] > 0
+    # a cell without a result runs again; finished cells are skipped
     os.remove(cell / "result.json")
     capsys.readouterr()
     assert sweep(out, digits_root, *grid) == 0
     printed = capsys.readouterr().out
     assert printed.count("skip ") == 3 and "run  crop_size=32__lr=0.001__seed=0" in printed
-    assert "already trained to iteration 2" in (cell / "sweep_run.log").read_text()
+    assert "restart crop_size=32__lr=0.001__seed=0 from iteration 0: its checkpoints keep weights only" in printed
+    assert json.loads((cell / "result.json").read_text())["iteration"] == 2
 
 
 @pytest.mark.slow

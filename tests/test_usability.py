@@ -213,3 +213,59 @@ def test_the_seg_ssl_command_runs_each_tool(sup_checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["trian"])
     assert e.value.code == 2 and "unknown command 'trian'" in capsys.readouterr().err
+    assert all(os.path.isfile(os.path.join(cli.tools_dir(), f + ".py")) for f in cli.COMMANDS.values())
+
+
+# -- export ----------------------------------------------------------------------------------------
+
+def test_export_onnx_is_checked_with_onnxruntime_against_pytorch(sup_checkpoint, tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")  # the [export] extra; make test installs it
+    import seg_ssl
+    from PIL import Image
+    path, cfg = sup_checkpoint
+    export = load_tool("export").main
+    out = tmp_path / "m.onnx"
+    assert export([path, "--format", "onnx", "--out", str(out)]) == 0
+    assert "onnxruntime vs PyTorch on 2 images: max |logit difference|" in capsys.readouterr().out
+    # the file alone (normalisation inside) gives the checkpoint's prediction on a real image
+    image_path = os.path.join(cfg.data.root, "JPEGImages", "val_00000.jpg")
+    image = np.asarray(Image.open(image_path).convert("RGB"), np.float32).transpose(2, 0, 1)[None] / 255
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"image": np.concatenate([image, image])})[0]
+    assert logits.shape == (2, 11, 64, 64)
+    probs = seg_ssl.load(path).predict_proba(image_path)
+    np.testing.assert_allclose(torch.from_numpy(logits[0]).softmax(0).numpy(), probs, atol=1e-4)
+    meta = {p.key: p.value for p in __import__("onnx").load(str(out)).metadata_props}
+    assert "digit_6" in meta["class_names"]
+    # a graph that computes something else is refused: the check is real
+    from seg_ssl import export as ex
+    net = ex.deployable(seg_ssl.load(path))
+    with torch.no_grad():
+        net.net.classifier[-1].bias += 1.0
+    assert ex.onnx_max_difference(str(out), net, torch.rand(1, 3, 64, 64)) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_export_torchscript_and_weights_only(sup_checkpoint, tmp_path, capsys):
+    import seg_ssl
+    path, cfg = sup_checkpoint
+    export = load_tool("export").main
+    assert export([path, "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+    assert "torch.jit.load vs PyTorch on 2 images" in capsys.readouterr().out
+    # weights and config, no optimizer; fp16 halves them, and loads back to the same predictions
+    full = tmp_path / "full.pth"
+    model = seg_ssl.load(path)
+    big = {"model": model.method.model.state_dict(), "config": cfg.to_dict(), "iteration": 5,
+           "optimizer": {"state": {i: {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+                                   for i, p in enumerate(model.method.model.parameters())}}}
+    torch.save(big, full)
+    for extra, name in (([], "w.pth"), (["--fp16"], "w16.pth")):
+        assert export([str(full), "--weights-only", "--out", str(tmp_path / name), *extra]) == 0
+        small = torch.load(tmp_path / name, weights_only=False)
+        assert "optimizer" not in small and small["config"] == cfg.to_dict() and small["iteration"] == 5
+    sizes = [os.path.getsize(tmp_path / n) for n in ("full.pth", "w.pth", "w16.pth")]
+    assert sizes[1] < sizes[0] / 2.5 and sizes[2] < sizes[1] * 0.55, sizes
+    image = os.path.join(cfg.data.root, "JPEGImages", "val_00001.jpg")
+    np.testing.assert_allclose(seg_ssl.load(str(tmp_path / "w16.pth")).predict_proba(image),
+                               model.predict_proba(image), atol=2e-2)
+    r = run_tool("tools/export.py", path, "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "give --format torchscript|onnx, or --weights-only" in r.stderr
