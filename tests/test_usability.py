@@ -269,3 +269,48 @@ def test_export_torchscript_and_weights_only(sup_checkpoint, tmp_path, capsys):
                                model.predict_proba(image), atol=2e-2)
     r = run_tool("tools/export.py", path, "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "give --format torchscript|onnx, or --weights-only" in r.stderr
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+def test_pred_dir_scores_a_listed_subset_with_class_names_and_saves_the_confusion(tmp_path, capsys):
+    import csv
+    import json
+    from PIL import Image
+    from seg_ssl.config import ConfigError
+    from seg_ssl.evaluation.confusion import row_normalised
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    gt = np.array([[0, 0, 1, 1], [2, 2, 255, 255]], np.uint8)
+    pred = np.array([[0, 1, 1, 1], [2, 0, 0, 2]], np.uint8)
+    for name in ("a", "b"):
+        Image.fromarray(gt, mode="L").save(tmp_path / "gt" / f"{name}.png")
+        Image.fromarray(pred, mode="L").save(tmp_path / "pred" / f"{name}.png")
+    Image.fromarray(gt, mode="L").save(tmp_path / "gt" / "c.png")  # never predicted: not in the list
+    (tmp_path / "list.txt").write_text("a\nJPEGImages/b.jpg SegmentationClass/b.png\n")
+    evaluate = load_tool("eval").main
+    common = ["--pred-dir", str(tmp_path / "pred"), "--gt-dir", str(tmp_path / "gt")]
+    config = os.path.join(ROOT, "configs", "digits_sup.yaml")
+    with pytest.raises(ConfigError, match="1 labels have no prediction"):  # the whole folder: c is missing
+        evaluate([*common, "--num-classes", "11"])
+    out = tmp_path / "m.json"
+    assert evaluate([*common, "--list", str(tmp_path / "list.txt"), "--config", config, "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "background" in table and "digit_1" in table  # the config's names, not indices
+    m = json.loads(out.read_text())
+    assert m["class_names"][:2] == ["background", "digit_0"]
+    expect = np.zeros((11, 11), int)
+    for g, p in zip(gt.ravel(), pred.ravel()):
+        if g != 255:
+            expect[g, p] += 2  # two images
+    assert np.array_equal(np.array(m["confusion"]), expect)
+    rows = list(csv.reader(open(tmp_path / "m_confusion.csv")))
+    assert rows[0][:3] == ["ground truth \\ prediction", "background", "digit_0"]
+    assert rows[2][0] == "digit_0" and [int(v) for v in rows[2][1:4]] == [0, 4, 0]
+    assert Image.open(tmp_path / "m_confusion.png").size[0] > 300
+    norm = row_normalised(expect)
+    np.testing.assert_allclose(norm[:3].sum(1), 1.0)
+    assert norm[0, 0] == 0.5 and np.isnan(norm[5]).all()  # a class with no labeled pixel: blank
+    with pytest.raises(ConfigError, match="1 listed ids have no label PNG"):
+        (tmp_path / "bad.txt").write_text("a\nzzz\n")
+        evaluate([*common, "--list", str(tmp_path / "bad.txt"), "--num-classes", "11"])
