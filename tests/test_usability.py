@@ -314,3 +314,58 @@ def test_pred_dir_scores_a_listed_subset_with_class_names_and_saves_the_confusio
     with pytest.raises(ConfigError, match="1 listed ids have no label PNG"):
         (tmp_path / "bad.txt").write_text("a\nzzz\n")
         evaluate([*common, "--list", str(tmp_path / "bad.txt"), "--num-classes", "11"])
+
+
+# -- TensorBoard -----------------------------------------------------------------------------------
+
+def _events(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(folder), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_tensorboard_gets_panels_per_class_iou_config_and_named_pseudo_label_shares(digits_root, tmp_path):
+    import io
+    from PIL import Image
+    from seg_ssl.engine.tb import panel_indices
+    from seg_ssl.engine.trainer import Trainer
+    from seg_ssl.viz.overlay import colorize, get_palette
+    work = tmp_path / "w"
+    trainer = Trainer(digits_cfg(digits_root, str(work), "train.iters=1"))
+    try:
+        trainer.train()
+        val = trainer.val
+    finally:
+        trainer.close()
+    (run1,) = sorted((work / "tb").iterdir())
+    acc = _events(run1)
+    panels = sorted(t for t in acc.Tags()["images"] if t.startswith("val_panels/"))
+    assert len(panels) == 4
+    first = np.asarray(Image.open(io.BytesIO(acc.Images(panels[0])[-1].encoded_image_string)).convert("RGB"))
+    assert first.shape == (64, 64 * 3 + 4, 3)  # image | truth | prediction, 2-pixel gaps
+    truth = colorize(val[panel_indices(len(val))[0]]["label"].numpy(), get_palette(None))
+    assert np.array_equal(first[:, 66:130], truth)
+    iou_tags = [t for t in acc.Tags()["scalars"] if t.startswith("val_IoU/")]
+    assert "val_IoU/background" in iou_tags and all(not t[8:].isdigit() for t in iou_tags)  # names, not indices
+    assert "config/text_summary" in acc.Tags()["tensors"]
+    assert acc.PluginTagToContent("hparams")  # the config's values as hparams, val/mIoU the metric
+
+    # a fresh run (resume=null) in the same work dir writes a new folder; a resumed one continues it
+    cps = ("cps.unsup_start_iter=0", "cps.cutmix=false", "train.log_interval=1")
+    for resume, iters in (("null", 1), ("auto", 2)):
+        trainer = Trainer(digits_cfg(digits_root, str(work), f"train.iters={iters}", f"resume={resume}", *cps,
+                                     config="digits_cps.yaml"))
+        try:
+            trainer.train()
+        finally:
+            trainer.close()
+        assert len(list((work / "tb").iterdir())) == 2
+    run2 = sorted((work / "tb").iterdir())[1]
+    scalars = _events(run2).Tags()["scalars"]
+    assert "train/pseudo_cls/background" in scalars and "train/pseudo_cls/digit_0" in scalars
+    assert not any(t.startswith("train/pseudo_cls/1") for t in scalars)
+    steps = [e.step for e in _events(run2).Scalars("train/loss")]
+    assert steps == [1, 2]  # one curve: the resume continued it
+    log = (work / "train.log").read_text()
+    assert "a new run; 1 earlier run(s) in tb/ stay apart" in log and "(continued)" in log

@@ -30,6 +30,7 @@ from seg_ssl.data.dataset import DataError, build_split, check_disjoint
 from seg_ssl.data.streams import make_stream
 from seg_ssl.data.transforms import train_pipeline, val_pipeline
 from seg_ssl.engine import dist as du
+from seg_ssl.engine import tb
 from seg_ssl.engine.checkpoint import SaveError, load_checkpoint, model_state, save_atomic
 from seg_ssl.engine.schedule import poly_lr
 from seg_ssl.engine.threads import apply_threads
@@ -325,6 +326,34 @@ class Trainer:
         self.model.train()
         return res
 
+    def _val_panels(self) -> list:
+        """The fixed val images with truth and prediction, for TensorBoard (main process only)."""
+        self.model.eval()
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=cuda):  # as evaluate(): no effect on later draws
+                return tb.val_panels(self.method.predictor(self.model), self.val, self.cfg,
+                                     self.method.size_divisor(self.model), self.device)
+        finally:
+            self.model.train()
+
+    def _tb_writer(self) -> SummaryWriter:
+        """A fresh run gets its own event folder (tb/<start time>) with the config as text and
+        hparams; a resumed run (or a second train() call) continues its folder, dropping events
+        past the checkpoint's iteration. train.log, by contrast, is appended to by every run."""
+        if getattr(self, "_tb_dir", None) is None:
+            self._tb_dir, new = tb.event_dir(self.work_dir, self._resume_path is not None)
+            earlier = len(os.listdir(os.path.dirname(self._tb_dir))) if os.path.isdir(os.path.dirname(self._tb_dir)) else 0
+            # events at the checkpoint's iteration were written before it was saved: keep them
+            writer = SummaryWriter(self._tb_dir, purge_step=None if new else self.iteration + 1)
+            if new:
+                tb.log_config(writer, self.cfg.to_dict())
+            LOG.info("TensorBoard events: %s (%s)", self._tb_dir, "continued" if not new else
+                     f"a new run; {earlier} earlier run(s) in tb/ stay apart, train.log keeps their lines above"
+                     if earlier else "a new run")
+            return writer
+        return SummaryWriter(self._tb_dir, purge_step=self.iteration + 1)
+
     def _streams(self):
         d, seed = self.cfg.data, self.cfg.seed
         pin = self.device.type == "cuda"
@@ -340,7 +369,7 @@ class Trainer:
         saves ``latest.pth`` and a later ``train()`` continues from it."""
         cfg, t = self.cfg, self.cfg.train
         stop_at = t.iters if max_steps is None else min(t.iters, self.iteration + max_steps)
-        writer = SummaryWriter(os.path.join(self.work_dir, "tb")) if self.info.is_main else None
+        writer = self._tb_writer() if self.info.is_main else None
         drawn = self.sizes.get("unlabeled_drawn_per_process")
         LOG.info("method %s | %d labeled, %s unlabeled, %d val | world %d | per-process batch %d+%d%s | %s",
                  cfg.method, len(self.labeled), len(self.unlabeled) if self.unlabeled else 0,
@@ -396,7 +425,7 @@ class Trainer:
                                  dt, data_time / count, time.strftime("%H:%M:%S", time.gmtime(eta)))
                         if writer:
                             for k, v in avg.items():
-                                writer.add_scalar(f"train/{k}", v, self.iteration)
+                                writer.add_scalar(f"train/{tb.class_tag(k, cfg.data.class_names)}", v, self.iteration)
                             writer.add_scalar("train/lr", lr, self.iteration)
                         bar.set_postfix(loss=f"{avg.get('loss', 0):.3f}")
                         sums, counts, count, t0, data_time = {}, {}, 0, time.time(), 0.0
@@ -464,6 +493,7 @@ class Trainer:
         if writer:
             for k in ("mIoU", "aAcc", "mAcc"):
                 writer.add_scalar(f"val/{k}", res[k], self.iteration)
+            tb.log_eval(writer, res, self.cfg.data.class_names, self.iteration, self._val_panels())
         if self.info.is_main and not math.isnan(miou) and miou > self.best["mIoU"]:
             self.best = {"mIoU": miou, "iteration": self.iteration}
             self.save("best.pth")
