@@ -369,3 +369,85 @@ def test_tensorboard_gets_panels_per_class_iou_config_and_named_pseudo_label_sha
     assert steps == [1, 2]  # one curve: the resume continued it
     log = (work / "train.log").read_text()
     assert "a new run; 1 earlier run(s) in tb/ stay apart" in log and "(continued)" in log
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+def test_overlays_draw_legend_colours_at_full_strength():
+    from seg_ssl.viz.overlay import boundaries, get_palette, side_by_side
+    lut = get_palette(None)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    mask = np.zeros((12, 10), np.uint8)
+    mask[3:9, 2:7] = 7  # digit_6's colour in the VOC palette: a grey, (192, 128, 128) ... not yellow
+    out = side_by_side(image, mask, lut, skip=(0,))
+    left, right = out[:, :10], out[:, 12:]
+    assert np.array_equal(right, lut[mask])  # the prediction panel: exactly the legend's colours
+    edge = boundaries(mask) & (mask == 7)
+    assert edge.sum() == 2 * 6 + 2 * 5 - 4  # a 1-pixel outline inside the region
+    assert (left[edge] == lut[7]).all() and np.array_equal(left[~edge], image[~edge])  # no blending anywhere
+
+
+def test_tsne_palette_is_categorical_and_both_models_share_one_feature_space():
+    import matplotlib
+    matplotlib.use("Agg")
+    from seg_ssl.viz.overlay import categorical_palette, voc_palette
+    from seg_ssl.viz.tsne import overlap_features
+
+    def shades_of_one_colour(pal):
+        """Pairs of colours that are one colour at two brightnesses (parallel RGB vectors)."""
+        v = pal.astype(float)
+        n = np.linalg.norm(v, axis=1)
+        cos = (v @ v.T) / np.maximum(np.outer(n, n), 1e-9)
+        np.fill_diagonal(cos, 0)
+        return [(i, j) for i in range(len(v)) for j in range(i + 1, len(v)) if n[i] and n[j] and cos[i, j] > 0.995]
+
+    assert (1, 8) in shades_of_one_colour(voc_palette(11))  # digit_0 and digit_7: two dark reds
+    pal = categorical_palette(11)
+    assert len({tuple(c) for c in pal}) == 11 and shades_of_one_colour(pal) == []
+    dist = np.sqrt(((pal[:, None].astype(float) - pal[None]) ** 2).sum(-1)) + np.eye(11) * 1e9
+    assert dist.min() > 60
+    sup = _segmentor("digits_sup.yaml")
+    cac = _segmentor("digits_cac.yaml")
+    assert cac.projector is not None and sup.projector is None
+    torch.manual_seed(0)
+    image, label = torch.randn(3, 64, 64), torch.randint(0, 11, (64, 64))
+    dims = [overlap_features(m, image, label, 48, [0.3, 1.0], np.random.default_rng(0))[0].shape[1] for m in (sup, cac)]
+    assert dims == [128, 128]  # both the decoder's 128 channels; CAC's projector (proj_dim 64) is not used
+    with pytest.raises(ValueError, match="this model has no projector"):
+        overlap_features(sup, image, label, 48, [0.3, 1.0], np.random.default_rng(0), space="projector")
+
+
+def test_tsne_figure_explains_its_markers_and_feature_space(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from seg_ssl.viz import tsne
+    from seg_ssl.viz.overlay import categorical_palette
+    captured = {}
+    real_savefig = plt.Figure.savefig
+
+    def keep(fig, *a, **k):
+        captured["fig"] = fig
+        return real_savefig(fig, *a, **k)
+
+    g = torch.Generator().manual_seed(0)
+    f1, y = torch.randn(30, 8, generator=g), torch.arange(30) % 3
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plt.Figure, "savefig", keep)
+        tsne.plot_tsne([("a", f1, f1 + 0.01, y)], ["background", "digit_0", "digit_1"], categorical_palette(3),
+                       str(tmp_path / "t.png"))
+    fig = captured["fig"]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["background", "digit_0", "digit_1", "o: pixel in crop 1", "x: same pixel in crop 2"]
+    assert "decoder features" in fig._suptitle.get_text()
+    assert os.path.getsize(tmp_path / "t.png") > 5000
+
+
+def _segmentor(config, *overrides):
+    from seg_ssl.config import load_config
+    from seg_ssl.methods import build_method
+    torch.manual_seed(0)
+    cfg = load_config(os.path.join(ROOT, "configs", config), ["data.root=unused", "model.encoder_weights=null",
+                                                              *overrides])
+    return build_method(cfg).model.eval()
