@@ -451,3 +451,26 @@ def _segmentor(config, *overrides):
     cfg = load_config(os.path.join(ROOT, "configs", config), ["data.root=unused", "model.encoder_weights=null",
                                                               *overrides])
     return build_method(cfg).model.eval()
+
+
+# -- smoke runs ------------------------------------------------------------------------------------
+
+def test_smoke_run_reaches_every_loss_term_and_the_log_explains_the_loss_scale(digits_root, tmp_path, capsys):
+    from seg_ssl.config import ConfigError
+    from seg_ssl.engine.smoke import loss_scale_note, smoke_overrides
+    train = load_tool("train").main
+    work = tmp_path / "smoke"
+    common = [os.path.join(ROOT, "configs", "digits_cps.yaml"), "--smoke", f"data.root={digits_root}",
+              "data.labeled_list=splits/1_4/labeled.txt", "data.unlabeled_list=splits/1_4/unlabeled.txt",
+              "data.num_workers=0", "data.val_batch_size=8", f"train.threads={THREADS}", f"work_dir={work}"]
+    assert train(common) == 0  # digits_cps.yaml warms up for 500 iterations: the smoke run does not wait
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("smoke run of cps: 4 iterations; iterations 1-2 logged loss, sup1, sup2; "
+                              "from iteration 3 also cps"), summary
+    log = (work / "train.log").read_text()
+    assert "it 4/4" in log and "it 1/4" in log  # every iteration logged
+    assert "loss scale (cps): loss = sup1 + sup2" in log
+    assert "half of sup" in loss_scale_note("unimatch") and loss_scale_note("supervised") is None
+    assert "cac.unsup_start_iter=2" in smoke_overrides("cac")
+    with pytest.raises(ConfigError, match="no step went past the labeled-only terms"):
+        train([*common, "cps.unsup_start_iter=100"])  # the command line wins, and the check says so

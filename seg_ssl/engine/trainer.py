@@ -33,6 +33,7 @@ from seg_ssl.engine import dist as du
 from seg_ssl.engine import tb
 from seg_ssl.engine.checkpoint import SaveError, load_checkpoint, model_state, save_atomic
 from seg_ssl.engine.schedule import poly_lr
+from seg_ssl.engine.smoke import loss_scale_note
 from seg_ssl.engine.threads import apply_threads
 from seg_ssl.engine.workdir import lock_work_dir, remove_stale_temp_files, unlock_work_dir
 from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
@@ -376,6 +377,8 @@ class Trainer:
                  len(self.val), self.info.world_size, self.sizes["labeled_per_process"],
                  self.sizes["unlabeled_per_process"] if self.unlabeled else 0,
                  f" ({drawn} unlabeled drawn, mixed in pairs)" if drawn else "", self.device)
+        if loss_scale_note(cfg.method):  # why its loss is not on labeled-only's scale, e.g. in a warm-up
+            LOG.info("%s", loss_scale_note(cfg.method))
         last = {}
         if self.iteration >= t.iters:
             LOG.info("already trained to iteration %d", self.iteration)
