@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from seg_ssl.evaluation.inference import pad_to, round_up
 
@@ -44,8 +45,10 @@ def usable_layers(model: nn.Module, size: int | None = None) -> list[str]:
     hooks = []
     stages = set(feature_layers(model))  # a stage may itself be a leaf (a conv)
     for name, module in model.named_modules():
-        if not name or (name not in stages and not any(True for _ in module.children())):
-            continue
+        if name in stages:
+            pass
+        elif not name or not any(True for _ in module.children()) or isinstance(module, _NormBase):
+            continue  # a leaf, or a norm layer (timm's BatchNormAct2d holds its activation as a child)
         hooks.append(module.register_forward_hook(
             lambda m, i, o, name=name: seen.append(name) if torch.is_tensor(o) and o.ndim == 4 else None))
     was_training = model.training
