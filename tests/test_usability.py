@@ -471,6 +471,6 @@ def test_smoke_run_reaches_every_loss_term_and_the_log_explains_the_loss_scale(d
     assert "it 4/4" in log and "it 1/4" in log  # every iteration logged
     assert "loss scale (cps): loss = sup1 + sup2" in log
     assert "half of sup" in loss_scale_note("unimatch") and loss_scale_note("supervised") is None
-    assert "cac.unsup_start_iter=2" in smoke_overrides("cac")
+    assert "cac.unsup_start_iter=2" in smoke_overrides("cac") and "cac.pos_thresh=0.0" in smoke_overrides("cac")
     with pytest.raises(ConfigError, match="no step went past the labeled-only terms"):
         train([*common, "cps.unsup_start_iter=100"])  # the command line wins, and the check says so

@@ -7,6 +7,8 @@ the run has warm-up steps and steps with every term.
 """
 from __future__ import annotations
 
+import torch
+
 SMOKE_ITERS = 4
 SMOKE_START = 2  # iterations 1-2 are the labeled-only warm-up, 3-4 run every term
 
@@ -32,6 +34,10 @@ def smoke_overrides(method: str, iters: int = SMOKE_ITERS, start: int = SMOKE_ST
            "resume=null"]
     if method in ("cac", "cps", "unimatch"):
         out += [f"{method}.unsup_start_iter={start}", f"{method}.rampup_iters=0"]
+    # a model two iterations old is confident nowhere: with its thresholds the terms would run on no
+    # pixel (CAC: no positive pair above pos_thresh 0.75; UniMatch: no pseudo label above 0.95)
+    out += {"cac": ["cac.pos_thresh=0.0"], "cps": ["cps.conf_thresh=0.0"],
+            "unimatch": ["unimatch.conf_thresh=0.0"]}.get(method, [])
     return out
 
 
@@ -43,11 +49,13 @@ def run_smoke(cfg) -> str:
     from seg_ssl.engine.trainer import Trainer
     trainer = Trainer(cfg)
     terms: list[list[str]] = []
+    nonzero: set = set()
     step = trainer.step
 
     def recording(labeled, unlabeled):
         out = step(labeled, unlabeled)
         terms.append([k for k in out if "/" not in k])
+        nonzero.update(k for k, v in out.items() if bool(torch.as_tensor(v).ne(0).any()))
         return out
 
     trainer.step = recording
@@ -61,6 +69,8 @@ def run_smoke(cfg) -> str:
         raise ConfigError(f"smoke run of {cfg.method}: {len(terms)} iterations, but no step went past the "
                            f"labeled-only terms {first}")
     full = next((i + 1 for i, t in enumerate(terms) if any(k in t for k in added)), None)
+    zero = [k for k in added if k not in nonzero]
     return (f"smoke run of {cfg.method}: {len(terms)} iterations; " +
             (f"iterations 1-{full - 1} logged {', '.join(first)}; from iteration {full} also "
-             f"{', '.join(added)}" if added else f"terms {', '.join(first)}") + f"; work dir {cfg.work_dir}")
+             f"{', '.join(added)}" if added else f"terms {', '.join(first)}") +
+            (f" (zero at every step: {', '.join(zero)})" if zero else "") + f"; work dir {cfg.work_dir}")
