@@ -76,7 +76,8 @@ def as_rgb_array(image) -> np.ndarray:
         if np.issubdtype(arr.dtype, np.floating) and arr.max() <= 1.0:
             arr = arr * 255.0
         arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr)
+    # torch wants a writable array (a PIL image's np.asarray is read-only)
+    return np.array(arr, order="C", copy=True) if not arr.flags.writeable else np.ascontiguousarray(arr)
 
 
 class SegModel:

@@ -162,7 +162,7 @@ def test_load_reads_the_config_in_the_checkpoint_and_predicts_any_image_form(sup
     model = seg_ssl.load(path)  # no config given
     assert model.cfg.to_dict() == cfg.to_dict() and model.class_names[7] == "digit_6"
     image_path = os.path.join(digits_root, "JPEGImages", "val_00000.jpg")
-    image = np.asarray(Image.open(image_path).convert("RGB"))
+    image = np.asarray(Image.open(image_path).convert("RGB"))  # read-only, as PIL gives it
     probs = model.predict_proba(image)
     assert probs.shape == (11, 64, 64) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
@@ -173,7 +173,7 @@ def test_load_reads_the_config_in_the_checkpoint_and_predicts_any_image_form(sup
     # the same numbers as the config-file path the tools take
     predict_fn, divisor, _ = load_for_eval(digits_cfg(digits_root, "unused"), path)
     with torch.no_grad():
-        ref = predict_probs(predict_fn, normalize(image, cfg.data.mean, cfg.data.std)[None], size_divisor=divisor)
+        ref = predict_probs(predict_fn, normalize(image.copy(), cfg.data.mean, cfg.data.std)[None], size_divisor=divisor)
     np.testing.assert_allclose(probs, ref[0].numpy(), atol=1e-6)
 
 
@@ -193,12 +193,15 @@ def test_eval_and_infer_take_a_checkpoint_without_a_config(sup_checkpoint, digit
     assert os.path.isfile(tmp_path / "p" / "val_00000.png")
 
 
-def test_a_checkpoint_without_a_config_is_one_line(tmp_path):
+def test_a_checkpoint_without_a_config_is_one_line(tmp_path, capsys):
     torch.save({"model": {}}, tmp_path / "bare.pth")
-    r = run_tool("tools/eval.py", str(tmp_path / "bare.pth"))
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "holds no config" in r.stderr, r.stderr
-    r = run_tool("tools/eval.py", os.path.join(ROOT, "configs", "digits_sup.yaml"))
-    assert r.returncode == 2 and "is a config: give the checkpoint after it" in r.stderr, r.stderr
+    tool = load_tool("eval")  # in this process, through the tools' own error handling (run_cli)
+    for args, message in (([str(tmp_path / "bare.pth")], "holds no config"),
+                          ([os.path.join(ROOT, "configs", "digits_sup.yaml")], "is a config: give the checkpoint after it")):
+        with pytest.raises(SystemExit) as e:
+            tool.run_cli(lambda: tool.main(args))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err, err
 
 
 def test_the_seg_ssl_command_runs_each_tool(sup_checkpoint, tmp_path, capsys):

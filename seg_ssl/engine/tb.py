@@ -19,19 +19,21 @@ import yaml
 PANELS = 4  # val images shown at every evaluation: the same ones each time
 
 
-def event_dir(work_dir: str, resumed: bool) -> tuple[str, bool]:
-    """``(folder, is_new)``: a resumed run continues the newest ``tb/<run>`` folder; a fresh run
-    (``resume=null``, or nothing to resume) gets a new one named by its start time."""
+def event_dir(work_dir: str, resumed: bool) -> tuple[str, bool, int]:
+    """``(folder, is_new, earlier)``: a resumed run continues the newest ``tb/<run>`` folder; a fresh
+    run (``resume=null``, or nothing to resume) gets a new one named by its start time; ``earlier``
+    counts what tb/ held before (run folders, or event files of older versions)."""
     root = os.path.join(work_dir, "tb")
-    runs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) if os.path.isdir(root) else []
+    entries = os.listdir(root) if os.path.isdir(root) else []
+    runs = sorted(d for d in entries if os.path.isdir(os.path.join(root, d)))
     if resumed and runs:
-        return os.path.join(root, runs[-1]), False
+        return os.path.join(root, runs[-1]), False, len(entries)
     name = time.strftime("%Y%m%d-%H%M%S")
     n, base = 1, name
     while name in runs or os.path.exists(os.path.join(root, name)):
         n += 1
         name = f"{base}-{n}"
-    return os.path.join(root, name), True
+    return os.path.join(root, name), True, len(entries)
 
 
 def class_tag(key: str, names) -> str:

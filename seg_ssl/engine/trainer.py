@@ -343,8 +343,7 @@ class Trainer:
         hparams; a resumed run (or a second train() call) continues its folder, dropping events
         past the checkpoint's iteration. train.log, by contrast, is appended to by every run."""
         if getattr(self, "_tb_dir", None) is None:
-            self._tb_dir, new = tb.event_dir(self.work_dir, self._resume_path is not None)
-            earlier = len(os.listdir(os.path.dirname(self._tb_dir))) if os.path.isdir(os.path.dirname(self._tb_dir)) else 0
+            self._tb_dir, new, earlier = tb.event_dir(self.work_dir, self._resume_path is not None)
             # events at the checkpoint's iteration were written before it was saved: keep them
             writer = SummaryWriter(self._tb_dir, purge_step=None if new else self.iteration + 1)
             if new:
