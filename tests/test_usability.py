@@ -319,6 +319,22 @@ def test_pred_dir_scores_a_listed_subset_with_class_names_and_saves_the_confusio
         evaluate([*common, "--list", str(tmp_path / "bad.txt"), "--num-classes", "11"])
 
 
+def test_compare_names_rows_from_the_metrics_or_the_runs_config(tmp_path, capsys):
+    import json
+    compare = load_tool("compare")
+    a = {"IoU": [0.9, 0.2], "Acc": [1, 1], "mIoU": 0.55, "aAcc": 0.9, "mAcc": 0.7}
+    for run, m in (("sup", a), ("cac", {**a, "IoU": [0.8, 0.4]})):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "metrics.json").write_text(json.dumps(m))
+        (tmp_path / run / "config.yaml").write_text("data:\n  class_names: [background, digit_0]\n")
+    files = [str(tmp_path / r / "metrics.json") for r in ("sup", "cac")]
+    assert compare.main(files) == 0  # a run's metrics.json: its config.yaml names the classes
+    assert "digit_0" in capsys.readouterr().out
+    (tmp_path / "e.json").write_text(json.dumps({**a, "class_names": ["sky", "road"]}))  # eval.py --out
+    assert compare.main([str(tmp_path / "e.json"), files[0]]) == 0
+    assert "road" in capsys.readouterr().out
+
+
 # -- TensorBoard -----------------------------------------------------------------------------------
 
 def _events(folder):
