@@ -491,5 +491,5 @@ def test_smoke_run_reaches_every_loss_term_and_the_log_explains_the_loss_scale(d
     assert "loss scale (cps): loss = sup1 + sup2" in log
     assert "half of sup" in loss_scale_note("unimatch") and loss_scale_note("supervised") is None
     assert "cac.unsup_start_iter=2" in smoke_overrides("cac") and "cac.pos_thresh=0.0" in smoke_overrides("cac")
-    with pytest.raises(ConfigError, match="no step went past the labeled-only terms"):
-        train([*common, "cps.unsup_start_iter=100"])  # the command line wins, and the check says so
+    with pytest.raises(ConfigError, match="cps.unsup_start_iter = 100 is not below train.iters = 4"):
+        train([*common, "cps.unsup_start_iter=100"])  # the command line wins, and the check says so first

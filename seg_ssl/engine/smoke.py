@@ -47,6 +47,10 @@ def run_smoke(cfg) -> str:
     never ran: e.g. an override moved its start past the run) is a ConfigError."""
     from seg_ssl.config import ConfigError
     from seg_ssl.engine.trainer import Trainer
+    start = cfg[cfg.method].unsup_start_iter if cfg.method in ("cac", "cps", "unimatch") else 0
+    if start >= cfg.train.iters:  # e.g. an override on the command line: say so before training
+        raise ConfigError(f"smoke run of {cfg.method}: {cfg.method}.unsup_start_iter = {start} is not below "
+                          f"train.iters = {cfg.train.iters}, so no step would go past the labeled-only terms")
     trainer = Trainer(cfg)
     terms: list[list[str]] = []
     nonzero: set = set()
