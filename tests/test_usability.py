@@ -481,7 +481,8 @@ def test_smoke_run_reaches_every_loss_term_and_the_log_explains_the_loss_scale(d
     work = tmp_path / "smoke"
     common = [os.path.join(ROOT, "configs", "digits_cps.yaml"), "--smoke", f"data.root={digits_root}",
               "data.labeled_list=splits/1_4/labeled.txt", "data.unlabeled_list=splits/1_4/unlabeled.txt",
-              "data.num_workers=0", "data.val_batch_size=8", f"train.threads={THREADS}", f"work_dir={work}"]
+              "data.num_workers=0", "data.val_batch_size=8", f"train.threads={THREADS}", f"work_dir={work}",
+              "data.batch_size=2", "data.unlabeled_batch_size=2"]  # small: the test is about which terms run
     assert train(common) == 0  # digits_cps.yaml warms up for 500 iterations: the smoke run does not wait
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert summary.startswith("smoke run of cps: 4 iterations; iterations 1-2 logged loss, sup1, sup2; "
