@@ -65,6 +65,8 @@ def usable_layers(model: nn.Module, size: int | None = None) -> list[str]:
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     """The module ``name``, if Grad-CAM can use it; else a ValueError listing every usable name."""
+    if name in feature_layers(model):  # the stages output one map each: no probing forward pass
+        return model.get_submodule(name)
     usable = usable_layers(model)
     if name in usable:
         return model.get_submodule(name)
