@@ -126,7 +126,9 @@ SCHEMA: dict = {
         "window": _f(int, None, nullable=True, doc="slide window; null: data.crop_size"),
         "stride": _f(int, None, nullable=True, doc="slide stride; null: 2/3 of the window"),
         "scales": _f(list, [1.0]),
-        "flip": _f(bool, False),
+        "flip": _f(bool, False, doc="average with the mirrored image's prediction; only where training "
+                   "flipped too (data.hflip) and a mirrored object is the same class: not for digits (a "
+                   "mirrored 2 reads as a 5), text or left/right classes"),
         "batch_windows": _f(int, 8, doc="sliding windows per forward"),
     },
 }
@@ -353,6 +355,12 @@ def _resolve_encoder_weights(cfg: dict, origin: str) -> None:
         if d[key] is not None and len(d[key]) != d["num_classes"]:
             raise ConfigError(f"{origin}: data.{key} has {len(d[key])} entries for data.num_classes = "
                               f"{d['num_classes']}: give one per class")
+    if cfg["eval"]["flip"] and not cfg["data"]["hflip"]:
+        # test-time flipping averages in predictions on images unlike any the model trained on
+        logging.getLogger("seg_ssl").warning(
+            "%s: eval.flip is true but data.hflip is false: the model never saw a mirrored image, and "
+            "where hflip is off because a mirrored object is another class (digits: 2 and 5), flipping "
+            "at test time lowers the score; set eval.flip=false", origin)
     expected = dict(zip(("mean", "std"), expected_normalization(weights)))
     for key in ("mean", "std"):
         if d[key] is None:
@@ -372,7 +380,11 @@ def load_config(path: str, overrides: list[str] | None = None) -> "Config":
     cfg = validate(raw, origin=os.path.relpath(path))
     if cfg["work_dir"] is None:
         cfg["work_dir"] = os.path.join("runs", os.path.splitext(os.path.basename(path))[0])
-    return Config(cfg)
+    out = Config(cfg)
+    # which keys this run set explicitly (an explicit train.threads wins over OMP_NUM_THREADS, a file's
+    # does not: seg_ssl.engine.threads); an attribute, so it is neither saved nor compared on resume
+    out.command_line = frozenset(".".join(parse_override(o)[0]) for o in overrides or [])
+    return out
 
 
 class Config(dict):
@@ -382,6 +394,8 @@ class Config(dict):
         super().__init__()
         for k, v in (data or {}).items():
             self[k] = Config(v) if isinstance(v, dict) else v
+
+    command_line: frozenset = frozenset()  # dotted keys given as overrides (set by load_config)
 
     def __getattr__(self, name):
         try:

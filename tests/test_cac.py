@@ -131,6 +131,8 @@ def test_tsne_tool_on_baseline_and_cac_checkpoints(digits_root, tmp_path, capsys
     printed = capsys.readouterr().out
     lines = [ln for ln in printed.splitlines() if "alignment" in ln]
     assert len(lines) == 2 and out.stat().st_size > 10_000
+    # one feature space for both: the decoder's (the labeled-only model has no projector)
+    assert "feature space: decoder features (stride 8, L2-normalised), the same for every checkpoint" in printed
     # crops as large as the 64 x 64 images would be one and the same view: smaller views are used
     assert "note: data.crop_size 64 covers whole images (64x64)" in printed and "views of 48 px" in printed
     assert all(float(ln.split("alignment ")[1].split(",")[0]) > 0 for ln in lines)

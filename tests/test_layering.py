@@ -6,7 +6,7 @@ a loop). Layers, bottom up:
     2  methods                              (one file per method, on methods/base.py)
     3  config                               (the schema: common keys + each method's section)
     4  engine, evaluation, viz              (the loop, devices, I/O; metrics; figures)
-    5  seg_ssl/__init__.py                  (the package's small API)
+    5  api, export, cli, __init__           (the small Python API, export, the seg-ssl command)
 
 Every import counts, at the top of a file or inside a function: an import placed in a function to
 dodge a cycle is still a cycle.
@@ -25,7 +25,7 @@ LAYERS = [
     ("methods",),
     ("config",),
     ("engine", "evaluation", "viz"),
-    ("__init__",),
+    ("api", "export", "cli", "__init__"),
 ]
 
 

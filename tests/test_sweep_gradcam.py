@@ -56,13 +56,19 @@ def test_sweep_runs_every_cell_writes_reports_and_resumes(digits_root, tmp_path,
     assert (out / "sweep.md").read_text().count("| - | 1/1 |") == 4  # one seed: no spread, not 0.00
     cell = out / "crop_size=32__lr=0.001__seed=0"
     assert (cell / "config.yaml").is_file() and "crop_size: 32" in (cell / "config.yaml").read_text()
-    # an interrupted cell (no result yet) resumes; finished cells are skipped
+    # a finished cell keeps weights and config only (no optimizer state)
+    for name in ("latest.pth", "best.pth"):
+        ckpt = load_checkpoint(str(cell / name))
+        assert "optimizer" not in ckpt and ckpt["config"]["data"]["crop_size"] == 32 and ckpt["iteration"] == 2
+    assert json.loads((cell / "result.json").read_text())["checkpoint_mb_saved"] > 0
+    # a cell without a result runs again; finished cells are skipped
     os.remove(cell / "result.json")
     capsys.readouterr()
     assert sweep(out, digits_root, *grid) == 0
     printed = capsys.readouterr().out
     assert printed.count("skip ") == 3 and "run  crop_size=32__lr=0.001__seed=0" in printed
-    assert "already trained to iteration 2" in (cell / "sweep_run.log").read_text()
+    assert "restart crop_size=32__lr=0.001__seed=0 from iteration 0: its checkpoints keep weights only" in printed
+    assert json.loads((cell / "result.json").read_text())["iteration"] == 2
 
 
 @pytest.mark.slow
@@ -159,6 +165,44 @@ def test_gradcam_lights_up_exactly_where_the_class_evidence_is():
         assert np.array_equal(pred, image.argmax(0).numpy())
     with pytest.raises(ValueError, match="'encoder.layer9' is not a module of the model"):
         gradcam_map(model, image, 0, layer="encoder.layer9")
+
+
+def _segmentor(config, *overrides):
+    """The model a config builds, randomly initialised (no weights read)."""
+    from seg_ssl.config import load_config
+    from seg_ssl.methods import build_method
+    torch.manual_seed(0)
+    cfg = load_config(os.path.join(ROOT, "configs", config), ["data.root=unused", "model.encoder_weights=null",
+                                                              *overrides])
+    return build_method(cfg).model.eval()
+
+
+@pytest.mark.parametrize("config, stage, earlier, block", [
+    # the demo's encoder: a timm (tu-) EfficientNet, whose encoder.model returns a list of maps
+    ("digits_lite0_sup.yaml", "encoder.model.blocks.6", "encoder.model.blocks.4", "encoder.model.blocks.6.0"),
+    ("digits_sup.yaml", "encoder.layer4", "encoder.layer3", "encoder.layer4.1"),  # an smp ResNet
+])
+def test_gradcam_runs_on_every_encoder_family_with_its_default_layer(config, stage, earlier, block):
+    from seg_ssl.viz.gradcam import default_layer, earlier_layer, gradcam_map, resolve_layer
+    model = _segmentor(config, "model.encoder_depth=5")
+    assert default_layer(model) == stage and earlier_layer(model, stage) == earlier
+    image = torch.randn(3, 40, 56)  # padded to the output stride for the forward, cropped back
+    cls = int(np.bincount(gradcam_map(model, image, 0)[1].ravel()).argmax())  # a class predicted somewhere
+    heat, pred = gradcam_map(model, image, cls)
+    assert heat.shape == pred.shape == (40, 56) and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1
+    gradcam_map(model, image, cls, layer=block)  # a deeper name works as well
+    # the layer the README used to suggest: refused with every usable name, the deeper ones included
+    with pytest.raises(ValueError, match="'encoder.layer2' is not a module") if "model" in stage else \
+            pytest.raises(ValueError, match="'encoder.layer9' is not a module"):
+        resolve_layer(model, "encoder.layer2" if "model" in stage else "encoder.layer9")
+    try:
+        resolve_layer(model, "encoder.layer2" if "model" in stage else "encoder.layer9")
+    except ValueError as e:
+        listed = str(e).split("usable layers")[1]
+        assert stage in listed and earlier in listed and block in listed and "decoder" in listed
+    if "model" in stage:  # exists, but returns a list: named as such, not a crash inside grad-cam
+        with pytest.raises(ValueError, match="'encoder.model' does not output one feature map"):
+            gradcam_map(model, image, cls, layer="encoder.model")
 
 
 def test_a_zero_map_says_why():

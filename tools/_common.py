@@ -52,3 +52,11 @@ def image_files(path: str, data_cfg, option: str = "--input") -> list[str]:
     if os.path.isfile(path):
         return [path]
     raise ConfigError(f"{option} {path}: no such file or directory")
+
+
+def config_and_checkpoint(config, checkpoint, overrides):
+    """``CONFIG CHECKPOINT [k=v ...]`` or ``CHECKPOINT [k=v ...]`` (the config stored in the
+    checkpoint): ``(cfg, checkpoint_path)``."""
+    from seg_ssl.api import resolve_config, split_positionals
+    config, checkpoint, overrides = split_positionals(config, checkpoint, overrides)
+    return resolve_config(config, checkpoint, overrides), checkpoint

@@ -4,8 +4,10 @@
     python tools/compare.py runs/demo_sup/metrics.json runs/demo_cac/metrics.json \
         [--names labeled-only CAC] [--config configs/digits_lite0_sup.yaml]
 
-Each file is what ``tools/eval.py --out`` or a run's ``metrics.json`` holds. ``--config`` gives
-the class names; the last column is the last run minus the first.
+Each file is what ``tools/eval.py --out`` or a run's ``metrics.json`` holds. The rows are named by
+``--config``'s class names, else by the names a file holds (``tools/eval.py --out`` writes them), else
+by the resolved ``config.yaml`` beside a run's ``metrics.json``; the last column is the last run
+minus the first.
 """
 import argparse
 import json
@@ -24,6 +26,22 @@ def column_names(paths: list[str]) -> list[str]:
         depth += 1
         names = ["/".join(p[-depth:]) for p in parts]
     return names
+
+
+def class_names_beside(paths: list[str], runs: list[dict]):
+    """Class names from the metrics files themselves, or from a run's config.yaml next to one."""
+    import yaml
+    for m in runs:
+        if m.get("class_names"):
+            return m["class_names"]
+    for path in paths:
+        cfg = os.path.join(os.path.dirname(os.path.abspath(path)), "config.yaml")
+        if os.path.isfile(cfg):
+            with open(cfg) as f:
+                names = ((yaml.safe_load(f) or {}).get("data") or {}).get("class_names")
+            if names:
+                return names
+    return None
 
 
 def main(argv=None):
@@ -50,7 +68,8 @@ def main(argv=None):
         if not all(k in m for k in ("IoU", "mIoU", "aAcc", "mAcc")):
             raise ConfigError(f"{path}: not a metrics file (expected the keys IoU, mIoU, aAcc, mAcc)")
         runs[name] = m
-    classes = load_config(args.config).data.class_names if args.config else None
+    classes = (load_config(args.config).data.class_names if args.config
+               else class_names_beside(args.metrics, list(runs.values())))
     try:
         print(format_comparison(runs, classes))
     except ValueError as e:

@@ -1,26 +1,27 @@
 #!/usr/bin/env python
 """Grad-CAM on the segmenter for one class: PNGs of the heat map over the image.
 
-    python tools/gradcam.py CONFIG CHECKPOINT --image IMG|DIR|LIST.txt --class NAME|INDEX [--layer encoder.layer4]
+    python tools/gradcam.py [CONFIG] CHECKPOINT --image IMG|DIR|LIST.txt --class NAME|INDEX [--layer encoder.layer4]
                             [--limit N] [--out DIR] [key=value ...]
 
 The target is the class's logits summed over the pixels predicted as that class (grad-cam's
-SemanticSegmentationTarget); the default layer is the encoder's last block. Writes
+SemanticSegmentationTarget); the default layer is the encoder's deepest stage (encoder.layer4 of a
+ResNet, encoder.model.blocks.6 of a timm EfficientNet); a wrong --layer lists the usable ones. Writes
 NAME_cam_<class>.png (heat over image, the predicted class outline in white, a title and a colour
 bar) to --out. A map that is zero everywhere is reported: either the class is predicted nowhere in
-the image, or every pixel's weighted activation at that layer is negative (an earlier layer, e.g.
---layer encoder.layer2, often shows it).
+the image, or every pixel's weighted activation at that layer is negative (an earlier stage, which
+the warning names, often shows it).
 """
 import argparse
 import os
 
-from _common import image_files, run_cli
+from _common import config_and_checkpoint, image_files, run_cli
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config")
-    p.add_argument("checkpoint")
+    p.add_argument("config", nargs="?", help="a config file, or the checkpoint (its stored config)")
+    p.add_argument("checkpoint", nargs="?")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--image", required=True)
     p.add_argument("--class", dest="cls", required=True)
@@ -33,15 +34,14 @@ def main(argv=None):
     import cv2
     import matplotlib.pyplot as plt
     import numpy as np
-    from seg_ssl.config import load_config
     from seg_ssl.errors import ConfigError
     from seg_ssl.data.dataset import load_image
     from seg_ssl.data.transforms import normalize
     from seg_ssl.engine.loading import load_for_eval
-    from seg_ssl.viz.gradcam import default_layer, gradcam_map, zero_map_reason
+    from seg_ssl.viz.gradcam import default_layer, earlier_layer, gradcam_map, resolve_layer, zero_map_reason
     from seg_ssl.viz.overlay import annotated_figure, heat_overlay
 
-    cfg = load_config(args.config, args.overrides)
+    cfg, checkpoint = config_and_checkpoint(args.config, args.checkpoint, args.overrides)
     names = cfg.data.class_names or [str(i) for i in range(cfg.data.num_classes)]
     if args.cls.isdigit() and int(args.cls) < cfg.data.num_classes:
         k = int(args.cls)
@@ -52,9 +52,13 @@ def main(argv=None):
     files = image_files(args.image, cfg.data, "--image")
     if args.limit:
         files = files[:args.limit]
-    _, _, method = load_for_eval(cfg, args.checkpoint)
+    _, _, method = load_for_eval(cfg, checkpoint)
     model = method.model.branch1 if hasattr(method.model, "branch1") else method.model
     layer = args.layer or default_layer(model)
+    try:
+        resolve_layer(model, layer)  # a wrong --layer is one line listing the usable names, before any image
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     os.makedirs(args.out, exist_ok=True)
     for path in files:
         image = load_image(path)
@@ -72,7 +76,7 @@ def main(argv=None):
         fig.savefig(os.path.join(args.out, f"{stem}_cam_{names[k]}.png"))
         plt.close(fig)
         print(f"{stem}: {names[k]} on {area} px, cam mean {heat.mean():.3f}")
-        why = zero_map_reason(heat, area, names[k], layer)
+        why = zero_map_reason(heat, area, names[k], layer, earlier_layer(model, layer))
         if why:
             print(f"warning: {stem}: the Grad-CAM map is zero everywhere: {why}", file=sys.stderr)
     return 0

@@ -1,19 +1,22 @@
 #!/usr/bin/env python
 """Predict masks for an image, a folder or a split list (.txt of ids): writes NAME.png (class ids), NAME_color.png and
-NAME_overlay.png to --out.
+NAME_overlay.png to --out (the image with each predicted region outlined in its class colour, beside the
+prediction in full colours, and a legend).
 
-    python tools/infer.py CONFIG CHECKPOINT --input IMG|DIR|LIST.txt --out DIR [--limit N] [key=value ...]
+    python tools/infer.py [CONFIG] CHECKPOINT --input IMG|DIR|LIST.txt --out DIR [--limit N] [key=value ...]
+
+Without CONFIG the config stored in the checkpoint is used.
 """
 import argparse
 import os
 
-from _common import image_files, run_cli
+from _common import config_and_checkpoint, image_files, run_cli
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config")
-    p.add_argument("checkpoint")
+    p.add_argument("config", nargs="?", help="a config file, or the checkpoint (its stored config)")
+    p.add_argument("checkpoint", nargs="?")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True)
@@ -23,23 +26,24 @@ def main(argv=None):
     import numpy as np
     import torch
     from PIL import Image
-    from seg_ssl.config import load_config
     from seg_ssl.data.dataset import load_image
     from seg_ssl.data.transforms import normalize
     from seg_ssl.engine.loading import load_for_eval
     from seg_ssl.evaluation.evaluator import predict_kwargs
     from seg_ssl.evaluation.inference import predict_probs
     import matplotlib.pyplot as plt
-    from seg_ssl.viz.overlay import annotated_figure, colorize, get_palette, overlay
+    from seg_ssl.evaluation.pseudo_labels import first_class_is_background
+    from seg_ssl.viz.overlay import annotated_figure, colorize, get_palette, side_by_side
 
-    cfg = load_config(args.config, args.overrides)
+    cfg, checkpoint = config_and_checkpoint(args.config, args.checkpoint, args.overrides)
     files = image_files(args.input, cfg.data)
     if args.limit:
         files = files[:args.limit]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    predict_fn, divisor, _ = load_for_eval(cfg, args.checkpoint, device)
+    predict_fn, divisor, _ = load_for_eval(cfg, checkpoint, device)
     lut = get_palette(cfg.data.palette, cfg.data.ignore_index)
     names = cfg.data.class_names or [str(i) for i in range(cfg.data.num_classes)]
+    skip = (0,) if first_class_is_background(cfg.data.class_names) else ()  # no outline around the background
     os.makedirs(args.out, exist_ok=True)
     with torch.no_grad():
         for path in files:
@@ -51,7 +55,9 @@ def main(argv=None):
             Image.fromarray(mask, mode="L").save(os.path.join(args.out, stem + ".png"))
             Image.fromarray(colorize(mask, lut)).save(os.path.join(args.out, stem + "_color.png"))
             present = {names[c]: lut[c] for c in np.unique(mask)}
-            fig = annotated_figure(overlay(image, mask, lut), f"{stem}: prediction", legend=present)
+            # full-strength colours (outlines on the image, the mask beside it): what the legend shows
+            fig = annotated_figure(side_by_side(image, mask, lut, skip), f"{stem}: prediction "
+                                   "(outlines on the image | classes)", legend=present)
             fig.savefig(os.path.join(args.out, stem + "_overlay.png"))
             plt.close(fig)
     print(f"wrote {len(files)} predictions to {args.out}")

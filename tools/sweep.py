@@ -7,7 +7,9 @@
 
 Each run has its own work dir under --out with its resolved config; finished cells are skipped and
 interrupted ones resume, so re-running the same command continues the sweep. A failing cell is
-recorded with its error and the sweep goes on. Writes sweep.csv (one row per run), sweep.md (mean
+recorded with its error and the sweep goes on. A finished cell keeps weights-only checkpoints (no
+optimizer state; --full-checkpoints keeps them resumable), so extending it trains it from the start.
+Writes sweep.csv (one row per run), sweep.md (mean
 and std over seeds) and sweep_miou.png (mIoU over the first two axes).
 """
 import argparse
@@ -25,6 +27,9 @@ def main(argv=None):
     p.add_argument("--launcher", default="none", choices=["none", "torchrun"])
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--out", default=None, help="default runs/sweep_<config name>")
+    p.add_argument("--full-checkpoints", action="store_true",
+                   help="keep each finished cell's optimizer state (resumable; ~3x the size with AdamW); "
+                        "by default a finished cell keeps weights and config only")
     p.add_argument("--rerun-changed", action="store_true",
                    help="train cells again from scratch whose earlier run used other settings (the old "
                         "folder is kept as <cell>.old)")
@@ -66,7 +71,7 @@ def main(argv=None):
     for assignment, seed in sweep.cells(axes, seeds):
         work = os.path.join(out, sweep.cell_name(assignment, seed))
         rows.append(sweep.run_cell(os.path.abspath(args.config), assignment, seed, work, args.overrides,
-                                   launcher, tools_dir, print))
+                                   launcher, tools_dir, print, args.full_checkpoints))
         sweep.write_reports(rows, axes, out)  # partial reports while the sweep runs
     print(open(os.path.join(out, "sweep.md")).read())
     failed = sum(r["status"] != "ok" for r in rows)

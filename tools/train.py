@@ -1,11 +1,15 @@
 #!/usr/bin/env python
 """Train a method from a config.
 
-    python tools/train.py configs/digits_sup.yaml [key=value ...] [--dry-run]
+    python tools/train.py configs/digits_sup.yaml [key=value ...] [--dry-run | --smoke]
     torchrun --nproc_per_node=4 tools/train.py configs/voc_cps.yaml data.root=/data/VOC2012
 
 Work dir (default runs/<config name>): config.yaml, train.log, tb/, latest.pth, best.pth,
 metrics.json. Re-running the same command resumes from latest.pth (resume=auto).
+
+--smoke: 4 iterations into runs/smoke/<config name> (unless work_dir= is given), each one logged,
+with the method's unsupervised term from iteration 3 at full weight, so that every loss term runs;
+ends with a line naming the terms each phase logged (an error if the unsupervised term never ran).
 """
 import argparse
 import json
@@ -20,10 +24,20 @@ def main(argv=None):
     p.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.iters=1000")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and derived sizes")
     p.add_argument("--json", action="store_true", help="with --dry-run: one JSON object {config, sizes} on stdout")
+    p.add_argument("--smoke", action="store_true", help="a few iterations through every loss term of the method")
     args = p.parse_intermixed_args(argv)
 
     from seg_ssl.config import load_config
     cfg = load_config(args.config, args.overrides)
+    if args.smoke:
+        import os
+        from seg_ssl.engine.smoke import run_smoke, smoke_overrides
+        name = os.path.splitext(os.path.basename(args.config))[0]
+        # the command line's overrides come last: they win over the smoke settings
+        cfg = load_config(args.config, [*smoke_overrides(cfg.method), f"work_dir={os.path.join('runs', 'smoke', name)}",
+                                        *args.overrides])
+        print(run_smoke(cfg))
+        return 0
     if args.dry_run:
         import os
         import yaml

@@ -8,8 +8,11 @@ lower = more spread).
     python tools/tsne.py CONFIG CKPT [CKPT ...] [--images 8] [--out tsne.png] [key=value ...]
 
 CONFIG gives the data (val list, crop size, cac.iou_bound); each checkpoint's model is rebuilt from
-the config saved inside it, so a labeled-only checkpoint (no projector: its decoder features are
-used) and a CAC checkpoint can share a figure.
+the config saved inside it. Every panel uses the same feature space (--space): the decoder features
+(stride 8, L2-normalised) by default, which a labeled-only and a CAC model both have, so their
+panels compare like with like; --space projector shows CAC's contrastive embedding (only for
+models with a projector). Colours are a categorical palette (tab10), one per true class; o is a
+pixel's feature in crop 1, x the same pixel's in crop 2.
 """
 import argparse
 import os
@@ -26,6 +29,9 @@ def main(argv=None):
     p.add_argument("--max-points", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="tsne.png")
+    p.add_argument("--space", default="decoder", choices=["decoder", "projector"],
+                   help="decoder: the decoder features every model has (default, comparable across models); "
+                        "projector: CAC's embedding (models without one are refused)")
     args = p.parse_intermixed_args(argv)
     # a checkpoint path may hold "=" (every sweep cell's folder does): an existing file, or anything
     # not of the form dotted.key=value, is a checkpoint
@@ -40,8 +46,9 @@ def main(argv=None):
     from seg_ssl.data.transforms import val_pipeline
     from seg_ssl.engine.checkpoint import load_checkpoint
     from seg_ssl.engine.loading import load_for_eval
-    from seg_ssl.viz.overlay import get_palette
-    from seg_ssl.viz.tsne import alignment, overlap_features, plot_tsne, uniformity, view_crop
+    from seg_ssl.config import ConfigError
+    from seg_ssl.viz.overlay import categorical_palette
+    from seg_ssl.viz.tsne import FEATURE_SPACES, alignment, overlap_features, plot_tsne, uniformity, view_crop
 
     cfg = load_config(args.config, overrides)
     val = build_split(cfg.data, "val", val_pipeline(cfg.data))
@@ -60,8 +67,11 @@ def main(argv=None):
         f1s, f2s, ys = [], [], []
         for i, crop in zip(picks, crops):
             item = val[int(i)]
-            f1, f2, y = overlap_features(model, item["image"], item["label"], crop, cfg.cac.iou_bound, rng,
-                                         cfg.data.ignore_index)
+            try:
+                f1, f2, y = overlap_features(model, item["image"], item["label"], crop, cfg.cac.iou_bound, rng,
+                                             cfg.data.ignore_index, args.space)
+            except ValueError as e:
+                raise ConfigError(f"{path}: {e}") from None
             f1s.append(f1)
             f2s.append(f2)
             ys.append(y)
@@ -73,8 +83,9 @@ def main(argv=None):
         name = os.path.basename(os.path.dirname(os.path.abspath(path))) + "/" + os.path.basename(path)
         print(f"{name}: {f1.shape[0]} overlap pixels, alignment {al:.4f}, uniformity {un:.4f}")
         panels.append((f"{name}\nalign {al:.3f}  unif {un:.3f}", f1, f2, y))
-    plot_tsne(panels, cfg.data.class_names, get_palette(cfg.data.palette, cfg.data.ignore_index), args.out,
-              args.seed)
+    plot_tsne(panels, cfg.data.class_names, categorical_palette(cfg.data.num_classes), args.out, args.seed,
+              args.space)
+    print(f"feature space: {FEATURE_SPACES[args.space]}, the same for every checkpoint")
     print(f"wrote {args.out}")
     return 0
 

@@ -9,12 +9,13 @@ from seg_ssl.methods import build_method
 from seg_ssl.models.weights import load_strict
 
 
-def load_for_eval(cfg, checkpoint: str, device=torch.device("cpu")):
-    """Returns ``(predict_fn, size_divisor, method)`` with the model in eval mode on ``device``."""
+def load_for_eval(cfg, checkpoint: str, device=torch.device("cpu"), ckpt: dict | None = None):
+    """Returns ``(predict_fn, size_divisor, method)`` with the model in eval mode on ``device``;
+    ``ckpt``: the checkpoint already read (from ``checkpoint``), so it is not read twice."""
     cfg.model.encoder_weights = None  # the checkpoint holds every weight; never download or read
     method = build_method(cfg)
     try:
-        ckpt = load_checkpoint(checkpoint)
+        ckpt = load_checkpoint(checkpoint) if ckpt is None else ckpt
     except ValueError as e:
         raise ConfigError(str(e)) from None
     try:

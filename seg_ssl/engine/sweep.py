@@ -106,8 +106,37 @@ def set_aside(work_dir: str) -> str:
     return dst
 
 
+CHECKPOINTS = ("latest.pth", "best.pth")
+
+
+def slim_checkpoints(work_dir: str) -> int:
+    """Rewrites a finished cell's checkpoints as weights and config only (no optimizer or other
+    resume state: AdamW's moments alone are twice the weights); returns the bytes saved."""
+    from seg_ssl.engine.checkpoint import load_checkpoint, save_atomic
+    from seg_ssl.export import is_weights_only, weights_only
+    saved = 0
+    for name in CHECKPOINTS:
+        path = os.path.join(work_dir, name)
+        if not os.path.isfile(path):
+            continue
+        ckpt = load_checkpoint(path)
+        if is_weights_only(ckpt):
+            continue
+        before = os.path.getsize(path)
+        save_atomic(weights_only(ckpt), path)
+        saved += before - os.path.getsize(path)
+    return saved
+
+
+def holds_weights_only(work_dir: str) -> bool:
+    from seg_ssl.engine.checkpoint import load_checkpoint
+    from seg_ssl.export import is_weights_only
+    path = os.path.join(work_dir, "latest.pth")
+    return os.path.isfile(path) and is_weights_only(load_checkpoint(path))
+
+
 def run_cell(config: str, assignment, seed: int, work_dir: str, overrides: list[str], launcher: list[str],
-             tools_dir: str, log) -> dict:
+             tools_dir: str, log, full_checkpoints: bool = False) -> dict:
     """Train (resuming if interrupted) then read the final evaluation. A failed run is recorded; a
     SIGTERM or SIGINT is passed to the run, which saves ``latest.pth``, and once it has exited the
     cell's time is recorded and KeyboardInterrupt stops the sweep."""
@@ -119,6 +148,12 @@ def run_cell(config: str, assignment, seed: int, work_dir: str, overrides: list[
             log(f"skip {os.path.basename(work_dir)} (done)")
             return res
     os.makedirs(work_dir, exist_ok=True)
+    if holds_weights_only(work_dir):  # a finished cell kept no optimizer state: it cannot resume
+        for name in CHECKPOINTS:
+            if os.path.isfile(os.path.join(work_dir, name)):
+                os.remove(os.path.join(work_dir, name))
+        log(f"restart {os.path.basename(work_dir)} from iteration 0: its checkpoints keep weights only "
+            f"(--full-checkpoints keeps cells resumable)")
     args = [*overrides, *[f"{k}={v}" for k, v in assignment], f"seed={seed}", f"work_dir={work_dir}"]
     cmd = [*launcher, os.path.join(tools_dir, "train.py"), config, *args]
     elapsed_file = os.path.join(work_dir, "sweep_seconds")
@@ -156,6 +191,8 @@ def run_cell(config: str, assignment, seed: int, work_dir: str, overrides: list[
         with open(metrics_path) as f:
             m = json.load(f)
         res.update(status="ok", mIoU=m["mIoU"], aAcc=m["aAcc"], mAcc=m["mAcc"], iteration=m["iteration"])
+        if not full_checkpoints:
+            res["checkpoint_mb_saved"] = round(slim_checkpoints(work_dir) / 2**20, 1)
     else:
         lines = [ln for ln in (stderr or "").strip().splitlines() if ln.strip()]
         res.update(status="failed", error=lines[-1] if lines else f"exit code {proc.returncode}")

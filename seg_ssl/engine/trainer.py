@@ -19,6 +19,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from seg_ssl.collectives import all_reduce_sum
 from seg_ssl.config import MAY_CHANGE_ON_RESUME, resume_conflicts
@@ -26,10 +27,12 @@ from seg_ssl.data.dataset import build_split, check_disjoint, resolve_list, unre
 from seg_ssl.data.streams import make_stream
 from seg_ssl.data.transforms import train_pipeline, val_pipeline
 from seg_ssl.engine import dist as du
+from seg_ssl.engine import tb
 from seg_ssl.engine.checkpoint import load_checkpoint, model_state, save_atomic
 from seg_ssl.engine.optim import build_optimizer, set_lr
 from seg_ssl.engine.rng import rng_state, seed_everything, set_rng_state
 from seg_ssl.errors import ConfigError, DataError, SaveError
+from seg_ssl.engine.threads import apply_threads
 from seg_ssl.engine.workdir import lock_work_dir, remove_stale_temp_files, unlock_work_dir
 from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
 from seg_ssl.evaluation.metrics import evaluation_record, format_table, to_json
@@ -126,8 +129,7 @@ class Trainer:
         self.info = info or du.init_distributed(timeout_s=cfg.dist.timeout_s)
         self.device = self.info.device
         t = cfg.train
-        if t.threads > 0:
-            torch.set_num_threads(t.threads)
+        threads_line = apply_threads(cfg)  # logged once the log is set up
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
@@ -140,6 +142,7 @@ class Trainer:
         with du.waiting_for("waiting for rank 0 to lock the work dir", self.info):
             du.barrier()
         setup_logging(self.work_dir, self.info.is_main)
+        LOG.info("%s", threads_line)
         self._resume_path, self._resume_ckpt = self._checkpoint_to_resume()
         if self.info.is_main:  # only now: a refused resume leaves the run's record as it was
             cfg.dump(os.path.join(self.work_dir, "config.yaml"))
@@ -336,6 +339,33 @@ class Trainer:
         self.model.train()
         return res
 
+    def _val_panels(self) -> list:
+        """The fixed val images with truth and prediction, for TensorBoard (main process only)."""
+        self.model.eval()
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=cuda):  # as evaluate(): no effect on later draws
+                return tb.val_panels(self.method.predictor(self.model), self.val, self.cfg,
+                                     self.method.size_divisor(self.model), self.device)
+        finally:
+            self.model.train()
+
+    def _tb_writer(self) -> SummaryWriter:
+        """A fresh run gets its own event folder (tb/<start time>) with the config as text and
+        hparams; a resumed run (or a second train() call) continues its folder, dropping events
+        past the checkpoint's iteration. train.log, by contrast, is appended to by every run."""
+        if getattr(self, "_tb_dir", None) is None:
+            self._tb_dir, new, earlier = tb.event_dir(self.work_dir, self._resume_path is not None)
+            # events at the checkpoint's iteration were written before it was saved: keep them
+            writer = SummaryWriter(self._tb_dir, purge_step=None if new else self.iteration + 1)
+            if new:
+                tb.log_config(writer, self.cfg.to_dict())
+            LOG.info("TensorBoard events: %s (%s)", self._tb_dir, "continued" if not new else
+                     f"a new run; {earlier} earlier run(s) in tb/ stay apart, train.log keeps their lines above"
+                     if earlier else "a new run")
+            return writer
+        return SummaryWriter(self._tb_dir, purge_step=self.iteration + 1)
+
     def _streams(self):
         d, seed = self.cfg.data, self.cfg.seed
         pin = self.device.type == "cuda"
@@ -351,13 +381,15 @@ class Trainer:
         saves ``latest.pth`` and a later ``train()`` continues from it."""
         cfg, t = self.cfg, self.cfg.train
         stop_at = t.iters if max_steps is None else min(t.iters, self.iteration + max_steps)
-        writer = SummaryWriter(os.path.join(self.work_dir, "tb")) if self.info.is_main else None
+        writer = self._tb_writer() if self.info.is_main else None
         drawn = self.sizes.get("unlabeled_drawn_per_process")
         LOG.info("method %s | %d labeled, %s unlabeled, %d val | world %d | per-process batch %d+%d%s | %s",
                  cfg.method, len(self.labeled), len(self.unlabeled) if self.unlabeled else 0,
                  len(self.val), self.info.world_size, self.sizes["labeled_per_process"],
                  self.sizes["unlabeled_per_process"] if self.unlabeled else 0,
                  f" ({drawn} unlabeled drawn, mixed in pairs)" if drawn else "", self.device)
+        if self.method.loss_scale_note:  # why its loss is not on labeled-only's scale, e.g. in a warm-up
+            LOG.info("loss scale (%s): %s", cfg.method, self.method.loss_scale_note)
         last = {}
         if self.iteration >= t.iters:
             LOG.info("already trained to iteration %d", self.iteration)
@@ -371,7 +403,10 @@ class Trainer:
                 LOG.info("evaluating at iteration %d first: latest.pth was saved just before this evaluation",
                          self.iteration)
                 last = self._evaluate_after_save(writer)
-            with StopRequested() as stop:
+            # on a terminal the bar (stderr) and the log lines (stdout) share the screen: tqdm's redirect
+            # clears the bar, writes the line and redraws the bar below it, so they never run into each
+            # other; without a terminal there is no bar and the log lines (with their ETA) are all there is
+            with StopRequested() as stop, logging_redirect_tqdm(loggers=[LOG], tqdm_class=tqdm):
                 while self.iteration < t.iters:
                     lr = self.set_lr()
                     td = time.time()
@@ -410,7 +445,7 @@ class Trainer:
                                  dt, data_time / count, time.strftime("%H:%M:%S", time.gmtime(eta)))
                         if writer:
                             for k, v in avg.items():
-                                writer.add_scalar(f"train/{k}", v, self.iteration)
+                                writer.add_scalar(f"train/{tb.class_tag(k, cfg.data.class_names)}", v, self.iteration)
                             writer.add_scalar("train/lr", lr, self.iteration)
                         bar.set_postfix(loss=f"{avg.get('loss', 0):.3f}")
                         sums, counts, count, t0, data_time = {}, {}, 0, time.time(), 0.0
@@ -500,6 +535,7 @@ class Trainer:
         if writer:
             for k in ("mIoU", "aAcc", "mAcc"):
                 writer.add_scalar(f"val/{k}", res[k], self.iteration)
+            tb.log_eval(writer, res, self.cfg.data.class_names, self.iteration, self._val_panels())
         if self.info.is_main and not math.isnan(miou) and miou > self.best["mIoU"]:
             self.best = {"mIoU": miou, "iteration": self.iteration}
             self.save("best.pth")

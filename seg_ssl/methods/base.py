@@ -41,6 +41,7 @@ class Method:
     config_section: dict = {}  # the schema of the method's own section (seg_ssl.schema fields), {} for none
     uses_unlabeled = False   # the trainer builds the unlabeled stream only when True
     find_unused_parameters = False  # DDP: some parameters get no gradient in some steps
+    loss_scale_note = ""     # logged at the start where ``loss`` is not on labeled-only's scale
 
     def __init__(self, cfg, world_size: int = 1):
         self.cfg = cfg
@@ -57,6 +58,12 @@ class Method:
     def dry_run_sizes(cls, cfg, world_size: int, unlabeled_per_process: int) -> dict:
         """Extra sizes ``tools/train.py --dry-run`` prints for this method (CAC: negatives, overlap)."""
         return {}
+
+    @classmethod
+    def smoke_overrides(cls, start: int) -> list[str]:
+        """Config overrides that make a few-iteration run (``tools/train.py --smoke``) reach every
+        loss term from iteration ``start`` on."""
+        return []
 
     def build_model(self, cfg) -> nn.Module:
         """The network trained, built from ``cfg.model`` (one Segmentor unless overridden)."""
@@ -120,6 +127,12 @@ class SemiSupervised(Method):
     seeded generator for CutMix boxes whose state is checkpointed."""
 
     uses_unlabeled = True
+    smoke_thresholds = ("conf_thresh",)  # a model a few iterations old is confident nowhere: 0 in --smoke
+
+    @classmethod
+    def smoke_overrides(cls, start: int) -> list[str]:
+        return ([f"{cls.name}.unsup_start_iter={start}", f"{cls.name}.rampup_iters=0"]
+                + [f"{cls.name}.{k}=0.0" for k in cls.smoke_thresholds if k in cls.config_section])
 
     def __init__(self, cfg, world_size: int = 1):
         super().__init__(cfg, world_size)

@@ -115,6 +115,7 @@ class CAC(SemiSupervised):
         "blur": field(NUM, 0.5),
     }
     find_unused_parameters = True  # the projector sits idle during the labeled-only warm-up
+    smoke_thresholds = ("pos_thresh",)  # no positive pair is above 0.75 after a few iterations
 
     @classmethod
     def dry_run_sizes(cls, cfg, world_size: int, unlabeled_per_process: int) -> dict:

@@ -82,6 +82,8 @@ class CPS(SemiSupervised):
         "fg_marginal": FG_MARGINAL,
         "eval_branch": field(str, "1", choices=["1", "2", "ensemble"], doc="which branch evaluation scores"),
     }
+    loss_scale_note = ("loss = sup1 + sup2 (two networks, each with its own cross-entropy): twice a labeled-only "
+                       "loss; compare sup1 or sup2 with labeled-only's loss")
 
     def __init__(self, cfg, world_size: int = 1):
         super().__init__(cfg, world_size)

@@ -41,6 +41,8 @@ class FixMatch(SemiSupervised):
         **warmup_fields(" (none in the release)"),
         "fg_marginal": FG_MARGINAL,
     }
+    loss_scale_note = ("loss = (sup + unsup) / 2, as in the UniMatch release's fixmatch.py, so in the warm-up loss "
+                       "is half of sup; compare sup with labeled-only's loss")
 
     @classmethod
     def unlabeled_draws(cls, cfg) -> int:

@@ -44,6 +44,8 @@ class UniMatch(SemiSupervised):
         **warmup_fields(" (none in the paper)"),
         "fg_marginal": FG_MARGINAL,
     }
+    loss_scale_note = ("loss = (sup + weight x unsup) / 2, as in the UniMatch release, so in the warm-up loss is "
+                       "half of sup; compare sup with labeled-only's loss")
 
     @classmethod
     def unlabeled_draws(cls, cfg) -> int:

@@ -34,9 +34,51 @@ def colorize(mask: np.ndarray, lut: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, lut: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend the colourised mask over an HxWx3 uint8 image."""
+    """Blend the colourised mask over an HxWx3 uint8 image (the colours are mixed with the image's,
+    so they no longer match a legend: see :func:`outlined` and :func:`side_by_side`)."""
     col = colorize(mask, lut).astype(np.float32)
     return (image.astype(np.float32) * (1 - alpha) + col * alpha).round().clip(0, 255).astype(np.uint8)
+
+
+def boundaries(mask: np.ndarray) -> np.ndarray:
+    """HxW bool: pixels with a 4-neighbour of another class (the inside edge of every region)."""
+    m = np.asarray(mask)
+    edge = np.zeros(m.shape, bool)
+    edge[1:] |= m[1:] != m[:-1]
+    edge[:-1] |= m[:-1] != m[1:]
+    edge[:, 1:] |= m[:, 1:] != m[:, :-1]
+    edge[:, :-1] |= m[:, :-1] != m[:, 1:]
+    return edge
+
+
+def outlined(image: np.ndarray, mask: np.ndarray, lut: np.ndarray, skip=()) -> np.ndarray:
+    """The image with each region's 1-pixel outline in its class colour at full strength (classes
+    in ``skip``, e.g. a background, get none); every other pixel is the image's own."""
+    out = np.array(image, copy=True)
+    edge = boundaries(mask) & ~np.isin(mask, list(skip))
+    out[edge] = colorize(mask, lut)[edge]
+    return out
+
+
+def side_by_side(image: np.ndarray, mask: np.ndarray, lut: np.ndarray, skip=(), gap: int = 2) -> np.ndarray:
+    """``outlined`` image | the mask in its class colours at full strength, so each colour drawn is
+    exactly a legend's colour (a 50% blend over coloured digits turns grey into yellow)."""
+    sep = np.full((image.shape[0], gap, 3), 255, np.uint8)
+    return np.concatenate([outlined(image, mask, lut, skip), sep, colorize(mask, lut)], 1)
+
+
+def categorical_palette(n: int) -> np.ndarray:
+    """(n, 3) uint8 colours for scatter plots of n classes: matplotlib's tab10 (designed to be told
+    apart), then black, then tab20's light shades. The VOC palette is a bit pattern, not a
+    categorical one: its classes 1 and 8 are two dark reds, (128, 0, 0) and (64, 0, 0)."""
+    from matplotlib import colormaps
+    tab10 = np.asarray(colormaps["tab10"].colors)
+    light = np.asarray(colormaps["tab20"].colors)[1::2]
+    cols = np.concatenate([tab10, [[0.0, 0.0, 0.0]], light])
+    if n > len(cols):
+        extra = colormaps["hsv"](np.linspace(0, 1, n - len(cols), endpoint=False))[:, :3]
+        cols = np.concatenate([cols, extra])
+    return (cols[:n] * 255).round().astype(np.uint8)
 
 
 

@@ -35,11 +35,14 @@ def view_crop(crop: int, h: int, w: int, stride: int = 8) -> int:
 
 @torch.no_grad()
 def overlap_features(model, image: torch.Tensor, label: torch.Tensor, crop: int, iou_bound,
-                     rng: np.random.Generator, ignore_index: int = 255):
+                     rng: np.random.Generator, ignore_index: int = 255, space: str = "decoder"):
     """For one normalised image (3, H, W) and its label (H, W): draw an overlapping crop pair
     (no flips, no photometric change), return the overlap features from both crops (n, D) and
-    their ground-truth classes (n,). Projector features when the model has one, else the
-    L2-normalised decoder features pooled to stride 8."""
+    their ground-truth classes (n,). ``space``: ``decoder`` (the L2-normalised decoder features
+    pooled to stride 8, which every model has, so a labeled-only and a CAC model are compared in
+    the same space) or ``projector`` (CAC's contrastive embedding; a model without one is an error)."""
+    if space not in FEATURE_SPACES:
+        raise ValueError(f"feature space {space!r}: expected one of {list(FEATURE_SPACES)}")
     c, h, w = image.shape
     ph, pw = max(h, crop), max(w, crop)
     img = F.pad(image, (0, pw - w, 0, ph - h))
@@ -49,7 +52,10 @@ def overlap_features(model, image: torch.Tensor, label: torch.Tensor, crop: int,
                          img[:, pair.top2:pair.top2 + crop, pair.left2:pair.left2 + crop]])
     labs = torch.stack([lab[pair.top1:pair.top1 + crop, pair.left1:pair.left1 + crop],
                         lab[pair.top2:pair.top2 + crop, pair.left2:pair.left2 + crop]])
-    if model.projector is not None:
+    if space == "projector":
+        if model.projector is None:
+            raise ValueError("--space projector: this model has no projector (labeled-only models have none); "
+                             "use --space decoder to compare models")
         z = logits_and_projection(model, crops)["proj"]
     else:
         feats = model.features(crops)
@@ -64,8 +70,14 @@ def overlap_features(model, image: torch.Tensor, label: torch.Tensor, crop: int,
     return f1, f2, y1[:, 0].long()
 
 
-def plot_tsne(panels: list, class_names, palette: np.ndarray, out_path: str, seed: int = 0) -> None:
-    """``panels``: list of (title, f1, f2, labels). Both crops are embedded jointly per panel."""
+FEATURE_SPACES = {"decoder": "decoder features (stride 8, L2-normalised)",
+                  "projector": "projector embeddings (CAC's contrastive space)"}
+
+
+def plot_tsne(panels: list, class_names, palette: np.ndarray, out_path: str, seed: int = 0,
+              space: str = "decoder") -> None:
+    """``panels``: list of (title, f1, f2, labels). Both crops are embedded jointly per panel.
+    ``palette``: categorical colours (``overlay.categorical_palette``), one per class."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -86,7 +98,12 @@ def plot_tsne(panels: list, class_names, palette: np.ndarray, out_path: str, see
     present = sorted(set(int(v) for _, _, _, y in panels for v in y.tolist()))
     handles = [plt.Line2D([], [], marker="s", ls="", color=palette[c] / 255.0,
                           label=class_names[c] if class_names else str(c)) for c in present]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    # what the two markers mean: the same overlap pixel, seen in each of the two crops
+    handles += [plt.Line2D([], [], marker="o", ls="", color="0.4", label="o: pixel in crop 1"),
+                plt.Line2D([], [], marker="x", ls="", color="0.4", label="x: same pixel in crop 2")]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=8)
+    fig.suptitle(f"t-SNE of {FEATURE_SPACES[space]} of the pixels two overlapping crops share; colour: "
+                 f"true class", fontsize=9)
+    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
