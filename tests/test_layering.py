@@ -5,8 +5,8 @@ a loop). Layers, bottom up:
     1  collectives, models, losses, data    (tensors in, tensors out; data on disk)
     2  methods                              (one file per method, on methods/base.py)
     3  config                               (the schema: common keys + each method's section)
-    4  engine, evaluation, viz              (the loop, devices, I/O; metrics; figures)
-    5  api, export, cli, __init__           (the small Python API, export, the seg-ssl command)
+    4  engine, evaluation, viz, export      (the loop, devices, I/O; metrics; figures; deployment files)
+    5  api, cli, __init__                   (the small Python API, the seg-ssl command)
 
 Every import counts, at the top of a file or inside a function: an import placed in a function to
 dodge a cycle is still a cycle.
@@ -24,8 +24,8 @@ LAYERS = [
     ("collectives", "models", "losses", "data"),
     ("methods",),
     ("config",),
-    ("engine", "evaluation", "viz"),
-    ("api", "export", "cli", "__init__"),
+    ("engine", "evaluation", "viz", "export"),
+    ("api", "cli", "__init__"),
 ]
 
 
