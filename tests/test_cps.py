@@ -136,7 +136,7 @@ def test_a_few_cps_iterations_lower_the_loss(digits_root, tmp_path, cutmix):
     assert all(l["loss"] == pytest.approx(l["sup1"] + l["sup2"] + l["cps"], rel=1e-5) for l in logs)
     # the final score is branch 1's (eval.branch 1), counted pixel by pixel
     trainer.model.eval()
-    assert res["mIoU"] == pytest.approx(brute_force_miou(trainer.model.branch1, trainer.val, 11, batch_size=8),
+    assert res.metrics["mIoU"] == pytest.approx(brute_force_miou(trainer.model.branch1, trainer.val, 11, batch_size=8),
                                         abs=1e-12)
 
 

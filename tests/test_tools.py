@@ -111,7 +111,7 @@ def test_eval_and_infer_on_a_checkpoint(digits_root, tmp_path):
     evaluate, infer = load_tool("eval").main, load_tool("infer").main  # in this process: no ~5 s start-up
     assert evaluate([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common, "--out", str(out)]) == 0
     m = json.loads(out.read_text())
-    assert m["mIoU"] == res["mIoU"] and m["aAcc"] == res["aAcc"]  # same numbers as the trainer's eval
+    assert m["mIoU"] == res.metrics["mIoU"] and m["aAcc"] == res.metrics["aAcc"]  # same numbers as the trainer's eval
     preds = tmp_path / "preds"
     assert infer([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common, "--input",
                   os.path.join(digits_root, "ImageSets", "Segmentation", "val.txt"), "--limit", "2",

@@ -46,9 +46,9 @@ def test_a_few_iterations_lower_the_loss(digits_root, tmp_path):
     assert after < 0.75 * before, (before, after)
     # the run's final score is the brute-force count of its final model on the val set
     trainer.model.eval()
-    assert res["mIoU"] == pytest.approx(brute_force_miou(trainer.model, trainer.val, 11, batch_size=8),
+    assert res.metrics["mIoU"] == pytest.approx(brute_force_miou(trainer.model, trainer.val, 11, batch_size=8),
                                           abs=1e-12)
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["mIoU"] == pytest.approx(res["mIoU"])
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["mIoU"] == pytest.approx(res.metrics["mIoU"])
     assert os.path.isfile(tmp_path / "run" / "latest.pth")
     assert os.path.isfile(tmp_path / "run" / "best.pth") and os.path.isfile(tmp_path / "run" / "config.yaml")
     assert os.path.isfile(tmp_path / "run" / "metrics.json") and os.path.isfile(tmp_path / "run" / "train.log")

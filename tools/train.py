@@ -66,9 +66,9 @@ def main(argv=None):
         return 0
     from seg_ssl.engine.trainer import train
     res = train(cfg)
-    if res.get("stopped") or not res.get("is_main", True):
+    if res.stopped or not res.is_main:
         return 0
-    print(res["table"])  # once, by rank 0
+    print(res.table)  # once, by rank 0
     return 0
 
 

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import yaml
@@ -29,6 +30,7 @@ from seg_ssl.data.transforms import train_pipeline, val_pipeline
 from seg_ssl.engine import dist as du
 from seg_ssl.engine import tb
 from seg_ssl.engine.checkpoint import load_checkpoint, model_state, save_atomic
+from seg_ssl.engine.logbook import LossWindow
 from seg_ssl.engine.optim import build_optimizer, set_lr
 from seg_ssl.engine.rng import rng_state, seed_everything, set_rng_state
 from seg_ssl.errors import ConfigError, DataError, SaveError
@@ -121,6 +123,18 @@ def derived_sizes(cfg, world_size: int) -> dict:
         sizes["unlabeled_drawn_per_process"] = draws * per_u
     sizes.update(method.dry_run_sizes(cfg, world_size, per_u))
     return sizes
+
+
+@dataclass
+class TrainResult:
+    """What ``Trainer.train()`` returns: the iteration reached, whether the run stopped before
+    ``train.iters`` (a signal or ``max_steps``; latest.pth holds its state), and the last evaluation
+    (``metrics``: aAcc, mIoU, mAcc, per-class IoU/Acc, confusion; ``table``: the per-class table)."""
+    iteration: int
+    stopped: bool = False
+    metrics: dict | None = None
+    table: str = ""
+    is_main: bool = True
 
 
 class Trainer:
@@ -376,108 +390,118 @@ class Trainer:
                            seed, 1, self.iteration, d.num_workers, pin) if self.unlabeled is not None else None)
         return lab, unl
 
-    def train(self, max_steps: int | None = None) -> dict:
+    def train(self, max_steps: int | None = None) -> TrainResult:
         """Train to ``train.iters``. ``max_steps`` stops earlier, as a pre-emption would: the run
         saves ``latest.pth`` and a later ``train()`` continues from it."""
-        cfg, t = self.cfg, self.cfg.train
+        t = self.cfg.train
         stop_at = t.iters if max_steps is None else min(t.iters, self.iteration + max_steps)
         writer = self._tb_writer() if self.info.is_main else None
-        drawn = self.sizes.get("unlabeled_drawn_per_process")
-        LOG.info("method %s | %d labeled, %s unlabeled, %d val | world %d | per-process batch %d+%d%s | %s",
-                 cfg.method, len(self.labeled), len(self.unlabeled) if self.unlabeled else 0,
-                 len(self.val), self.info.world_size, self.sizes["labeled_per_process"],
-                 self.sizes["unlabeled_per_process"] if self.unlabeled else 0,
-                 f" ({drawn} unlabeled drawn, mixed in pairs)" if drawn else "", self.device)
-        if self.method.loss_scale_note:  # why its loss is not on labeled-only's scale, e.g. in a warm-up
-            LOG.info("loss scale (%s): %s", cfg.method, self.method.loss_scale_note)
-        last = {}
+        self._log_start()
+        last = None
         if self.iteration >= t.iters:
             LOG.info("already trained to iteration %d", self.iteration)
         else:
             lab_stream, unl_stream = self._streams()
             self.model.train()
+            window = LossWindow(self.device)
             bar = tqdm(total=t.iters, initial=self.iteration, disable=not (self.info.is_main and sys.stderr.isatty()),
                        dynamic_ncols=True)
-            sums, counts, count, t0, data_time = {}, {}, 0, time.time(), 0.0
-            if self.eval_pending:  # the evaluation latest.pth was saved for did not finish: run it first
-                LOG.info("evaluating at iteration %d first: latest.pth was saved just before this evaluation",
-                         self.iteration)
-                last = self._evaluate_after_save(writer)
+            last = self._evaluate_pending(writer)
             # on a terminal the bar (stderr) and the log lines (stdout) share the screen: tqdm's redirect
             # clears the bar, writes the line and redraws the bar below it, so they never run into each
             # other; without a terminal there is no bar and the log lines (with their ETA) are all there is
-            with StopRequested() as stop, logging_redirect_tqdm(loggers=[LOG], tqdm_class=tqdm):
+            with StopRequested() as stop, logging_redirect_tqdm(loggers=[LOG], tqdm_class=tqdm), bar:
                 while self.iteration < t.iters:
                     lr = self.set_lr()
-                    td = time.time()
-                    try:
-                        labeled = to_device(next(lab_stream), self.device)
-                        unlabeled = to_device(next(unl_stream), self.device) if unl_stream is not None else None
-                    except DataError:  # a bad file met mid-run: keep the work done so far, as SIGTERM does
-                        self.save("latest.pth")
-                        LOG.warning("bad data at iteration %d; latest.pth saved: fix the file and run the same "
-                                    "command to continue", self.iteration)
-                        raise
-                    data_time += time.time() - td
+                    labeled, unlabeled, data_time = self._next_batches(lab_stream, unl_stream)
                     with du.waiting_for("training step (gradient all-reduce)", self.info, self.iteration + 1):
                         losses = self.step(labeled, unlabeled)
                     self.iteration += 1
                     _fault_injection(self.info.rank, self.iteration)
                     bar.update(1)
-                    # a key may appear only in some steps (warm-up); keys with a "/" go to TensorBoard only
-                    for k, v in losses.items():
-                        # tensors stay on the device until the log line: no device sync per value
-                        sums[k] = sums.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else float(v))
-                        counts[k] = counts.get(k, 0) + 1
-                    count += 1
+                    window.add(losses, data_time)
                     if self.iteration % t.log_interval == 0 or self.iteration == t.iters:
-                        dt = (time.time() - t0) / count
-                        keys = list(sums)
-                        values = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32, device=self.device)
-                                              for k in keys]).tolist()  # one transfer
-                        avg = {k: v / counts[k] for k, v in zip(keys, values)}
-                        eta = dt * (t.iters - self.iteration)
-                        # a window cut short (by a resume mid-window, or the last one) says so: a mean
-                        # of 3 iterations is noisier than one of log_interval
-                        short = f" (mean of {count} it{'s' if count > 1 else ''})" if count != t.log_interval else ""
-                        LOG.info("it %d/%d lr %.2e %s%s | %.3fs/it (data %.3fs) eta %s", self.iteration,
-                                 t.iters, lr, " ".join(f"{k} {v:.4f}" for k, v in avg.items() if "/" not in k), short,
-                                 dt, data_time / count, time.strftime("%H:%M:%S", time.gmtime(eta)))
-                        if writer:
-                            for k, v in avg.items():
-                                writer.add_scalar(f"train/{tb.class_tag(k, cfg.data.class_names)}", v, self.iteration)
-                            writer.add_scalar("train/lr", lr, self.iteration)
-                        bar.set_postfix(loss=f"{avg.get('loss', 0):.3f}")
-                        sums, counts, count, t0, data_time = {}, {}, 0, time.time(), 0.0
-                    done = self.iteration == t.iters
-                    evaluate_now = bool(t.eval_interval and self.iteration % t.eval_interval == 0) or done
-                    saved = evaluate_now or self.iteration % t.ckpt_interval == 0
-                    if saved:  # before evaluating: an evaluation that fails (a bad val image) loses nothing
-                        self.save("latest.pth", self.gather_rng(), eval_pending=evaluate_now)
-                    if evaluate_now:
-                        last = self._evaluate_after_save(writer)
-                    signalled = stop.signal is not None
-                    if self.info.distributed:  # every rank stops at the same step, or collectives hang
-                        flag = torch.tensor(float(signalled), device=self.device)
-                        with du.waiting_for("agreeing on a stop signal", self.info, self.iteration):
-                            signalled = all_reduce_sum(flag).item() > 0
-                    if signalled or (self.iteration == stop_at and not done):
+                        self._log_window(window, lr, writer, bar)
+                    saved, evaluated = self._save_and_evaluate(writer)
+                    last = evaluated or last
+                    reason = self._stop_reason(stop, stop_at)
+                    if reason:
                         if not saved:
                             self.save("latest.pth", self.gather_rng())
-                        LOG.warning("stopped (%s) at iteration %d; latest.pth saved, run the same "
-                                    "command to continue", f"signal {stop.signal}" if stop.signal else
-                                    ("signal on another rank" if signalled else "max_steps"), self.iteration)
-                        bar.close()
+                        LOG.warning("stopped (%s) at iteration %d; latest.pth saved, run the same command to "
+                                    "continue", reason, self.iteration)
                         if writer:
                             writer.close()
-                        return {"stopped": True, "iteration": self.iteration}
-            bar.close()
-        if not last:
+                        return TrainResult(self.iteration, stopped=True, is_main=self.info.is_main)
+        if last is None:
             with du.waiting_for(f"evaluating at iteration {self.iteration}", self.info):
                 last = self._eval_and_log(writer)
         if writer:
             writer.close()
         return last
+
+    def _evaluate_pending(self, writer) -> TrainResult | None:
+        """The evaluation that latest.pth was saved for, when it did not finish (run it first)."""
+        if not self.eval_pending:
+            return None
+        LOG.info("evaluating at iteration %d first: latest.pth was saved just before this evaluation", self.iteration)
+        return self._evaluate_after_save(writer)
+
+    def _log_start(self) -> None:
+        drawn = self.sizes.get("unlabeled_drawn_per_process")
+        LOG.info("method %s | %d labeled, %s unlabeled, %d val | world %d | per-process batch %d+%d%s | %s",
+                 self.cfg.method, len(self.labeled), len(self.unlabeled) if self.unlabeled else 0,
+                 len(self.val), self.info.world_size, self.sizes["labeled_per_process"],
+                 self.sizes["unlabeled_per_process"] if self.unlabeled else 0,
+                 f" ({drawn} unlabeled drawn, mixed in pairs)" if drawn else "", self.device)
+        if self.method.loss_scale_note:  # why its loss is not on labeled-only's scale, e.g. in a warm-up
+            LOG.info("loss scale (%s): %s", self.cfg.method, self.method.loss_scale_note)
+
+    def _next_batches(self, lab_stream, unl_stream):
+        """The next labeled and unlabeled batches on the device, and the time spent waiting for them.
+        A bad file met mid-run keeps the work done so far (latest.pth), as SIGTERM does."""
+        start = time.time()
+        try:
+            labeled = to_device(next(lab_stream), self.device)
+            unlabeled = to_device(next(unl_stream), self.device) if unl_stream is not None else None
+        except DataError:
+            self.save("latest.pth")
+            LOG.warning("bad data at iteration %d; latest.pth saved: fix the file and run the same command to "
+                        "continue", self.iteration)
+            raise
+        return labeled, unlabeled, time.time() - start
+
+    def _log_window(self, window: LossWindow, lr: float, writer, bar) -> None:
+        avg = window.averages()
+        LOG.info("%s", window.line(avg, self.iteration, self.cfg.train.iters, lr, self.cfg.train.log_interval))
+        if writer:
+            for k, v in avg.items():
+                writer.add_scalar(f"train/{tb.class_tag(k, self.cfg.data.class_names)}", v, self.iteration)
+            writer.add_scalar("train/lr", lr, self.iteration)
+        bar.set_postfix(loss=f"{avg.get('loss', 0):.3f}")
+        window.reset()
+
+    def _save_and_evaluate(self, writer) -> tuple[bool, TrainResult | None]:
+        """At a checkpoint or evaluation iteration, save latest.pth, then evaluate: an evaluation
+        that fails (a bad val image) loses nothing. Returns whether it saved, and the evaluation."""
+        t = self.cfg.train
+        evaluate_now = bool(t.eval_interval and self.iteration % t.eval_interval == 0) or self.iteration == t.iters
+        saved = evaluate_now or self.iteration % t.ckpt_interval == 0
+        if saved:
+            self.save("latest.pth", self.gather_rng(), eval_pending=evaluate_now)
+        return saved, self._evaluate_after_save(writer) if evaluate_now else None
+
+    def _stop_reason(self, stop: StopRequested, stop_at: int) -> str | None:
+        """Why to stop before train.iters, agreed by every rank (or collectives would hang): a signal
+        here or on another rank, or ``max_steps``; None to go on."""
+        signalled = stop.signal is not None
+        if self.info.distributed:
+            flag = torch.tensor(float(signalled), device=self.device)
+            with du.waiting_for("agreeing on a stop signal", self.info, self.iteration):
+                signalled = all_reduce_sum(flag).item() > 0
+        if signalled:
+            return f"signal {stop.signal}" if stop.signal else "signal on another rank"
+        return "max_steps" if self.iteration == stop_at < self.cfg.train.iters else None
 
     def step(self, labeled, unlabeled) -> dict:
         t = self.cfg.train
@@ -544,9 +568,8 @@ class Trainer:
                 json.dump({"iteration": self.iteration, **to_json(res)}, f, indent=1)
             with open(os.path.join(self.work_dir, "metrics.jsonl"), "a") as f:  # every evaluation, one line each
                 f.write(json.dumps(evaluation_record(res, self.iteration, self.cfg.data.class_names)) + "\n")
-        res["table"] = format_table(res, self.cfg.data.class_names)
-        res["is_main"] = self.info.is_main
-        return res
+        return TrainResult(self.iteration, metrics=res, table=format_table(res, self.cfg.data.class_names),
+                           is_main=self.info.is_main)
 
 
 def _message(e: BaseException) -> str:
@@ -559,7 +582,7 @@ def _message(e: BaseException) -> str:
     return " ".join(text.split("\n"))
 
 
-def train(cfg) -> dict:
+def train(cfg) -> TrainResult:
     trainer = Trainer(cfg)
     try:
         res = trainer.train()
