@@ -188,7 +188,7 @@ def _truncate(path):
     return data
 
 
-def test_an_unreadable_val_image_stops_the_run_before_training(digits_root, tmp_path):
+def test_an_unreadable_val_image_stops_the_run_before_training(digits_root, tmp_path, capsys):
     from seg_ssl.engine.trainer import Trainer
     import shutil
     root = tmp_path / "d"
@@ -201,6 +201,12 @@ def test_an_unreadable_val_image_stops_the_run_before_training(digits_root, tmp_
                           f"e.g. cannot read image {root}/JPEGImages/val_00003.jpg: image file is truncated"), msg
     assert msg.endswith("; run tools/check_dataset.py CONFIG for every problem"), msg
     assert "\n" not in msg and not (tmp_path / "w" / "latest.pth").exists()
+    # tools/check_dataset.py decodes every listed file too, val included
+    from helpers import load_tool
+    assert load_tool("check_dataset").main([os.path.join(ROOT, "configs", "digits_sup.yaml"), f"data.root={root}",
+                                            "data.labeled_list=splits/1_4/labeled.txt"]) == 1
+    assert f"problem: cannot read image {root}/JPEGImages/val_00003.jpg: image file is truncated" in \
+        capsys.readouterr().out
 
 
 def test_an_evaluation_that_fails_keeps_latest_and_the_resumed_run_matches(digits_root, tmp_path):

@@ -153,7 +153,7 @@ class Trainer:
             os.makedirs(self.work_dir, exist_ok=True)
             lock_work_dir(self.work_dir, cfg.work_dir_wait_s)  # before anything is written: one run per work dir
             remove_stale_temp_files(self.work_dir)
-        with du.waiting_for("waiting for rank 0 to lock the work dir", self.info):
+        with du.waiting_for("waiting for rank 0 to take the work dir", self.info):
             du.barrier()
         setup_logging(self.work_dir, self.info.is_main)
         LOG.info("%s", threads_line)
@@ -208,7 +208,8 @@ class Trainer:
         """Decode every val image and label now (each rank its evaluation shard), not only check
         that they exist: a truncated val image otherwise stops the run at its first evaluation.
         Training files are only checked to exist: a bad one met mid-run saves latest.pth first,
-        and decoding a whole train set (10,582 VOC images) would delay every start."""
+        and decoding a whole train set would delay every start (VOC's 10,582 train_aug images,
+        at the ~4 ms per image and label measured for val, take ~40 s)."""
         from seg_ssl.data.streams import shard_indices
         problems = unreadable(self.val, shard_indices(len(self.val), self.info.rank, self.info.world_size))
         if self.info.distributed:  # every rank stops with the same line, none waits for the others
@@ -586,7 +587,7 @@ def train(cfg) -> TrainResult:
     trainer = Trainer(cfg)
     try:
         res = trainer.train()
-        with du.waiting_for("the other ranks to finish", trainer.info):
+        with du.waiting_for("waiting for the other ranks to finish", trainer.info):
             du.barrier()  # no rank closes its connections while another may still be sending
         return res
     finally:
