@@ -98,7 +98,7 @@ def test_package_summaries_name_every_method():
     from seg_ssl.methods import METHODS
     setup = configparser.ConfigParser()
     setup.read(os.path.join(ROOT, "setup.cfg"))
-    shown = {"supervised": "labeled-only", "cac": "CAC", "cps": "CPS", "unimatch": "UniMatch"}
+    shown = {"supervised": "labeled-only", "cac": "CAC", "cps": "CPS", "unimatch": "UniMatch", "fixmatch": "FixMatch"}
     assert set(shown) == set(METHODS)  # a new method gets a name here, and in both summaries
     for summary in (setup["metadata"]["description"], seg_ssl.__doc__.splitlines()[0]):
         assert all(name in summary for name in shown.values()), summary
@@ -118,7 +118,7 @@ def test_digits_are_never_flipped_in_training_or_testing(name):
     assert not cfg.eval.flip and not cfg.data.hflip and (cfg.method != "cac" or not cfg.cac.hflip)
     pipelines = [train_pipeline(cfg.data, labeled=True), train_pipeline(cfg.data, labeled=False)]
     method = METHODS[cfg.method].__new__(METHODS[cfg.method])  # its pipeline only: no model built
-    if hasattr(method, "unlabeled_pipeline"):
+    if method.uses_unlabeled:
         method.c = cfg[cfg.method]
         pipelines.append(method.unlabeled_pipeline(cfg.data))
     ops = []

@@ -32,7 +32,7 @@ def main(argv=None):
     from seg_ssl.evaluation.evaluator import predict_kwargs
     from seg_ssl.evaluation.inference import predict_probs
     import matplotlib.pyplot as plt
-    from seg_ssl.evaluation.pseudo_labels import first_class_is_background
+    from seg_ssl.losses.pseudo_labels import first_class_is_background
     from seg_ssl.viz.overlay import annotated_figure, colorize, get_palette, side_by_side
 
     cfg, checkpoint = config_and_checkpoint(args.config, args.checkpoint, args.overrides)
