@@ -145,11 +145,12 @@ MAY_CHANGE_ON_RESUME = ("work_dir", "resume", "work_dir_wait_s", "dist.", "train
                         "data.val_batch_size", "eval.")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(v, prefix + k + "."))
+            out.update(flatten(v, prefix + k + "."))
         else:
             out[prefix + k] = v
     return out
@@ -160,7 +161,7 @@ def resume_conflicts(saved: dict, current: dict, may_change=MAY_CHANGE_ON_RESUME
     with and the current one, except the keys (or ``section.`` prefixes) in ``may_change``. A key the
     saved config does not have (added to seg_ssl later) conflicts only if the current value is not
     its default."""
-    old, new = _flat(saved), _flat(current)
+    old, new = flatten(saved), flatten(current)
     out = []
     for key in sorted(set(old) | set(new)):
         if key in may_change or any(key.startswith(p) for p in may_change if p.endswith(".")):

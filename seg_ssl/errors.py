@@ -5,6 +5,16 @@ This module imports nothing from seg_ssl, so every layer can raise these.
 """
 
 
+def one_line(e: BaseException) -> str:
+    """The user-facing line of an error; a DataError re-raised from a DataLoader worker carries
+    the worker's traceback in its message, whose last line is the original message."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split("\n"))
+
+
 class UserError(Exception):
     """A mistake or a condition the user can fix; shown as one line."""
 

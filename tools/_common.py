@@ -7,19 +7,9 @@ import sys
 # tools/ are run as scripts from a checkout; make the package importable without installing
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from seg_ssl.errors import ConfigError, UserError  # noqa: E402,F401 (ConfigError: for the tools)
+from seg_ssl.errors import ConfigError, UserError, one_line  # noqa: E402,F401 (ConfigError: for the tools)
 
 USER_ERRORS = (UserError, FileNotFoundError, FloatingPointError)
-
-
-def one_line(e: BaseException) -> str:
-    """The user-facing line of an error; a DataError re-raised from a DataLoader worker carries
-    the worker's traceback in its message, whose last line is the original message."""
-    text = str(e).strip()
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return " ".join(text.split("\n"))
 
 
 def run_cli(main) -> None:

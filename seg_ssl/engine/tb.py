@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import yaml
 
+from seg_ssl.config import flatten
+
 PANELS = 4  # val images shown at every evaluation: the same ones each time
 
 
@@ -45,14 +47,9 @@ def class_tag(key: str, names) -> str:
     return key
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, prefix + k + "."))
-        else:
-            out[prefix + k] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
+def _flat(d: dict) -> dict:
+    """Dotted keys; values TensorBoard's hparams take (numbers, strings, booleans), others as text."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(d).items()}
 
 
 def log_config(writer, cfg: dict) -> None:

@@ -33,7 +33,7 @@ from seg_ssl.engine.checkpoint import load_checkpoint, model_state, save_atomic
 from seg_ssl.engine.logbook import LossWindow
 from seg_ssl.engine.optim import build_optimizer, set_lr
 from seg_ssl.engine.rng import rng_state, seed_everything, set_rng_state
-from seg_ssl.errors import ConfigError, DataError, SaveError
+from seg_ssl.errors import ConfigError, DataError, SaveError, one_line
 from seg_ssl.engine.threads import apply_threads
 from seg_ssl.engine.workdir import lock_work_dir, remove_stale_temp_files, unlock_work_dir
 from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
@@ -544,8 +544,8 @@ class Trainer:
             with du.waiting_for(f"evaluating at iteration {self.iteration}", self.info):
                 res = self._eval_and_log(writer)
         except DataError as e:  # an unreadable or wrong val file: the user's to fix, one line
-            LOG.error("%s; %s", _message(e), hint)
-            raise DataError(f"{_message(e)}; {hint}") from None
+            LOG.error("%s; %s", one_line(e), hint)
+            raise DataError(f"{one_line(e)}; {hint}") from None
         except Exception:  # anything else keeps its traceback, with what was kept said first
             LOG.error("%s", hint)
             raise
@@ -571,16 +571,6 @@ class Trainer:
                 f.write(json.dumps(evaluation_record(res, self.iteration, self.cfg.data.class_names)) + "\n")
         return TrainResult(self.iteration, metrics=res, table=format_table(res, self.cfg.data.class_names),
                            is_main=self.info.is_main)
-
-
-def _message(e: BaseException) -> str:
-    """An error's own line; a DataError re-raised from a DataLoader worker carries the worker's
-    traceback in its message, whose last line is the original message."""
-    text = str(e).strip()
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return " ".join(text.split("\n"))
 
 
 def train(cfg) -> TrainResult:
