@@ -96,19 +96,19 @@ class Segmentor(nn.Module):
         unpadded images: 1."""
         return 1 if self.release else self.output_stride
 
-    def features(self, x: torch.Tensor, fp_dropout: float = 0.0) -> torch.Tensor:
+    def features(self, x: torch.Tensor, fp_dropout: float | None = None) -> torch.Tensor:
         """Decoder features at ``feature_stride`` (DeepLabv3+: 256 ch at /4; PSPNet: 512 at /8).
 
-        ``fp_dropout`` > 0 (UniMatch's feature perturbation): the decoder also gets every encoder
-        map with channels dropped (Dropout2d, active in train and eval mode alike), in the same
-        batch as the clean maps; the result is ``2B`` rows, the clean features first."""
+        ``fp_dropout`` not None (UniMatch's feature perturbation, 0 included): the decoder also gets
+        every encoder map with channels dropped (Dropout2d, active in train and eval mode alike), in
+        the same batch as the clean maps; the result is ``2B`` rows, the clean features first."""
         h, w = x.shape[-2:]
         d = self.size_divisor
         if h % d or w % d:
             raise ValueError(f"input {h}x{w} is not divisible by the output stride {d}; pad it "
                              f"(seg_ssl.evaluation.inference pads for you)")
         maps = self.encoder(x)
-        if fp_dropout > 0:  # smp's maps[0] is the input image itself, which no decoder reads
+        if fp_dropout is not None:  # smp's maps[0] is the input image itself, which no decoder reads
             first = 0 if self.release else 1
             maps = [torch.cat([m, m]) for m in maps[:first]] + [
                 torch.cat([m, F.dropout2d(m, fp_dropout, training=True)]) for m in maps[first:]]
@@ -141,7 +141,7 @@ class Segmentor(nn.Module):
             raise ValueError(f"output {output!r}: expected one of {OUTPUTS}")
         if groups is not None:
             return cat_outputs([self(part, output, fp_dropout=fp_dropout) for part in x.split(list(groups))])
-        feats = self.features(x, fp_dropout if output == "fp" else 0.0)
+        feats = self.features(x, fp_dropout if output == "fp" else None)
         logits = F.interpolate(self.classify(feats), size=x.shape[-2:], mode="bilinear",
                                align_corners=self.align_corners)
         if output == "fp":
