@@ -53,8 +53,8 @@ class ResNetBackbone(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         if layer4_dilations is not None:
             if len(layer4_dilations) != len(self.layer4):
-                raise ConfigError(f"model.layer4_dilations = {layer4_dilations!r}: give one dilation per "
-                                  f"layer4 block ({len(self.layer4)})")
+                raise ValueError(f"layer4_dilations = {layer4_dilations!r}: one dilation per layer4 block "
+                                 f"({len(self.layer4)})")
             for block, d in zip(self.layer4, layer4_dilations):
                 block.conv2.dilation, block.conv2.padding = (d, d), (d, d)
         for m in self.modules():
