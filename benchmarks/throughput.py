@@ -100,7 +100,7 @@ def measure_one(a) -> dict:
     loader_s = (time.time() - t0) / (n + warm)
 
     batches = [(to_device(b, dev), to_device(u, dev) if u is not None else None) for b, u in batches]
-    it0 = trainer.iteration = 10 ** 6  # past every warm-up: the semi-supervised terms run
+    it0 = trainer.progress.iteration = 10 ** 6  # past every warm-up: the semi-supervised terms run
     for b, u in batches[:warm]:
         trainer.step(b, u)
     sync()
@@ -113,7 +113,7 @@ def measure_one(a) -> dict:
     step_s = (time.time() - t0) / n
     del batches
 
-    trainer.iteration = it0
+    trainer.progress.iteration = it0
     lab, unl = trainer._streams()
     for _ in range(warm):
         trainer.step(to_device(next(lab), dev), to_device(next(unl), dev) if unl is not None else None)

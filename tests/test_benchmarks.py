@@ -160,11 +160,12 @@ def test_pseudo_label_script_runs_on_a_checkpoint(digits_root, tmp_path, capsys)
 
 def test_label_curves_reads_the_evaluations_of_each_run(tmp_path, capsys):
     import label_curves
-    logs = {"few": ["it 100/400", "eval at iteration 200: mIoU 30.50 aAcc 1", "eval at iteration 400: mIoU 31.00 aAcc 1"],
-            "all": ["eval at iteration 200: mIoU 40.00 aAcc 1", "eval at iteration 400: mIoU 55.25 aAcc 1"]}
-    for name, lines in logs.items():
+    # "few" evaluated iteration 400 twice (a resume): the later record wins
+    evals = {"few": [(200, 0.305), (400, 0.2), (400, 0.31)], "all": [(200, 0.4), (400, 0.5525)]}
+    for name, records in evals.items():
         (tmp_path / name).mkdir()
-        (tmp_path / name / "train.log").write_text("\n".join(f"12:00:00 {ln}" for ln in lines) + "\n")
+        (tmp_path / name / "metrics.jsonl").write_text(
+            "".join(json.dumps({"iteration": i, "mIoU": m, "aAcc": 0.9}) + "\n" for i, m in records))
     png = tmp_path / "curves.png"
     assert label_curves.main(["configs/digits_sup.yaml", "--report-only", "--work-root", str(tmp_path),
                               "--lists", "few=a.txt", "all=b.txt", "--png", str(png)]) == 0

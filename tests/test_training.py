@@ -65,7 +65,7 @@ def test_resume_equals_uninterrupted_run(digits_root, tmp_path):
     part.train(max_steps=3)  # pre-empted after 3 steps: latest.pth at iteration 3
     assert load_checkpoint(str(tmp_path / "part" / "latest.pth"))["iteration"] == 3
     resumed = Trainer(digits_cfg(digits_root, str(tmp_path / "part"), *common))  # resume=auto
-    assert resumed.iteration == 3
+    assert resumed.progress.iteration == 3
     resumed.train()
     a, b = full.model.state_dict(), resumed.model.state_dict()
     for k in a:
@@ -161,7 +161,7 @@ def test_nonfinite_loss_stops_with_a_message_or_is_skipped(digits_root, tmp_path
     trainer = Trainer(cfg)
     trainer.method.training_step = nan_at_2
     trainer.train()
-    assert trainer.iteration == 4 and trainer.skipped == 1
+    assert trainer.progress.iteration == 4 and trainer.progress.skipped == 1
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
