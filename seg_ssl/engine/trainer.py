@@ -30,6 +30,8 @@ from seg_ssl.data.transforms import train_pipeline, val_pipeline
 from seg_ssl.engine import dist as du
 from seg_ssl.engine import tb
 from seg_ssl.engine.checkpoint import load_checkpoint, model_state
+from seg_ssl.engine.execution import AMP_DTYPES, autocast, channels_last_batch, compile_module, grad_scaler
+from seg_ssl.engine.execution import is_compile_failure
 from seg_ssl.engine.logbook import LossWindow
 from seg_ssl.engine.optim import build_optimizer, set_lr
 from seg_ssl.engine.rng import seed_everything
@@ -165,11 +167,11 @@ class Trainer:
 
         self.method, self.model, self.ddp = self._build_model()
         self.optimizer = build_optimizer(cfg, self.model)
-        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
-        if self.amp_dtype is not None and self.device.type != "cuda":
-            LOG.warning("train.amp=%s needs CUDA; training in float32 on %s", cfg.train.amp, self.device)
-            self.amp_dtype = None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+        self.amp_dtype = AMP_DTYPES[cfg.train.amp]
+        self.scaler = grad_scaler(self.device, self.amp_dtype)
+        # what the methods call in training; evaluation and checkpoints use the plain self.model
+        self.train_model = (compile_module(self.ddp, cfg.train.compile, cfg.train.compile_backend)
+                            if cfg.train.compile != "none" else self.ddp)
         self.labeled, self.unlabeled, self.val = self._build_data()
         self.run_state = RunState(cfg, self.info, self.model, self.optimizer, self.scaler, self.method)
         self.progress = (self.run_state.restore(self._resume_path, resume_ckpt) if resume_ckpt is not None
@@ -180,6 +182,8 @@ class Trainer:
         cfg = self.cfg
         method = build_method(cfg, self.info.world_size)
         model = method.model.to(self.device)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         if cfg.load_from:
             try:
                 load_strict(model, model_state(load_checkpoint(cfg.load_from)))
@@ -371,6 +375,9 @@ class Trainer:
         try:
             labeled = to_device(next(lab_stream), self.device)
             unlabeled = to_device(next(unl_stream), self.device) if unl_stream is not None else None
+            if self.cfg.train.channels_last:
+                labeled = channels_last_batch(labeled)
+                unlabeled = channels_last_batch(unlabeled) if unlabeled is not None else None
         except DataError:
             self.save("latest.pth")
             LOG.warning("bad data at iteration %d; latest.pth saved: fix the file and run the same command to "
@@ -416,9 +423,7 @@ class Trainer:
 
     def step(self, labeled, unlabeled) -> dict:
         t = self.cfg.train
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
-            losses = self.method.training_step(self.ddp, labeled, unlabeled, self.progress.iteration)
+        losses = self._forward(labeled, unlabeled)
         loss = losses["loss"]
         bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=self.device)
         all_reduce_sum(bad)
@@ -445,6 +450,21 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {k: v.detach() if torch.is_tensor(v) else v for k, v in losses.items()}
+
+    def _forward(self, labeled, unlabeled) -> dict:
+        """The method's losses, under autocast; a torch.compile that fails falls back to eager once."""
+        try:
+            with autocast(self.device, self.amp_dtype):
+                return self.method.training_step(self.train_model, labeled, unlabeled, self.progress.iteration)
+        except Exception as e:
+            if self.train_model is self.ddp or not is_compile_failure(e):
+                raise
+            LOG.warning("train.compile=%s (backend %s) failed at iteration %d (%s); training eager from here",
+                        self.cfg.train.compile, self.cfg.train.compile_backend, self.progress.iteration + 1,
+                        one_line(e))
+            self.train_model = self.ddp
+            with autocast(self.device, self.amp_dtype):
+                return self.method.training_step(self.train_model, labeled, unlabeled, self.progress.iteration)
 
     def _evaluate_after_save(self, writer) -> dict:
         """Evaluate at an iteration whose latest.pth is already written. A failure says that the
