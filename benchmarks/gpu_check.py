@@ -7,7 +7,7 @@ iterations (bf16, the setting a GPU user would train with), which must fall. One
 on stdout and in ``--out``. Each step runs every term of its method (the iteration counter is past
 every warm-up), on batches already on the device, so the figures are the step's, not the loader's.
 
-    bash benchmarks/gpu_check.sh                  # on a GPU: about 6 minutes on one H200
+    bash benchmarks/gpu_check.sh                  # on a GPU (sized for under 8 minutes; not yet run on one)
     bash benchmarks/gpu_check.sh --dry            # anywhere: tiny sizes, a few steps (the test runs it)
 
 The networks start from random weights (the ImageNet files are not on a lent machine; speed and

@@ -84,6 +84,7 @@ def test_throughput_measures_every_part(digits_root, tmp_path):
                             "--extra", *SMALL]) == 0
     res = json.loads(out.read_text())
     sup, cps = res["rows"]
+    assert sup["setting"] == cps["setting"] == "fp32"
     for r in (sup, cps):
         assert r["train_s"] > 0 and r["step_s"] > 0 and r["loader_s"] > 0
         assert 0 < r["training_mib"] < r["peak_mib"]
@@ -96,9 +97,9 @@ def test_throughput_voc_scale_runs_on_a_synthetic_voc_set(tmp_path):
     out = tmp_path / "t.json"
     assert throughput.main(["--scale", "voc", "--crop", "64", "--methods", "labeled-only", "--steps", "1",
                             "--warmup", "0", "--threads", "1", "--workers", "0", "--no-eval",
-                            "--json", str(out)]) == 0
+                            "--settings", "channels_last", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())["rows"]
-    assert row["crop"] == 64 and row["batch"] == "2+0" and row["train_s"] > 0
+    assert row["crop"] == 64 and row["batch"] == "2+0" and row["train_s"] > 0 and row["setting"] == "channels_last"
 
 
 def test_ssl_digits_report_only_tabulates_finished_runs(tmp_path, capsys):
