@@ -2,7 +2,9 @@
 
 A method supplies ``model`` (an nn.Module), ``training_step(model, labeled, unlabeled, it)`` that
 returns a dict of losses with the total under ``"loss"``, and ``predictor(model)`` for evaluation.
-Everything else (the loop, streams, optimizer, schedule, I/O) lives here.
+Everything else (the loop, streams, optimizer, schedule, I/O) lives here or beside it: what
+latest.pth holds and how a run resumes in ``run_state.py``, AMP, channels_last and torch.compile in
+``execution.py``, the optimizer's parameter groups in ``optim.py``, the log window in ``logbook.py``.
 """
 from __future__ import annotations
 
@@ -37,8 +39,8 @@ from seg_ssl.engine.optim import build_optimizer, set_lr
 from seg_ssl.engine.rng import seed_everything
 from seg_ssl.engine.run_state import Progress, RunState, find_checkpoint
 from seg_ssl.engine.threads import apply_threads
-from seg_ssl.errors import ConfigError, DataError, one_line
 from seg_ssl.engine.workdir import lock_work_dir, remove_stale_temp_files, unlock_work_dir
+from seg_ssl.errors import ConfigError, DataError, one_line
 from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
 from seg_ssl.evaluation.metrics import evaluation_record, format_table, to_json
 from seg_ssl.methods import METHODS, build_method
