@@ -63,12 +63,6 @@ def build_trainer(method: str, precision: str, data_root: str, work_dir: str, dr
     return Trainer(load_config(os.path.join(ROOT, config), overrides))
 
 
-def device_batches(trainer: Trainer, count: int) -> list:
-    lab, unl = trainer._streams()
-    return [(to_device(next(lab), trainer.device), to_device(next(unl), trainer.device) if unl is not None else None)
-            for _ in range(count)]
-
-
 def images_per_step(labeled, unlabeled) -> int:
     n = labeled["image"].shape[0]
     if unlabeled is not None:
@@ -76,13 +70,16 @@ def images_per_step(labeled, unlabeled) -> int:
     return n
 
 
-def measure(method: str, precision: str, a, data_root: str, tmp: str) -> dict:
-    """Step time, images/s and peak memory of ``method`` under ``precision``."""
+def measure(method: str, precision: str, a, data_root: str, tmp: str, curve: bool) -> dict:
+    """Step time, images/s and peak memory of ``method`` under ``precision``; with ``curve``, then
+    the labeled loss over ``--loss-iters`` more iterations of the same run."""
     trainer = build_trainer(method, precision, data_root, os.path.join(tmp, f"{method}_{precision}"), a.dry)
     try:
         cuda = trainer.device.type == "cuda"
         sync = torch.cuda.synchronize if cuda else (lambda: None)
-        batches = device_batches(trainer, min(4, a.warmup + a.steps))
+        lab, unl = trainer._streams()
+        batches = [(to_device(next(lab), trainer.device), to_device(next(unl), trainer.device) if unl is not None
+                    else None) for _ in range(min(4, a.warmup + a.steps))]
         trainer.progress.iteration = 10 ** 6  # past every warm-up: every term of the method runs
         for i in range(a.warmup):
             trainer.step(*batches[i % len(batches)])
@@ -96,10 +93,13 @@ def measure(method: str, precision: str, a, data_root: str, tmp: str) -> dict:
         step_s = (time.perf_counter() - t0) / a.steps
         if "skipped" in losses:
             raise RuntimeError(f"{method} {precision}: the step was skipped (non-finite loss)")
-        return {"method": method, "precision": precision, "step_s": step_s,
-                "img_s": images_per_step(*batches[0]) / step_s, "peak_mib": peak_memory_mib(trainer.device),
-                "crop": trainer.cfg.data.crop_size, "batch": f"{trainer.sizes['labeled_per_process']}+"
-                f"{trainer.sizes['unlabeled_per_process'] if trainer.unlabeled is not None else 0}"}
+        row = {"method": method, "precision": precision, "step_s": step_s,
+               "img_s": images_per_step(*batches[0]) / step_s, "peak_mib": peak_memory_mib(trainer.device),
+               "crop": trainer.cfg.data.crop_size, "batch": f"{trainer.sizes['labeled_per_process']}+"
+               f"{trainer.sizes['unlabeled_per_process'] if trainer.unlabeled is not None else 0}"}
+        if curve:  # fresh batches every step from here
+            row["curve"] = loss_curve(trainer, lab, unl, a.loss_iters)
+        return row
     finally:
         trainer.close()
         del trainer
@@ -108,24 +108,16 @@ def measure(method: str, precision: str, a, data_root: str, tmp: str) -> dict:
             torch.cuda.empty_cache()
 
 
-def loss_curve(method: str, a, data_root: str, tmp: str) -> dict:
-    """The labeled term over ``loss_iters`` real iterations (fresh batches every step) under
-    ``--loss-precision``: the mean of the first and of the last fifth."""
-    trainer = build_trainer(method, a.loss_precision, data_root, os.path.join(tmp, f"{method}_curve"), a.dry)
-    try:
-        lab, unl = trainer._streams()
-        trainer.progress.iteration = 10 ** 6
-        sup = []
-        for _ in range(a.loss_iters):
-            losses = trainer.step(to_device(next(lab), trainer.device),
-                                  to_device(next(unl), trainer.device) if unl is not None else None)
-            # the labeled term: "sup" (CPS: one per network)
-            sup.append(sum(float(v) for k, v in losses.items() if k in ("sup", "sup1", "sup2")))
-        k = max(1, len(sup) // 5)
-        first, last = statistics.mean(sup[:k]), statistics.mean(sup[-k:])
-        return {"first": first, "last": last, "falls": last < first}
-    finally:
-        trainer.close()
+def loss_curve(trainer: Trainer, lab, unl, iters: int) -> dict:
+    """The labeled term over ``iters`` iterations: the mean of the first and of the last fifth."""
+    sup = []
+    for _ in range(iters):
+        losses = trainer.step(to_device(next(lab), trainer.device),
+                              to_device(next(unl), trainer.device) if unl is not None else None)
+        sup.append(sum(float(v) for k, v in losses.items() if k in ("sup", "sup1", "sup2")))  # CPS: one per network
+    k = max(1, len(sup) // 5)
+    first, last = statistics.mean(sup[:k]), statistics.mean(sup[-k:])
+    return {"first": first, "last": last, "falls": last < first}
 
 
 def main(argv=None) -> int:
@@ -137,8 +129,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5; --dry 0)")
     p.add_argument("--loss-iters", type=int, default=None, help="default 200; --dry 2")
     p.add_argument("--loss-precision", default=None, choices=PRECISIONS,
-                   help="of the loss curve: default bf16 (what a GPU user trains with); --dry fp32 (a CPU "
-                        "without bf16 units runs R50 in bf16 ~10x slower than in fp32)")
+                   help="of the loss curve (it continues that precision's timed run): default bf16 (what a "
+                        "GPU user trains with); --dry fp32 (a CPU without bf16 units runs R50 in bf16 ~10x "
+                        "slower than in fp32)")
     p.add_argument("--out", default=None, help="also write the table here")
     a = p.parse_args(argv)
     a.steps = a.steps or (1 if a.dry else 20)
@@ -155,11 +148,14 @@ def main(argv=None) -> int:
         fake_voc(data_root, n=16 if a.dry else 48, size=(100, 125) if a.dry else (375, 500))
         for method in a.methods:
             for precision in a.precisions:
-                rows.append(measure(method, precision, a, data_root, tmp))
+                rows.append(measure(method, precision, a, data_root, tmp, curve=precision == a.loss_precision))
                 r = rows[-1]
                 print(f"{method} {precision}: {r['step_s']:.3f} s/step, {r['img_s']:.1f} img/s, "
                       f"peak {r['peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
-            curves[method] = loss_curve(method, a, data_root, tmp)
+                if "curve" in r:
+                    curves[method] = r.pop("curve")
+            if method not in curves:  # the curve's precision was not timed: a run of its own
+                curves[method] = measure(method, a.loss_precision, a, data_root, tmp, curve=True)["curve"]
     device = (torch.cuda.get_device_name(0) if torch.cuda.is_available() and not a.dry else
               f"{platform.machine()} CPU, {os.cpu_count()} cores")
     mem = "peak CUDA allocated MiB" if torch.cuda.is_available() else "peak RSS MiB (the process)"
