@@ -2,7 +2,7 @@
 its labels rather than by compute? (the evidence for the pretrained digits benchmark's setting)
 
 For each labeled list, trains ``CONFIG`` with that list (one work dir each, resumable: a finished
-run is not trained again) and reads the evaluations its ``train.log`` recorded every
+run is not trained again) and reads the evaluations its ``metrics.jsonl`` recorded every
 ``train.eval_interval`` iterations; then prints a Markdown table and writes a PNG of the curves.
 
     python benchmarks/label_curves.py configs/digits_lite0_sup.yaml --work-root runs/lite0_curve \
@@ -13,22 +13,20 @@ run is not trained again) and reads the evaluations its ``train.log`` recorded e
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EVAL_LINE = re.compile(r"eval at iteration (\d+): mIoU ([\d.]+)")
-
-
-def read_curve(log_path: str) -> dict:
-    """``{iteration: mIoU}`` from a train.log (the last evaluation of an iteration wins)."""
+def read_curve(jsonl_path: str) -> dict:
+    """``{iteration: mIoU x 100}`` from a run's metrics.jsonl (the last evaluation of an iteration
+    wins: a resumed run may evaluate an iteration again)."""
     curve = {}
-    if os.path.isfile(log_path):
-        with open(log_path) as f:
-            for m in EVAL_LINE.finditer(f.read()):
-                curve[int(m.group(1))] = float(m.group(2))
+    if os.path.isfile(jsonl_path):
+        with open(jsonl_path) as f:
+            for record in map(json.loads, f):
+                curve[record["iteration"]] = 100 * record["mIoU"]
     return curve
 
 
@@ -78,7 +76,7 @@ def main(argv=None) -> int:
             if subprocess.run(cmd, cwd=ROOT).returncode != 0:
                 print(f"{name}: training failed: {' '.join(cmd)}", file=sys.stderr)
                 return 1
-        curves[name] = read_curve(os.path.join(work, "train.log"))
+        curves[name] = read_curve(os.path.join(work, "metrics.jsonl"))
     print(table(curves))
     if args.png:
         plot(curves, args.png, f"labeled-only, {os.path.basename(args.config)}")

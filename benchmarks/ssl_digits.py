@@ -24,7 +24,6 @@ import concurrent.futures as cf
 import json
 import math
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -61,7 +60,6 @@ SUITES = {
 }
 DATA_ROOT = {"lite0": ("data/digits_clean", "--rendering clean "), "scratch": ("data/digits", "")}
 METHODS = SUITES["lite0"]
-PL_LINE = re.compile(r"it (\d+)/\d+ .*?pl_acc ([\d.]+)(?: pl_fg_acc ([\d.]+))?")
 
 
 EQUAL_WALL = "labeled-only, equal wall time"
@@ -88,22 +86,25 @@ def run_one(name: str, config: str, overrides: list[str], work_dir: str, threads
         metrics = json.load(f)
     result = {"name": name, "mIoU": 100 * metrics["mIoU"], "iteration": metrics["iteration"],
               "wall_s": wall, "IoU": [100 * v for v in metrics["IoU"]], "command": " ".join(cmd[1:]),
-              "pseudo_labels": pseudo_label_curve(os.path.join(work_dir, "train.log"))}
+              "pseudo_labels": pseudo_label_curve(os.path.join(work_dir, "train.jsonl"))}
     with open(result_path, "w") as f:
         json.dump(result, f, indent=1)
     return result
 
 
-def pseudo_label_curve(log_path: str) -> list:
-    """``[[iteration, pl_acc, pl_fg_acc], ...]`` from a train.log's step lines (x 100; empty for a
-    run that logs none: labeled-only, or a run without data.unlabeled_truth)."""
-    curve = []
-    if os.path.isfile(log_path):
-        with open(log_path) as f:
-            for m in PL_LINE.finditer(f.read()):
-                curve.append([int(m.group(1)), 100 * float(m.group(2)),
-                              100 * float(m.group(3)) if m.group(3) else None])
-    return curve
+def pseudo_label_curve(jsonl_path: str) -> list:
+    """``[[iteration, pl_acc, pl_fg_acc], ...]`` (x 100) from a run's train.jsonl, one per logged
+    window that has them (empty for labeled-only, or a run without data.unlabeled_truth). A window
+    logged again after a resume replaces the first one."""
+    by_iteration = {}
+    if os.path.isfile(jsonl_path):
+        with open(jsonl_path) as f:
+            for record in map(json.loads, f):
+                if "pl_acc" in record:
+                    fg = record.get("pl_fg_acc")
+                    by_iteration[record["iteration"]] = [record["iteration"], 100 * record["pl_acc"],
+                                                         None if fg is None else 100 * fg]
+    return [by_iteration[k] for k in sorted(by_iteration)]
 
 
 def load_store(path: str | None) -> dict:

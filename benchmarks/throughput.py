@@ -11,7 +11,11 @@ The loader keeps up when its time per batch is well below the step's. Evaluation
 second for whole-image and sliding-window inference.
 
     python benchmarks/throughput.py                       # digits scale on this machine (CPU)
-    python benchmarks/throughput.py --scale voc --crop 512 --amp none bf16   # VOC scale, R50 (GPU)
+    python benchmarks/throughput.py --scale voc --crop 512 --settings fp32 bf16   # VOC scale, R50 (GPU)
+    python benchmarks/throughput.py --settings fp32 channels_last compile bf16 all  # the speed options
+
+``--settings`` names execution options (``SETTINGS``); they are measured side by side: for each
+method every setting in turn, so a change in the machine's load hits them alike.
 
 VOC scale needs no download: it trains on a synthetic VOC-layout set of random images (speed and
 memory do not depend on the pixels).
@@ -33,6 +37,17 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ssl_digits import METHODS  # noqa: E402  the digits runs are the benchmark's four methods
+
+# execution options (seg_ssl/engine/execution.py): none changes what a step computes
+SETTINGS = {
+    "fp32": [],
+    "channels_last": ["train.channels_last=true"],
+    "compile": ["train.compile=default"],
+    "bf16": ["train.amp=bf16"],
+    "fp16": ["train.amp=fp16"],
+    "channels_last+compile": ["train.channels_last=true", "train.compile=default"],
+    "all": ["train.channels_last=true", "train.compile=default", "train.amp=bf16"],
+}
 
 CONFIGS = {
     "digits": METHODS,
@@ -82,7 +97,7 @@ def measure_one(a) -> dict:
 
     config, extra = CONFIGS[a.scale][a.method]
     ov = [f"work_dir={a.work_dir}", "resume=null", "train.eval_interval=0", f"train.threads={a.threads}",
-          f"train.amp={a.amp}", f"data.num_workers={a.workers}", f"data.root={a.data_root}", *extra]
+          f"data.num_workers={a.workers}", f"data.root={a.data_root}", *extra, *SETTINGS[a.setting]]
     if a.scale == "voc":
         ov += ["model.encoder_weights=null", f"data.crop_size={a.crop}", f"data.batch_size={a.batch}",
                f"data.unlabeled_batch_size={a.batch}", f"cac.selected_num={a.selected_num}"]
@@ -100,7 +115,7 @@ def measure_one(a) -> dict:
     loader_s = (time.time() - t0) / (n + warm)
 
     batches = [(to_device(b, dev), to_device(u, dev) if u is not None else None) for b, u in batches]
-    it0 = trainer.iteration = 10 ** 6  # past every warm-up: the semi-supervised terms run
+    it0 = trainer.progress.iteration = 10 ** 6  # past every warm-up: the semi-supervised terms run
     for b, u in batches[:warm]:
         trainer.step(b, u)
     sync()
@@ -113,7 +128,7 @@ def measure_one(a) -> dict:
     step_s = (time.time() - t0) / n
     del batches
 
-    trainer.iteration = it0
+    trainer.progress.iteration = it0
     lab, unl = trainer._streams()
     for _ in range(warm):
         trainer.step(to_device(next(lab), dev), to_device(next(unl), dev) if unl is not None else None)
@@ -123,7 +138,7 @@ def measure_one(a) -> dict:
         trainer.step(to_device(next(lab), dev), to_device(next(unl), dev) if unl is not None else None)
     sync()
     train_s = (time.time() - t0) / n
-    return {"method": a.method, "scale": a.scale, "amp": a.amp, "crop": cfg.data.crop_size,
+    return {"method": a.method, "scale": a.scale, "setting": a.setting, "crop": cfg.data.crop_size,
             "batch": f"{cfg.data.batch_size}+{cfg.data.unlabeled_batch_size if unl is not None else 0}",
             "loader_s": loader_s, "step_s": step_s, "train_s": train_s,
             "peak_mib": peak_memory_mib(dev), "training_mib": peak_memory_mib(dev) - setup_mib,
@@ -176,7 +191,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scale", choices=list(CONFIGS), default="digits")
     p.add_argument("--methods", nargs="+", default=list(CONFIGS["digits"]))
-    p.add_argument("--amp", nargs="+", default=["none"], choices=["none", "bf16", "fp16"])
+    p.add_argument("--settings", nargs="+", default=["fp32"], choices=list(SETTINGS))
     p.add_argument("--crop", type=int, default=512, help="VOC scale crop")
     p.add_argument("--batch", type=int, default=2, help="VOC scale: labeled (and unlabeled) per process")
     p.add_argument("--selected-num", type=int, default=3200, help="VOC scale CAC negatives per crop")
@@ -194,7 +209,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     if a.one or a.eval_only:  # child process
-        a.method, a.amp = a.one, a.amp[0]
+        a.method, a.setting = a.one, a.settings[0]
         print(json.dumps(measure_eval(a) if a.eval_only else measure_one(a)))
         return 0
 
@@ -209,12 +224,12 @@ def main(argv=None) -> int:
                   "--warmup", str(a.warmup), "--threads", str(a.threads), "--workers", str(a.workers),
                   "--data-root", a.data_root, "--selected-num", str(a.selected_num), "--extra", *a.extra]
         rows = []
-        for amp in a.amp:
-            for method in a.methods:
-                rows.append(spawn(common + ["--one", method, "--amp", amp, "--work-dir",
-                                            os.path.join(tmp, f"{method}_{amp}")]))
+        for method in a.methods:
+            for setting in a.settings:
+                rows.append(spawn(common + ["--one", method, "--settings", setting, "--work-dir",
+                                            os.path.join(tmp, f"{method}_{setting}")]))
                 r = rows[-1]
-                print(f"{method:<13} amp {amp:<4} loader {r['loader_s']:.3f} s/batch, step {r['step_s']:.3f} s, "
+                print(f"{method:<13} {setting:<21} loader {r['loader_s']:.3f} s/batch, step {r['step_s']:.3f} s, "
                       f"train {r['train_s']:.3f} s/it, peak {r['peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
         ev = None if a.no_eval else spawn(common + ["--eval-only", "--work-dir", os.path.join(tmp, "eval")])
 
@@ -223,12 +238,14 @@ def main(argv=None) -> int:
                f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {a.threads} threads")
     mem = "peak CUDA allocated" if rows and rows[0]["device"].startswith("cuda") else "peak RSS"
     print(f"\n{a.scale} scale, {machine}, torch {torch.__version__}, {a.workers} loader worker(s)\n")
-    print(f"| method | AMP | crop | batch | train s/it | it/s | step s | loader s/batch | {mem} MiB "
-          f"| of it, training MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    fp32_step = {r["method"]: r["step_s"] for r in rows if r["setting"] == "fp32"}
+    print(f"| method | setting | crop | batch | train s/it | it/s | step s | step vs fp32 | loader s/batch "
+          f"| {mem} MiB | of it, training MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['amp']} | {r['crop']} | {r['batch']} | {r['train_s']:.3f} | "
-              f"{1 / r['train_s']:.2f} | {r['step_s']:.3f} | {r['loader_s']:.3f} | {r['peak_mib']:.0f} | "
+        ratio = f"{r['step_s'] / fp32_step[r['method']]:.2f}x" if r["method"] in fp32_step else ""
+        print(f"| {r['method']} | {r['setting']} | {r['crop']} | {r['batch']} | {r['train_s']:.3f} | "
+              f"{1 / r['train_s']:.2f} | {r['step_s']:.3f} | {ratio} | {r['loader_s']:.3f} | {r['peak_mib']:.0f} | "
               f"{r['training_mib']:.0f} |")
     if ev:
         print(f"\nevaluation ({ev['val_images']} val images): whole {ev['whole_img_s']:.1f} img/s, "

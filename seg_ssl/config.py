@@ -110,7 +110,14 @@ SCHEMA: dict = {
         "poly_power": _f(NUM, 0.9),
         "warmup_iters": _f(int, 0),
         "warmup_ratio": _f(NUM, 0.1, doc="lr factor at iteration 0 of the warm-up"),
-        "amp": _f(str, "none", choices=["none", "bf16", "fp16"], doc="CUDA only"),
+        "amp": _f(str, "none", choices=["none", "bf16", "fp16"], doc="autocast dtype, on CUDA and the CPU; "
+                  "fp16 with a gradient scaler (its state is in latest.pth)"),
+        "channels_last": _f(bool, False, doc="NHWC memory format for the model and the images"),
+        "compile": _f(str, "none", choices=["none", "default", "reduce-overhead", "max-autotune",
+                                            "max-autotune-no-cudagraphs"],
+                      doc="torch.compile mode of the training forward; none: eager. Checkpoints hold the "
+                          "plain module's weights, so they load with or without it"),
+        "compile_backend": _f(str, "inductor", doc="torch.compile backend (aot_eager: no code generation)"),
         "grad_clip": _f(NUM, None, nullable=True),
         "sync_bn": _f(bool, True, doc="SyncBatchNorm when world size > 1"),
         "joint_forward": _f(bool, False, doc="labeled and unlabeled images in one forward, sharing "
@@ -138,10 +145,12 @@ SCHEMA.update({name: dict(m.config_section) for name, m in METHODS.items() if m.
 
 # What a resumed run may change: the length of the schedule (train.iters, to extend a run), where
 # and how often it logs, evaluates and saves, evaluation settings, threads and loader workers, the
-# data's location, and how long to wait for other processes. Anything else would make the record of
-# the run (config.yaml) wrong about iterations already done.
+# data's location, how long to wait for other processes, and how the same computation runs (memory
+# format, torch.compile). Anything else (train.amp included: it changes the numbers) would make the
+# record of the run (config.yaml) wrong about iterations already done.
 MAY_CHANGE_ON_RESUME = ("work_dir", "resume", "work_dir_wait_s", "dist.", "train.iters", "train.log_interval",
-                        "train.eval_interval", "train.ckpt_interval", "train.threads", "data.root", "data.num_workers",
+                        "train.eval_interval", "train.ckpt_interval", "train.threads",
+                        "train.channels_last", "train.compile", "train.compile_backend", "data.root", "data.num_workers",
                         "data.val_batch_size", "eval.")
 
 

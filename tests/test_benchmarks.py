@@ -84,6 +84,7 @@ def test_throughput_measures_every_part(digits_root, tmp_path):
                             "--extra", *SMALL]) == 0
     res = json.loads(out.read_text())
     sup, cps = res["rows"]
+    assert sup["setting"] == cps["setting"] == "fp32"
     for r in (sup, cps):
         assert r["train_s"] > 0 and r["step_s"] > 0 and r["loader_s"] > 0
         assert 0 < r["training_mib"] < r["peak_mib"]
@@ -96,9 +97,9 @@ def test_throughput_voc_scale_runs_on_a_synthetic_voc_set(tmp_path):
     out = tmp_path / "t.json"
     assert throughput.main(["--scale", "voc", "--crop", "64", "--methods", "labeled-only", "--steps", "1",
                             "--warmup", "0", "--threads", "1", "--workers", "0", "--no-eval",
-                            "--json", str(out)]) == 0
+                            "--settings", "channels_last", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())["rows"]
-    assert row["crop"] == 64 and row["batch"] == "2+0" and row["train_s"] > 0
+    assert row["crop"] == 64 and row["batch"] == "2+0" and row["train_s"] > 0 and row["setting"] == "channels_last"
 
 
 def test_ssl_digits_report_only_tabulates_finished_runs(tmp_path, capsys):
@@ -160,11 +161,12 @@ def test_pseudo_label_script_runs_on_a_checkpoint(digits_root, tmp_path, capsys)
 
 def test_label_curves_reads_the_evaluations_of_each_run(tmp_path, capsys):
     import label_curves
-    logs = {"few": ["it 100/400", "eval at iteration 200: mIoU 30.50 aAcc 1", "eval at iteration 400: mIoU 31.00 aAcc 1"],
-            "all": ["eval at iteration 200: mIoU 40.00 aAcc 1", "eval at iteration 400: mIoU 55.25 aAcc 1"]}
-    for name, lines in logs.items():
+    # "few" evaluated iteration 400 twice (a resume): the later record wins
+    evals = {"few": [(200, 0.305), (400, 0.2), (400, 0.31)], "all": [(200, 0.4), (400, 0.5525)]}
+    for name, records in evals.items():
         (tmp_path / name).mkdir()
-        (tmp_path / name / "train.log").write_text("\n".join(f"12:00:00 {ln}" for ln in lines) + "\n")
+        (tmp_path / name / "metrics.jsonl").write_text(
+            "".join(json.dumps({"iteration": i, "mIoU": m, "aAcc": 0.9}) + "\n" for i, m in records))
     png = tmp_path / "curves.png"
     assert label_curves.main(["configs/digits_sup.yaml", "--report-only", "--work-root", str(tmp_path),
                               "--lists", "few=a.txt", "all=b.txt", "--png", str(png)]) == 0

@@ -145,14 +145,17 @@ def torchrun(nproc, config, *overrides, log_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config, extra", [
-    ("digits_cps.yaml", ("cps.unsup_start_iter=1", "cps.rampup_iters=0", "cps.conf_thresh=0.0")),
+@pytest.mark.parametrize("config, extra, ddp_options", [
+    ("digits_cps.yaml", ("cps.unsup_start_iter=1", "cps.rampup_iters=0", "cps.conf_thresh=0.0"), ()),
     ("digits_cac.yaml", ("cac.unsup_start_iter=1", "cac.pos_thresh=0.0", "cac.selected_num=64",
-                         "train.joint_forward=false")),  # groups apart under DDP and SyncBN
-    # two forwards with gradient and one in eval mode per step, under DDP and SyncBN
-    ("digits_unimatch.yaml", ("unimatch.unsup_start_iter=1", "unimatch.conf_thresh=0.0")),
+                         "train.joint_forward=false"), ()),  # groups apart under DDP and SyncBN
+    # two forwards with gradient and one in eval mode per step, under DDP and SyncBN; the two
+    # processes also run channels_last and torch.compile (traced through DDP; the eager backend
+    # skips code generation) from the single process's eager checkpoint
+    ("digits_unimatch.yaml", ("unimatch.unsup_start_iter=1", "unimatch.conf_thresh=0.0"),
+     ("train.channels_last=true", "train.compile=default", "train.compile_backend=eager")),
 ])
-def test_two_process_runs_complete_and_resume_with_any_world_size(digits_root, tmp_path, config, extra):
+def test_two_process_runs_complete_and_resume_with_any_world_size(digits_root, tmp_path, config, extra, ddp_options):
     from conftest import digits_cfg
     from seg_ssl.engine.checkpoint import load_checkpoint
     from seg_ssl.engine.trainer import Trainer
@@ -166,9 +169,10 @@ def test_two_process_runs_complete_and_resume_with_any_world_size(digits_root, t
     first.train()
     first.close()  # gives the work dir's lock back
     assert load_checkpoint(str(work / "latest.pth"))["iteration"] == 2
-    r = torchrun(2, config, *common, "train.iters=4", log_dir=tmp_path / "elastic")
+    r = torchrun(2, config, *common, "train.iters=4", *ddp_options, log_dir=tmp_path / "elastic")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "world 2 | per-process batch 2+2" in r.stdout
+    assert "training eager from here" not in r.stdout + r.stderr  # torch.compile did not fall back
     assert "resumed from" in r.stdout and "at iteration 2" in r.stdout and "it 4/4" in r.stdout
     assert r.stdout.count("   mIoU ") == 1  # the final table, printed by rank 0 only
     assert load_checkpoint(str(work / "latest.pth"))["iteration"] == 4

@@ -239,7 +239,7 @@ def test_an_evaluation_that_fails_keeps_latest_and_the_resumed_run_matches(digit
     a, b = full.model.state_dict(), resumed.model.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert resumed.best["iteration"] in (2, 4)
+    assert resumed.progress.best["iteration"] in (2, 4)
 
 
 # --------------------------------------------------------------------------------------------------

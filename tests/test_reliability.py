@@ -145,7 +145,7 @@ def test_resume_refuses_changed_settings_and_keeps_the_record(digits_root, tmp_p
     assert "\n" not in str(e.value) and (work / "config.yaml").read_text() == record
     # extending the schedule and changing how often it logs or evaluates are fine
     t = Trainer(digits_cfg(digits_root, str(work), "train.iters=5", "train.log_interval=1", "eval.flip=true"))
-    assert t.iteration == 3
+    assert t.progress.iteration == 3
     t.train()
     assert "iters: 5" in (work / "config.yaml").read_text()
     log = (work / "train.log").read_text()

@@ -57,21 +57,27 @@ def test_a_few_iterations_lower_the_loss(digits_root, tmp_path):
     assert {"model", "optimizer", "scaler", "rng", "best"} <= set(ckpt)
 
 
-def test_resume_equals_uninterrupted_run(digits_root, tmp_path):
-    common = ("train.iters=8", "train.ckpt_interval=100", "model.dropout=0.3", "train.log_interval=2")
+@pytest.mark.parametrize("amp", ["none", "fp16"])  # fp16: on the CPU too, with its gradient scaler
+def test_resume_equals_uninterrupted_run(digits_root, tmp_path, amp):
+    common = ("train.iters=8", "train.ckpt_interval=100", "model.dropout=0.3", "train.log_interval=2",
+              f"train.amp={amp}")
+    if amp == "fp16":  # a CPU without fp16 units emulates it: ~10x float32's step, so a smaller batch
+        common += ("data.batch_size=2",)
     full = Trainer(digits_cfg(digits_root, str(tmp_path / "full"), *common))
     full.train()
     part = Trainer(digits_cfg(digits_root, str(tmp_path / "part"), *common))
     part.train(max_steps=3)  # pre-empted after 3 steps: latest.pth at iteration 3
     assert load_checkpoint(str(tmp_path / "part" / "latest.pth"))["iteration"] == 3
     resumed = Trainer(digits_cfg(digits_root, str(tmp_path / "part"), *common))  # resume=auto
-    assert resumed.iteration == 3
+    assert resumed.progress.iteration == 3
     resumed.train()
     a, b = full.model.state_dict(), resumed.model.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert full.optimizer.state_dict()["state"][0]["exp_avg"].equal(
         resumed.optimizer.state_dict()["state"][0]["exp_avg"])
+    # the scaler's scale and its count of steps since the last overflow continue too
+    assert resumed.scaler.is_enabled() == (amp == "fp16") and resumed.scaler.state_dict() == full.scaler.state_dict()
     # the first window after the resume holds only iteration 4, and its log line says so
     logged = [ln.split(" | ")[0] for ln in (tmp_path / "part" / "train.log").read_text().splitlines() if " it " in ln]
     assert [ln.split(" it ")[1].split()[0] for ln in logged] == ["2/8", "4/8", "6/8", "8/8"]
@@ -161,7 +167,7 @@ def test_nonfinite_loss_stops_with_a_message_or_is_skipped(digits_root, tmp_path
     trainer = Trainer(cfg)
     trainer.method.training_step = nan_at_2
     trainer.train()
-    assert trainer.iteration == 4 and trainer.skipped == 1
+    assert trainer.progress.iteration == 4 and trainer.progress.skipped == 1
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 

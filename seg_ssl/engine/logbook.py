@@ -2,7 +2,7 @@
 
 Each step's losses are summed on the device (no device sync per value); at a log line they come
 back in one transfer and are averaged, each key over the steps that had it (a warm-up logs fewer
-keys). Keys with a ``/`` go to TensorBoard only.
+keys). Keys with a ``/`` go to TensorBoard (and ``train.jsonl``) only.
 """
 from __future__ import annotations
 
@@ -31,6 +31,12 @@ class LossWindow:
         values = torch.stack([torch.as_tensor(self.sums[k], dtype=torch.float32, device=self.device)
                               for k in keys]).tolist()  # one transfer
         return {k: v / self.counts[k] for k, v in zip(keys, values)}
+
+    def record(self, avg: dict, iteration: int, lr: float) -> dict:
+        """The window as one ``train.jsonl`` line: iteration, lr, mean seconds per iteration and
+        waiting for data, the number of steps averaged, and every loss key."""
+        return {"iteration": iteration, "lr": lr, "steps": self.steps, "s_per_it": (time.time() - self.t0) / self.steps,
+                "data_s": self.data_time / self.steps, **avg}
 
     def line(self, avg: dict, iteration: int, iters: int, lr: float, log_interval: int) -> str:
         """``it 40/1500 lr 3.00e-03 loss 0.5 sup 0.5 | 0.21s/it (data 0.01s) eta 00:05:08``; a

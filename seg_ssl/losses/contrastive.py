@@ -42,6 +42,12 @@ class _AnchorContrast(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, anchor, target, anchor_label, neg, neg_label, temperature: float, chunk: int):
+        # float32 throughout, under autocast too (which would run addmm in bf16/fp16 again)
+        with torch.autocast(anchor.device.type, enabled=False):
+            return _AnchorContrast._forward(ctx, anchor, target, anchor_label, neg, neg_label, temperature, chunk)
+
+    @staticmethod
+    def _forward(ctx, anchor, target, anchor_label, neg, neg_label, temperature: float, chunk: int):
         in_dtype = anchor.dtype
         a = anchor.detach().float()
         p = target.detach().float()

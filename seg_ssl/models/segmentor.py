@@ -118,10 +118,11 @@ class Segmentor(nn.Module):
         return self.classifier(feats)
 
     def project(self, feats: torch.Tensor) -> torch.Tensor:
-        """L2-normalised pixel embeddings (CAC)."""
+        """L2-normalised pixel embeddings (CAC), in float32 under autocast too: the contrastive loss
+        divides their dot products by a temperature of 0.1, where bf16's 3 digits are too few."""
         if self.projector is None:
             raise RuntimeError("this Segmentor was built without a projector (projector=False)")
-        return F.normalize(self.projector(feats), dim=1)
+        return F.normalize(self.projector(feats).float(), dim=1)
 
     def forward(self, x: torch.Tensor, output: str = "logits", groups: list[int] | None = None,
                 fp_dropout: float = 0.0):

@@ -1,0 +1,197 @@
+"""train.amp on the CPU, train.channels_last and train.compile (seg_ssl/engine/execution.py): each
+method's first full step under each option, against the float32 eager step on the same batch from
+the same weights."""
+import math
+
+import pytest
+import torch
+
+import seg_ssl.methods.cac as cac_module
+from conftest import digits_cfg
+from seg_ssl.engine.smoke import smoke_overrides
+from seg_ssl.engine.trainer import Trainer
+
+# name -> (config, method key, extra overrides); every method, CPS with and without CutMix
+METHOD_RUNS = {
+    "labeled-only": ("digits_sup.yaml", "supervised", []),
+    "CAC": ("digits_cac.yaml", "cac", []),
+    "CPS": ("digits_cps.yaml", "cps", ["cps.cutmix=false"]),
+    "CPS+CutMix": ("digits_cps.yaml", "cps", []),
+    "UniMatch": ("digits_unimatch.yaml", "unimatch", []),
+    "FixMatch": ("digits_sup.yaml", "fixmatch", ["method=fixmatch"]),
+}
+# |loss(bf16) - loss(fp32)| <= BF16_RTOL * |loss(fp32)|: measured on this machine kind, the six
+# methods' first-step losses differ by 1.1e-4 to 5.8e-4 relative (bf16 rounds activations to 8 bits
+# of mantissa, the losses themselves are float32); 5e-3 leaves 10x for other CPUs' kernels, and a
+# loss computed in bf16 (rounding the loss itself costs up to 4e-3) would not pass it reliably
+BF16_RTOL = 5e-3
+
+
+def cfg_for(root, work_dir, name, *options):
+    config, method, extra = METHOD_RUNS[name]
+    # the first step runs every term (smoke overrides: no warm-up, thresholds a fresh model passes)
+    # no dropout: in NHWC memory a dropout mask is drawn in another order (another, equally random
+    # mask), so channels_last could not be compared with the reference step
+    return digits_cfg(root, str(work_dir), *extra, *smoke_overrides(method, iters=2, start=0),
+                      "data.batch_size=4", "data.unlabeled_batch_size=4", "model.dropout=0.0",
+                      "model.aspp_dropout=0.0", *options, config=config)
+
+
+def first_step(cfg, record=None):
+    """The losses and gradients of the first training step of ``cfg``."""
+    trainer = Trainer(cfg)
+    try:
+        lab, unl = trainer._streams()
+        labeled, unlabeled, _ = trainer._next_batches(lab, unl)
+        losses = trainer.step(labeled, unlabeled)
+        assert (trainer.train_model is trainer.ddp) == (cfg.train.compile == "none")  # no fallback to eager
+        grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        bank = getattr(trainer.method, "bank", None)
+        if record is not None and bank:
+            record["bank"] = {t.dtype for entry in bank for t in entry[:1]}
+        return losses, grads
+    finally:
+        trainer.close()
+
+
+def recording_dtypes(monkeypatch, record: dict):
+    """Record the dtype of every pseudo-label confidence and of CAC's features, negatives and
+    confidences as the methods hand them to the pure functions."""
+    import seg_ssl.losses.pseudo_labels as pl
+    original = pl.pseudo_labels
+
+    def pseudo_labels(*args, **kwargs):
+        label, conf = original(*args, **{**kwargs, "return_conf": True})
+        record.setdefault("confidence", set()).add(conf.dtype)
+        return (label, conf) if kwargs.get("return_conf") else label
+
+    for module in ("cps", "unimatch", "fixmatch"):
+        monkeypatch.setattr(f"seg_ssl.methods.{module}.pseudo_labels", pseudo_labels)
+    contrast = cac_module.directional_contrastive_loss
+
+    def directional_contrastive_loss(feat1, feat2, conf1, conf2, label1, label2, neg_feat, *rest):
+        record.setdefault("contrastive", set()).update(t.dtype for t in (feat1, feat2, conf1, conf2, neg_feat))
+        return contrast(feat1, feat2, conf1, conf2, label1, label2, neg_feat, *rest)
+
+    monkeypatch.setattr(cac_module, "directional_contrastive_loss", directional_contrastive_loss)
+
+
+_REFERENCE = {}  # name -> the float32 eager first step (both tests of a method in one worker share it)
+
+
+def reference_step(root, tmp_path, name):
+    if name not in _REFERENCE:
+        _REFERENCE[name] = first_step(cfg_for(root, tmp_path / "fp32", name))
+    return _REFERENCE[name]
+
+
+@pytest.mark.parametrize("name", list(METHOD_RUNS))
+def test_bf16_autocast_on_the_cpu_keeps_losses_and_confidences_in_float32(digits_root, tmp_path, monkeypatch, name):
+    reference, _ = reference_step(digits_root, tmp_path, name)
+    record = {}
+    recording_dtypes(monkeypatch, record)
+    losses, grads = first_step(cfg_for(digits_root, tmp_path / "bf16", name, "train.amp=bf16"), record)
+    assert "skipped" not in losses
+    for key, value in losses.items():
+        if torch.is_tensor(value):  # every loss term is reported in float32, and finite
+            assert value.dtype == torch.float32 and torch.isfinite(value).all(), (key, value)
+    assert all(torch.isfinite(g).all() for g in grads.values()) and grads
+    assert set(losses) == set(reference)  # the same terms ran (none skipped by a warm-up)
+    for key in ("loss", "sup"):
+        if key in reference:
+            ref, got = float(reference[key]), float(losses[key])
+            assert math.isfinite(got) and abs(got - ref) <= BF16_RTOL * abs(ref), (key, ref, got)
+    if name != "labeled-only":
+        what = "contrastive" if name == "CAC" else "confidence"
+        assert record.get(what) == {torch.float32}, record  # where the methods say float32
+    if name == "CAC":
+        assert record["bank"] == {torch.float32}  # the bank of negatives keeps float32 features
+
+
+# torch.compile's "eager" backend: dynamo traces the step into graphs (the DDP wrapper included) and
+# runs them without code generation, which takes minutes per graph on this CPU; inductor's speed is
+# measured in benchmarks/speed_options.py
+COMPILED = ("train.compile=default", "train.compile_backend=eager")
+
+
+@pytest.mark.parametrize("name", list(METHOD_RUNS))
+def test_channels_last_and_compile_give_the_eager_step(digits_root, tmp_path, name):
+    reference, ref_grads = reference_step(digits_root, tmp_path, name)
+    losses, grads = first_step(cfg_for(digits_root, tmp_path / "fast", name, "train.channels_last=true", *COMPILED))
+    assert set(losses) == set(reference)
+    for key in ("loss", "sup"):
+        if key in reference:  # NHWC convolutions sum in another order: float32 rounding only
+            assert float(losses[key]) == pytest.approx(float(reference[key]), rel=1e-5), key
+    assert grads.keys() == ref_grads.keys()
+    # all gradients together (a conv bias before BatchNorm has a gradient of zero up to rounding).
+    # Measured: 4e-4 to 5.7e-3 apart, almost all of it in the float32 NCHW reference: on this CPU
+    # torch's NCHW convolution weight gradient is 1.5% from a float64 one (encoder.conv1: 1.7%),
+    # the NHWC one 1.3e-5 (compile alone: identical gradients)
+    diff = torch.cat([(grads[k] - ref_grads[k]).flatten() for k in grads]).norm()
+    ref = torch.cat([g.flatten() for g in ref_grads.values()]).norm()
+    assert diff <= 2e-2 * ref, float(diff / ref)
+
+
+def test_a_compiled_runs_checkpoint_resumes_without_compile_and_the_reverse(digits_root, tmp_path):
+    def run(work, first: tuple, then: tuple):
+        common = ("train.iters=4", "train.ckpt_interval=2", "model.dropout=0.3")
+        trainer = Trainer(digits_cfg(digits_root, str(work), *common, *first))
+        trainer.train(max_steps=2)
+        trainer.close()
+        trainer = Trainer(digits_cfg(digits_root, str(work), *common, *then))
+        trainer.train()
+        trainer.close()
+        return trainer.model.state_dict()
+
+    eager = run(tmp_path / "eager", (), ())
+    for first, then in ((COMPILED, ()), ((), COMPILED)):
+        state = run(tmp_path / f"from_{bool(first)}", first, then)
+        assert state.keys() == eager.keys()  # the plain module's keys: no _orig_mod. prefix
+        for k, v in state.items():
+            assert torch.equal(v, eager[k]), k  # the eager backend runs the same kernels
+
+
+def test_a_backend_that_cannot_compile_is_one_warning_and_training_goes_on_eager(digits_root, tmp_path, caplog):
+    import torch._dynamo
+
+    @torch._dynamo.register_backend(name="seg_ssl_test_broken")
+    def broken(graph_module, example_inputs):
+        raise RuntimeError("no C++ compiler")
+
+    trainer = Trainer(digits_cfg(digits_root, str(tmp_path), "train.iters=2", "train.compile=default",
+                                 "train.compile_backend=seg_ssl_test_broken"))
+    try:
+        trainer.train()
+        assert trainer.progress.iteration == 2 and trainer.train_model is trainer.ddp
+    finally:
+        trainer.close()
+    log = (tmp_path / "train.log").read_text()
+    assert log.count("train.compile=default (backend seg_ssl_test_broken) failed at iteration 1") == 1
+    assert "no C++ compiler" in log and "training eager from here" in log
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_runs_every_published_network_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.sh --dry, in this process (gpu_check.main: the script only picks the
+    interpreter), in float32: R50 in bf16 or fp16 takes ~10 s a step on a CPU without bf16 units;
+    the first tests here run every method under bf16, the resume test under fp16."""
+    import subprocess
+    import sys
+    from helpers import ROOT
+    sys.path.insert(0, f"{ROOT}/benchmarks")
+    import gpu_check
+    table = tmp_path / "table.md"
+    assert gpu_check.main(["--dry", "--precisions", "fp32", "--out", str(table)]) == 0
+    rows = [ln.split(" | ") for ln in table.read_text().splitlines() if ln.startswith("| ") and "---" not in ln]
+    timed = [r for r in rows if r[0] != "| method" and len(r) == 7]
+    assert [r[0][2:] for r in timed] == list(gpu_check.PUBLISHED)
+    crops = {r[0][2:]: (int(r[1]), r[2]) for r in timed}
+    # the published per-GPU batches: CAC 4 + 4 (2 GPUs), the UniMatch family 2 + 2 (4 GPUs)
+    assert crops["CAC"] == (32, "4+4") and crops["UniMatch"] == (32, "2+2") and crops["labeled-only"][1] == "2+0"
+    assert all(r[3] == "fp32" and float(r[4]) > 0 and float(r[5]) > 0 for r in timed)
+    curves = [r for r in rows if r[0] != "| method" and len(r) == 4]  # the loss continued from the timed run
+    assert [r[0][2:] for r in curves] == list(gpu_check.PUBLISHED) and all(float(r[1]) > 0 for r in curves)
+    # the shell wrapper: without a GPU and without --dry it says so and exits 2
+    r = subprocess.run(["bash", f"{ROOT}/benchmarks/gpu_check.sh"], capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 2 and "no CUDA device here" in r.stderr
