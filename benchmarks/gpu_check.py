@@ -63,13 +63,6 @@ def build_trainer(method: str, precision: str, data_root: str, work_dir: str, dr
     return Trainer(load_config(os.path.join(ROOT, config), overrides))
 
 
-def images_per_step(labeled, unlabeled) -> int:
-    n = labeled["image"].shape[0]
-    if unlabeled is not None:
-        n += next(v.shape[0] for k, v in unlabeled.items() if k.startswith("image"))
-    return n
-
-
 def measure(method: str, precision: str, a, data_root: str, tmp: str, curve: bool) -> dict:
     """Step time, images/s and peak memory of ``method`` under ``precision``; with ``curve``, then
     the labeled loss over ``--loss-iters`` more iterations of the same run."""
@@ -93,8 +86,11 @@ def measure(method: str, precision: str, a, data_root: str, tmp: str, curve: boo
         step_s = (time.perf_counter() - t0) / a.steps
         if "skipped" in losses:
             raise RuntimeError(f"{method} {precision}: the step was skipped (non-finite loss)")
-        row = {"method": method, "precision": precision, "step_s": step_s,
-               "img_s": images_per_step(*batches[0]) / step_s, "peak_mib": peak_memory_mib(trainer.device),
+        # images a step trains on: the labeled and unlabeled batches (not the extra images a CutMix
+        # method draws to paste from)
+        images = trainer.sizes["labeled_per_process"] + (trainer.sizes["unlabeled_per_process"]
+                                                         if trainer.unlabeled is not None else 0)
+        row = {"method": method, "precision": precision, "step_s": step_s, "img_s": images / step_s, "peak_mib": peak_memory_mib(trainer.device),
                "crop": trainer.cfg.data.crop_size, "batch": f"{trainer.sizes['labeled_per_process']}+"
                f"{trainer.sizes['unlabeled_per_process'] if trainer.unlabeled is not None else 0}"}
         if curve:  # fresh batches every step from here
