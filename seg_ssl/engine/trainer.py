@@ -465,8 +465,7 @@ class Trainer:
                         self.cfg.train.compile, self.cfg.train.compile_backend, self.progress.iteration + 1,
                         one_line(e))
             self.train_model = self.ddp
-            with autocast(self.device, self.amp_dtype):
-                return self.method.training_step(self.train_model, labeled, unlabeled, self.progress.iteration)
+            return self._forward(labeled, unlabeled)  # eager now: a second failure is raised
 
     def _evaluate_after_save(self, writer) -> dict:
         """Evaluate at an iteration whose latest.pth is already written. A failure says that the
