@@ -13,6 +13,7 @@ are cut in order and each rank takes its contiguous slice of ``G / world`` sampl
 from __future__ import annotations
 
 import math
+import os
 import signal
 
 import numpy as np
@@ -63,11 +64,20 @@ class StreamBatchSampler:
             k += 1
 
 
+def _quiet_exit(signum, frame):
+    os._exit(0)
+
+
 def _worker_init(_):
     # Ctrl-C in a terminal reaches the whole process group: it is the main process's to handle (it
     # finishes the step, saves latest.pth and closes the workers); a worker interrupted by it would
-    # crash the run instead. SIGTERM is left alone: multiprocessing ends workers with it at exit.
+    # crash the run instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM still ends a worker (multiprocessing ends workers with it at exit), but with status 0:
+    # torchrun sends it to the whole process group when a peer dies, and a worker killed by a signal
+    # makes torch's SIGCHLD handler raise a second error in the main process, a traceback on top of
+    # the one-line "another process died" one.
+    signal.signal(signal.SIGTERM, _quiet_exit)
     # one thread per worker: the main process owns the cores for the model
     torch.set_num_threads(1)
     try:

@@ -101,14 +101,15 @@ FAULT_ENV = "SEG_SSL_TEST_KILL"
 
 
 def _fault_injection(rank: int, iteration: int) -> None:
-    """Test hook, off unless ``SEG_SSL_TEST_KILL=RANK:ITERATION`` is set: that rank SIGKILLs itself
-    right after finishing ITERATION, on torchrun's first attempt only (TORCHELASTIC_RESTART_COUNT 0
-    or unset), so that the restarted workers run on. It makes the elastic-restart test kill a worker
-    at a known step instead of racing a kill from outside."""
+    """Test hook, off unless ``SEG_SSL_TEST_KILL=RANK:ITERATION[,RANK:ITERATION ...]`` is set: the
+    k-th pair applies to torchrun's attempt k (TORCHELASTIC_RESTART_COUNT k, unset: 0), whose RANK
+    SIGKILLs itself right after finishing ITERATION; attempts past the list run on. It makes the
+    elastic-restart test kill a worker at a known step instead of racing a kill from outside."""
     spec = os.environ.get(FAULT_ENV)
-    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if not spec or attempt >= len(spec.split(",")):
         return
-    target_rank, target_it = (int(v) for v in spec.split(":"))
+    target_rank, target_it = (int(v) for v in spec.split(",")[attempt].split(":"))
     if rank == target_rank and iteration == target_it:
         os.kill(os.getpid(), signal.SIGKILL)
 
