@@ -25,6 +25,12 @@ def digits_root(tmp_path_factory):
     return root
 
 
+# A small net for tests that check what a step or a run does, not what it learns: 32x32 crops through
+# a ResNet-18 stem and two stages with a 16-channel head run every op of every method at ~1/6 of the
+# digits network's cost (bf16 and fp16, emulated on this CPU: ~1/6 of ~10x)
+SMALL_NET = ("data.crop_size=32", "model.encoder_depth=3", "model.decoder_channels=16")
+
+
 def digits_cfg(root, work_dir, *overrides, config="digits_sup.yaml"):
     from seg_ssl.config import load_config
     return load_config(os.path.join(ROOT, "configs", config), [
@@ -34,6 +40,6 @@ def digits_cfg(root, work_dir, *overrides, config="digits_sup.yaml"):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The slow tests (each starts processes: ~10-40 s) first: spread over the xdist workers from
+    """The slow tests (each starts processes: ~10-70 s) first: spread over the xdist workers from
     the start instead of one worker finishing them alone at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise

@@ -45,6 +45,35 @@ def load_tool(name: str):
     return module
 
 
+def cli(name: str, *args, env=None):
+    """``python tools/NAME.py ARGS`` in this process, through the tools' own ``run_cli`` (user
+    errors become one line on stderr and exit 2): a CompletedProcess-like ``(returncode, stdout,
+    stderr)``. An unexpected exception propagates as it would print a traceback. ``env`` sets
+    environment variables for the call only."""
+    import contextlib
+    import io
+    import types
+    module = load_tool(name)
+    from _common import run_cli
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run_cli(lambda: module.main([str(a) for a in args]))
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def brute_force_miou(predict, dataset, num_classes: int, ignore_index: int = 255, batch_size: int = 1) -> float:
     """mIoU counted class by class over every pixel of ``dataset`` (the definition, no confusion
     matrix): IoU_c = |pred = c and gt = c| / |pred = c or gt = c| over non-ignored pixels, summed over

@@ -156,14 +156,14 @@ def torchrun(nproc, config, *overrides, log_dir):
      ("train.channels_last=true", "train.compile=default", "train.compile_backend=eager")),
 ])
 def test_two_process_runs_complete_and_resume_with_any_world_size(digits_root, tmp_path, config, extra, ddp_options):
-    from conftest import digits_cfg
+    from conftest import SMALL_NET, digits_cfg
     from seg_ssl.engine.checkpoint import load_checkpoint
     from seg_ssl.engine.trainer import Trainer
     work = tmp_path / "w"
     common = [f"data.root={digits_root}", f"work_dir={work}", "data.labeled_list=splits/1_4/labeled.txt",
               "data.unlabeled_list=splits/1_4/unlabeled.txt", "data.num_workers=0", "data.val_batch_size=8",
               "data.batch_size=4", "data.unlabeled_batch_size=4", "train.threads=1", "train.log_interval=1",
-              "train.eval_interval=0", *extra]
+              "train.eval_interval=0", *SMALL_NET, *extra]
     # one process first (in this process: a launch costs ~10 s of imports), then two resume its run
     first = Trainer(digits_cfg(digits_root, str(work), *common, "train.iters=2", config=config))
     first.train()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import ROOT, run_tool
+from helpers import ROOT, cli
 from seg_ssl.config import ConfigError, load_config
 from seg_ssl.models import pretrained
 from seg_ssl.models.pretrained import packaged_file, read_state, stage_depths, to_timm_names
@@ -106,9 +106,8 @@ def test_normalization_follows_the_weights_unless_set(caplog):
         in caplog.text
 
 
-@pytest.mark.slow
 def test_voc_cps_lite2_dry_run():
-    r = run_tool("tools/train.py", "configs/voc_cps_lite2.yaml", "--dry-run")
+    r = cli("train", "configs/voc_cps_lite2.yaml", "--dry-run")
     assert r.returncode == 0, r.stderr
     cfg = yaml.safe_load(r.stdout[:r.stdout.index("{\n")])  # the resolved config, then the sizes
     assert cfg["model"]["encoder"] == "tu-tf_efficientnet_lite2" and cfg["method"] == "cps"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, digits_cfg
+from conftest import ROOT, SMALL_NET, digits_cfg
 from helpers import load_tool, run_tool
 from seg_ssl.engine.checkpoint import load_checkpoint
 from seg_ssl.engine.trainer import Trainer
@@ -102,7 +102,7 @@ def test_missing_files_fail_before_training_and_a_bad_file_mid_run_keeps_the_wor
                   "data.unlabeled_batch_size=4")),
 ])
 def test_resume_is_exact_for_every_method(digits_root, tmp_path, method, extra):
-    common = (f"method={method}", "train.iters=5", "train.ckpt_interval=100", *extra)
+    common = (f"method={method}", "train.iters=5", "train.ckpt_interval=100", *SMALL_NET, *extra)  # CAC: crop 48
     full = Trainer(digits_cfg(digits_root, str(tmp_path / "full"), *common))
     full.train()
     part = Trainer(digits_cfg(digits_root, str(tmp_path / "part"), *common))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import seg_ssl.methods.cac as cac_module
-from conftest import digits_cfg
+from conftest import SMALL_NET, digits_cfg
 from seg_ssl.engine.smoke import smoke_overrides
 from seg_ssl.engine.trainer import Trainer
 
@@ -21,7 +21,7 @@ METHOD_RUNS = {
     "FixMatch": ("digits_sup.yaml", "fixmatch", ["method=fixmatch"]),
 }
 # |loss(bf16) - loss(fp32)| <= BF16_RTOL * |loss(fp32)|: measured on this machine kind, the six
-# methods' first-step losses differ by 1.1e-4 to 5.8e-4 relative (bf16 rounds activations to 8 bits
+# methods' first-step losses differ by 2.8e-5 to 4.5e-4 relative (bf16 rounds activations to 8 bits
 # of mantissa, the losses themselves are float32); 5e-3 leaves 10x for other CPUs' kernels, and a
 # loss computed in bf16 (rounding the loss itself costs up to 4e-3) would not pass it reliably
 BF16_RTOL = 5e-3
@@ -32,7 +32,7 @@ def cfg_for(root, work_dir, name, *options):
     # the first step runs every term (smoke overrides: no warm-up, thresholds a fresh model passes)
     # no dropout: in NHWC memory a dropout mask is drawn in another order (another, equally random
     # mask), so channels_last could not be compared with the reference step
-    return digits_cfg(root, str(work_dir), *extra, *smoke_overrides(method, iters=2, start=0),
+    return digits_cfg(root, str(work_dir), *extra, *smoke_overrides(method, iters=2, start=0), *SMALL_NET,
                       "data.batch_size=4", "data.unlabeled_batch_size=4", "model.dropout=0.0",
                       "model.aspp_dropout=0.0", *options, config=config)
 
@@ -124,17 +124,17 @@ def test_channels_last_and_compile_give_the_eager_step(digits_root, tmp_path, na
             assert float(losses[key]) == pytest.approx(float(reference[key]), rel=1e-5), key
     assert grads.keys() == ref_grads.keys()
     # all gradients together (a conv bias before BatchNorm has a gradient of zero up to rounding).
-    # Measured: 4e-4 to 5.7e-3 apart, almost all of it in the float32 NCHW reference: on this CPU
-    # torch's NCHW convolution weight gradient is 1.5% from a float64 one (encoder.conv1: 1.7%),
-    # the NHWC one 1.3e-5 (compile alone: identical gradients)
+    # Measured on the small net: 1.5e-6 to 2.3e-6 apart. (At the digits network's 128 channels
+    # they are 4e-4 to 5.7e-3 apart, almost all of it in the float32 NCHW reference: on this CPU
+    # torch's NCHW convolution weight gradient is then 1.5% from a float64 one, the NHWC one 1.3e-5.)
     diff = torch.cat([(grads[k] - ref_grads[k]).flatten() for k in grads]).norm()
     ref = torch.cat([g.flatten() for g in ref_grads.values()]).norm()
-    assert diff <= 2e-2 * ref, float(diff / ref)
+    assert diff <= 1e-3 * ref, float(diff / ref)
 
 
 def test_a_compiled_runs_checkpoint_resumes_without_compile_and_the_reverse(digits_root, tmp_path):
     def run(work, first: tuple, then: tuple):
-        common = ("train.iters=4", "train.ckpt_interval=2", "model.dropout=0.3")
+        common = ("train.iters=4", "train.ckpt_interval=2", "model.dropout=0.3", *SMALL_NET)
         trainer = Trainer(digits_cfg(digits_root, str(work), *common, *first))
         trainer.train(max_steps=2)
         trainer.close()
@@ -158,7 +158,7 @@ def test_a_backend_that_cannot_compile_is_one_warning_and_training_goes_on_eager
     def broken(graph_module, example_inputs):
         raise RuntimeError("no C++ compiler")
 
-    trainer = Trainer(digits_cfg(digits_root, str(tmp_path), "train.iters=2", "train.compile=default",
+    trainer = Trainer(digits_cfg(digits_root, str(tmp_path), "train.iters=2", *SMALL_NET, "train.compile=default",
                                  "train.compile_backend=seg_ssl_test_broken"))
     try:
         trainer.train()
@@ -168,30 +168,3 @@ def test_a_backend_that_cannot_compile_is_one_warning_and_training_goes_on_eager
     log = (tmp_path / "train.log").read_text()
     assert log.count("train.compile=default (backend seg_ssl_test_broken) failed at iteration 1") == 1
     assert "no C++ compiler" in log and "training eager from here" in log
-
-
-@pytest.mark.slow
-def test_gpu_check_dry_runs_every_published_network_on_the_cpu(tmp_path):
-    """benchmarks/gpu_check.sh --dry, in this process (gpu_check.main: the script only picks the
-    interpreter), in float32: R50 in bf16 or fp16 takes ~10 s a step on a CPU without bf16 units;
-    the first tests here run every method under bf16, the resume test under fp16."""
-    import subprocess
-    import sys
-    from helpers import ROOT
-    sys.path.insert(0, f"{ROOT}/benchmarks")
-    import gpu_check
-    table = tmp_path / "table.md"
-    assert gpu_check.main(["--dry", "--precisions", "fp32", "--out", str(table)]) == 0
-    rows = [ln.split(" | ") for ln in table.read_text().splitlines() if ln.startswith("| ") and "---" not in ln]
-    timed = [r for r in rows if r[0] != "| method" and len(r) == 7]
-    assert [r[0][2:] for r in timed] == list(gpu_check.PUBLISHED)
-    crops = {r[0][2:]: (int(r[1]), r[2]) for r in timed}
-    # the published per-GPU batches: CAC 4 + 4 (2 GPUs), the UniMatch family 2 + 2 (4 GPUs)
-    assert crops["CAC"] == (32, "4+4") and crops["UniMatch"] == (32, "2+2") and crops["labeled-only"][1] == "2+0"
-    assert all(r[3] == "fp32" and float(r[4]) > 0 and float(r[5]) > 0 for r in timed)
-    curves = [r for r in rows if r[0] != "| method" and len(r) == 4]  # the loss continued from the timed run
-    assert [r[0][2:] for r in curves] == list(gpu_check.PUBLISHED) and all(float(r[1]) > 0 for r in curves)
-    # the shell wrapper: without a GPU and without --dry it says so and exits 2
-    r = subprocess.run(["bash", f"{ROOT}/benchmarks/gpu_check.sh"], capture_output=True, text=True,
-                       env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""})
-    assert r.returncode == 2 and "no CUDA device here" in r.stderr

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import digits_cfg
+from conftest import SMALL_NET, digits_cfg
 from helpers import brute_force_miou
 from seg_ssl.engine.checkpoint import SaveError, load_checkpoint, save_atomic
 from seg_ssl.engine.schedule import poly_lr
@@ -60,9 +60,7 @@ def test_a_few_iterations_lower_the_loss(digits_root, tmp_path):
 @pytest.mark.parametrize("amp", ["none", "fp16"])  # fp16: on the CPU too, with its gradient scaler
 def test_resume_equals_uninterrupted_run(digits_root, tmp_path, amp):
     common = ("train.iters=8", "train.ckpt_interval=100", "model.dropout=0.3", "train.log_interval=2",
-              f"train.amp={amp}")
-    if amp == "fp16":  # a CPU without fp16 units emulates it: ~10x float32's step, so a smaller batch
-        common += ("data.batch_size=2",)
+              f"train.amp={amp}", *SMALL_NET)
     full = Trainer(digits_cfg(digits_root, str(tmp_path / "full"), *common))
     full.train()
     part = Trainer(digits_cfg(digits_root, str(tmp_path / "part"), *common))
@@ -87,7 +85,7 @@ def test_resume_equals_uninterrupted_run(digits_root, tmp_path, amp):
 def test_evaluating_during_training_does_not_change_the_trained_weights(digits_root, tmp_path):
     """Evaluation every 2 iterations or only at the end: the same weights (dropout draws from the
     global generator, which the val loader would otherwise advance)."""
-    common = ("train.iters=4", "train.ckpt_interval=100", "model.dropout=0.3")
+    common = ("train.iters=4", "train.ckpt_interval=100", "model.dropout=0.3", *SMALL_NET)
     quiet = Trainer(digits_cfg(digits_root, str(tmp_path / "a"), *common, "train.eval_interval=0"))
     quiet.train()
     often = Trainer(digits_cfg(digits_root, str(tmp_path / "b"), *common, "train.eval_interval=1"))

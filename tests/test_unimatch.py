@@ -138,7 +138,7 @@ def test_step_composes_the_loss_as_released(tmp_path, joint_forward, fg_marginal
                         f"unimatch.fg_marginal={str(fg_marginal).lower()}")
     net = ToyNet()
     labeled, unl = toy_batches()
-    nl, nu, (h, w) = 2, 2, unl["image"].shape[-2:]
+    nu, (h, w) = 2, unl["image"].shape[-2:]
     out = method.training_step(net, labeled, unl, iteration=0)
     # the boxes the step drew, drawn again from the same generator state
     rng = np.random.default_rng(5)
