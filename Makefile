@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-scratch test clean
+.PHONY: install demo demo-scratch test test-all clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -53,9 +53,15 @@ demo-scratch: $(STAMP) data/digits/.complete
 
 # one pytest-xdist worker per core (most slow tests wait on a tool's imports on one core), at most
 # 4 (a worker holds torch, models and its own digits set: up to ~1.5 GB); `make test PYTEST_ARGS=` runs them in
-# one process
+# one process.
+# make test: every test but the slow ones (`-m slow`: each starts processes, tools, torchrun or
+# sweeps, and spends most of its time importing torch in them): ~3 min on 2 cores.
+# make test-all: the whole suite, slow ones first (~9 min on 2 cores); CI runs it (.ci/run).
 PYTEST_ARGS ?= -n auto --maxprocesses 4 --dist load
 test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
