@@ -88,11 +88,11 @@ def measure(method: str, precision: str, a, data_root: str, tmp: str, curve: boo
             raise RuntimeError(f"{method} {precision}: the step was skipped (non-finite loss)")
         # images a step trains on: the labeled and unlabeled batches (not the extra images a CutMix
         # method draws to paste from)
-        images = trainer.sizes["labeled_per_process"] + (trainer.sizes["unlabeled_per_process"]
-                                                         if trainer.unlabeled is not None else 0)
-        row = {"method": method, "precision": precision, "step_s": step_s, "img_s": images / step_s, "peak_mib": peak_memory_mib(trainer.device),
-               "crop": trainer.cfg.data.crop_size, "batch": f"{trainer.sizes['labeled_per_process']}+"
-               f"{trainer.sizes['unlabeled_per_process'] if trainer.unlabeled is not None else 0}"}
+        n_lab = trainer.sizes["labeled_per_process"]
+        n_unl = trainer.sizes["unlabeled_per_process"] if trainer.unlabeled is not None else 0
+        row = {"method": method, "precision": precision, "step_s": step_s, "img_s": (n_lab + n_unl) / step_s,
+               "peak_mib": peak_memory_mib(trainer.device), "crop": trainer.cfg.data.crop_size,
+               "batch": f"{n_lab}+{n_unl}"}
         if curve:  # fresh batches every step from here
             row["curve"] = loss_curve(trainer, lab, unl, a.loss_iters)
         return row

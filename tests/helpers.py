@@ -61,8 +61,7 @@ def cli(name: str, *args, env=None):
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                run_cli(lambda: module.main([str(a) for a in args]))
-                code = 0
+                run_cli(lambda: module.main([str(a) for a in args]))  # always ends in sys.exit
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
     finally:
