@@ -330,6 +330,8 @@ def report(a, results: dict, base_iters: int) -> int:
             cmd += " --methods " + " ".join(a.methods)
         if a.store:
             cmd += " --store " + os.path.relpath(a.store, ROOT)
+        if a.extra:  # e.g. the memory format the stored runs trained with, where the configs' default changed
+            cmd += " --extra " + " ".join(a.extra)
         wall_iters = sorted({v["iteration"] for k, v in results.items() if k[0] == EQUAL_WALL})
         if len(wall_iters) == 1:
             cmd += f" --equal-wall-iters {wall_iters[0]}"

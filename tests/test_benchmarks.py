@@ -122,7 +122,7 @@ def test_throughput_voc_scale_runs_on_a_synthetic_voc_set(tmp_path):
     assert row["crop"] == 64 and row["batch"] == "2+0" and row["train_s"] > 0 and row["setting"] == "channels_last"
 
 
-def test_ssl_digits_report_only_tabulates_finished_runs(tmp_path, capsys):
+def test_ssl_digits_report_only_tabulates_finished_runs(tmp_path, capsys, monkeypatch):
     def put(ratio, folder, seed, name, miou, iters=100):
         d = tmp_path / ratio / folder / f"seed{seed}"
         d.mkdir(parents=True)
@@ -136,8 +136,16 @@ def test_ssl_digits_report_only_tabulates_finished_runs(tmp_path, capsys):
     store = tmp_path / "store.json"  # holds a run of another count, trained elsewhere
     store.write_text(json.dumps([{"name": "CAC", "mIoU": 20.0, "wall_s": 60.0, "iteration": 100,
                                   "IoU": [90.0, 20.0, None], "ratio": "1_8", "seed": 0}]))
-    assert ssl_digits.main(["--report-only", "--ratios", "1_16", "--seeds", "0", "1",
-                            "--work-root", str(tmp_path), "--store", str(store)]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n")
+    monkeypatch.setattr(ssl_digits, "README", str(readme))
+    assert ssl_digits.main(["--report-only", "--ratios", "1_16", "--seeds", "0", "1", "--write-readme",
+                            "--work-root", str(tmp_path), "--store", str(store),
+                            "--extra", "train.channels_last=false"]) == 0
+    # the block's command reproduces these runs: the overrides they trained with included
+    assert ("Reproduce: `python benchmarks/ssl_digits.py --suite lite0 --ratios 1_16 --store "
+            f"{os.path.relpath(store, ROOT)} --extra train.channels_last=false --equal-wall-iters 300 "
+            "--write-readme`") in readme.read_text()
     out = capsys.readouterr().out
     assert "| labeled-only | 12.0 ± 2.8 |  |  | 1.0 min |" in out
     assert "| CAC | 13.0 (n=1) | +1.0 |  | 1.0 min |" in out  # results written before pseudo-label logging
