@@ -168,3 +168,29 @@ def test_a_backend_that_cannot_compile_is_one_warning_and_training_goes_on_eager
     log = (tmp_path / "train.log").read_text()
     assert log.count("train.compile=default (backend seg_ssl_test_broken) failed at iteration 1") == 1
     assert "no C++ compiler" in log and "training eager from here" in log
+
+
+def test_a_channels_last_runs_checkpoint_predicts_as_the_trained_model(digits_root, tmp_path):
+    """The pretrained digits configs train in NHWC by default; the tools (seg_ssl.load, eval, export)
+    build an NCHW model from the checkpoint. Its probabilities are the NHWC model's."""
+    import numpy as np
+
+    import seg_ssl
+    from seg_ssl.data.transforms import normalize
+    from seg_ssl.evaluation.evaluator import predict_kwargs
+    from seg_ssl.evaluation.inference import predict_probs
+    trainer = Trainer(digits_cfg(digits_root, str(tmp_path), "train.iters=2", *SMALL_NET, "train.channels_last=true"))
+    try:
+        trainer.train()
+        image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        x = normalize(image, trainer.cfg.data.mean, trainer.cfg.data.std)[None]
+        model = trainer.model.eval()
+        assert next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            trained = predict_probs(trainer.method.predictor(model), x, size_divisor=trainer.method.size_divisor(model),
+                                    **predict_kwargs(trainer.cfg))[0].numpy()
+    finally:
+        trainer.close()
+    loaded = seg_ssl.load(str(tmp_path / "latest.pth"), device="cpu").predict_proba(image)
+    assert loaded.shape == trained.shape == (11, 64, 64)
+    np.testing.assert_allclose(loaded, trained, atol=1e-5)  # NHWC and NCHW sum in another order only
