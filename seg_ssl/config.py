@@ -238,7 +238,21 @@ def load_file(path: str, _stack: tuple = ()) -> dict:
     merged: dict = {}
     for b in bases:
         merged = merge(merged, load_file(os.path.join(os.path.dirname(path), b), _stack + (path,)))
+    _check_no_empty_sections(path, merged, data)
     return merge(merged, data)
+
+
+def _check_no_empty_sections(path: str, base: dict, data: dict, prefix: str = "") -> None:
+    # a key with nothing under it is YAML null, which would silently replace the whole inherited
+    # section; the user meant to add keys (or left a stray line), so say so instead
+    for k, v in data.items():
+        if isinstance(base.get(k), dict):
+            if v is None:
+                raise ConfigError(f"{path}: section {prefix + k!r} is empty (nothing indented under it), "
+                                  f"which would erase the {prefix + k!r} it inherits; give it keys or "
+                                  "remove the line")
+            if isinstance(v, dict):
+                _check_no_empty_sections(path, base[k], v, prefix + k + ".")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

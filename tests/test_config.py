@@ -30,6 +30,15 @@ def test_bases_merge_in_order_then_file(tree):
     assert cfg.work_dir == os.path.join("runs", "x")
 
 
+def test_an_empty_section_does_not_erase_the_inherited_one(tree):
+    # `train:` with nothing under it is YAML null: merged, it would replace the base's whole section
+    path = write(tree / "x.yaml", "_base_: _base_/a.yaml\ntrain:\n")
+    with pytest.raises(ConfigError, match=r"x\.yaml: section 'train' is empty .* inherits"):
+        load_config(path)
+    other = write(tree / "z.yaml", "_base_: [_base_/a.yaml]\nmodel: {encoder: resnet18}\n")
+    assert load_config(other).train.iters == 10  # a file that names other sections still loads
+
+
 def test_overrides_are_yaml_scalars(tree):
     cfg = load_config(write(tree / "x.yaml", "_base_: _base_/a.yaml\n"),
                       ["train.iters=1000", "train.lr=1e-3", "data.hflip=false", "model.encoder_weights=null",
