@@ -24,10 +24,7 @@ def config_from_checkpoint(path: str, overrides=(), ckpt: dict | None = None):
     from seg_ssl.config import Config, ConfigError, apply_overrides, parse_override, validate
     from seg_ssl.engine.checkpoint import load_checkpoint
     if ckpt is None:
-        try:
-            ckpt = load_checkpoint(path)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        ckpt = load_checkpoint(path)
     stored = ckpt.get("config") if isinstance(ckpt, dict) else None
     if not isinstance(stored, dict):
         raise ConfigError(f"checkpoint {path} holds no config (a bare state dict, or written by another "
@@ -120,10 +117,7 @@ def load(checkpoint: str, config: str | None = None, overrides=(), device=None) 
     Its stored config is used unless ``config`` (a file) is given."""
     from seg_ssl.config import ConfigError
     from seg_ssl.engine.checkpoint import load_checkpoint
-    try:
-        ckpt = load_checkpoint(checkpoint)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    ckpt = load_checkpoint(checkpoint)
     if config:
         from seg_ssl.config import load_config
         cfg = load_config(config, list(overrides))

@@ -27,6 +27,11 @@ class DataError(UserError, ValueError):
     """Bad data on disk; names the file and what is wrong."""
 
 
+class CheckpointError(UserError, ValueError):
+    """A checkpoint or weights file is missing, unreadable, or holds more than plain data (refused
+    unopened: ``seg_ssl.safe_load``); names the file."""
+
+
 class SaveError(UserError):
     """A checkpoint or result could not be written (full disk, no permission); names the path."""
 

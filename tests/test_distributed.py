@@ -18,7 +18,7 @@ def run_ranks(worker, world, tmp_path, *args):
     rank saved with :func:`save_result`, by rank."""
     store = tmp_path / "store"
     mp.spawn(_entry, args=(world, str(store), str(tmp_path), worker, args), nprocs=world, join=True)
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
 
 def _entry(rank, world, store, out_dir, worker, args):

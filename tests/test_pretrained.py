@@ -74,7 +74,7 @@ def test_bad_or_foreign_weight_files_and_wrong_encoders_are_one_line_errors(tmp_
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"PK\x03\x04 not a checkpoint")
     monkeypatch.setattr(pretrained, "packaged_file", lambda name: str(corrupt))
-    with pytest.raises(ConfigError, match=r"efficientnet-lite0: cannot read .*corrupt.pth") as e:
+    with pytest.raises(ConfigError, match=r"efficientnet-lite0 .*corrupt.pth cannot be read as a torch file") as e:
         build()
     assert "\n" not in str(e.value)
     foreign = tmp_path / "resnet.pth"

@@ -127,7 +127,7 @@ def test_resuming_from_a_damaged_or_foreign_checkpoint_is_a_clear_error(digits_r
     with pytest.raises(ConfigError, match="resume: .*latest.pth was trained with other settings: "
                                           "model.decoder_channels 128 -> 64"):  # another architecture
         Trainer(digits_cfg(digits_root, str(work), "train.iters=2", "model.decoder_channels=64"))
-    ckpt = torch.load(work / "latest.pth", weights_only=False)
+    ckpt = torch.load(work / "latest.pth", weights_only=True)
     del ckpt["config"]  # a foreign checkpoint: no config to compare, its weights do not fit
     torch.save(ckpt, work / "latest.pth")
     with pytest.raises(ConfigError, match="resume: cannot continue from .*latest.pth \\(weights do not match"):

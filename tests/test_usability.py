@@ -263,7 +263,7 @@ def test_export_torchscript_and_weights_only(sup_checkpoint, tmp_path, capsys):
     torch.save(big, full)
     for extra, name in (([], "w.pth"), (["--fp16"], "w16.pth")):
         assert export([str(full), "--weights-only", "--out", str(tmp_path / name), *extra]) == 0
-        small = torch.load(tmp_path / name, weights_only=False)
+        small = torch.load(tmp_path / name, weights_only=True)
         assert "optimizer" not in small and small["config"] == cfg.to_dict() and small["iteration"] == 5
     sizes = [os.path.getsize(tmp_path / n) for n in ("full.pth", "w.pth", "w16.pth")]
     assert sizes[1] < sizes[0] / 2.5 and sizes[2] < sizes[1] * 0.55, sizes

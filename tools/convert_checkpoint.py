@@ -27,20 +27,16 @@ def main(argv=None):
     p.add_argument("overrides", nargs="*", help="dotted key=value for the config")
     args = p.parse_intermixed_args(argv)
 
-    import torch
     from seg_ssl.config import load_config
     from seg_ssl.errors import ConfigError
     from seg_ssl.engine.checkpoint import save_atomic
     from seg_ssl.methods import build_method
     from seg_ssl.models.convert import ARCH, from_release, num_classes_of, release_state
     from seg_ssl.models.weights import load_strict
+    from seg_ssl.safe_load import NUMPY_SCALARS, read_pth
 
-    if not os.path.isfile(args.src):
-        raise ConfigError(f"checkpoint not found: {args.src}")
-    try:  # the releases' files hold numpy scalars and config dicts besides tensors: only convert files you trust
-        raw = torch.load(args.src, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - an unreadable file is a user error here
-        raise ConfigError(f"{args.src}: cannot read it as a torch checkpoint ({type(e).__name__}: {e})") from None
+    # a release file holds NumPy scalars (its best mIoU) beside plain data: nothing else is built
+    raw = read_pth(args.src, f"{args.release} checkpoint", allow=NUMPY_SCALARS)
     state = from_release(release_state(raw, args.release, args.src), args.release)
     config = args.config
     if config is None:

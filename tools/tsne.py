@@ -60,8 +60,9 @@ def main(argv=None):
               f"both views would be the same crop; views of {min(crops)} px are used there")
     panels = []
     for path in ckpts:
-        ckpt_cfg = Config(validate(load_checkpoint(path)["config"], origin=path))
-        _, _, method = load_for_eval(ckpt_cfg, path)
+        ckpt = load_checkpoint(path)
+        ckpt_cfg = Config(validate(ckpt["config"], origin=path))
+        _, _, method = load_for_eval(ckpt_cfg, path, ckpt=ckpt)
         model = method.model
         rng = np.random.default_rng(args.seed)
         f1s, f2s, ys = [], [], []

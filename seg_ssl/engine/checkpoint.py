@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 
-from seg_ssl.errors import SaveError
+from seg_ssl.errors import CheckpointError, SaveError
 
 
 def tensor_bytes(obj) -> int:
@@ -60,13 +60,14 @@ def _umask() -> int:
 
 
 def load_checkpoint(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    import torch
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - a corrupt file is reported, not traced
-        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
+    """A checkpoint seg_ssl wrote, read without running code from it (``seg_ssl.safe_load``); older
+    ones hold NumPy's RNG state as an array, the one type allowed besides plain data. Missing,
+    unreadable or unsafe: a one-line :class:`CheckpointError`."""
+    from seg_ssl.safe_load import NUMPY_ARRAYS, read_pth
+    ckpt = read_pth(path, "checkpoint", allow=NUMPY_ARRAYS)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict of weights")
+    return ckpt
 
 
 def model_state(ckpt: dict) -> dict:

@@ -14,10 +14,7 @@ def load_for_eval(cfg, checkpoint: str, device=torch.device("cpu"), ckpt: dict |
     ``ckpt``: the checkpoint already read (from ``checkpoint``), so it is not read twice."""
     cfg.model.encoder_weights = None  # the checkpoint holds every weight; never download or read
     method = build_method(cfg)
-    try:
-        ckpt = load_checkpoint(checkpoint) if ckpt is None else ckpt
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    ckpt = load_checkpoint(checkpoint) if ckpt is None else ckpt
     try:
         load_strict(method.model, model_state(ckpt))
     except ValueError as e:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from seg_ssl.errors import ConfigError
+from seg_ssl.errors import CheckpointError, ConfigError
+from seg_ssl.safe_load import read_pth
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -116,10 +117,9 @@ def read_state(path: str, what: str) -> dict:
     """A state dict from a file (plain, or under ``state_dict`` / ``model`` as training scripts save
     it), or a one-line error naming ``what`` and the file."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{what}: cannot read {path}: {first}") from None
+        state = read_pth(path, what)  # plain data only: an ImageNet or DINOv2 file holds nothing else
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
