@@ -70,7 +70,7 @@ def measure(method: str, precision: str, a, data_root: str, tmp: str, curve: boo
     try:
         cuda = trainer.device.type == "cuda"
         sync = torch.cuda.synchronize if cuda else (lambda: None)
-        lab, unl = trainer._streams()
+        lab, unl = trainer.batch_streams()
         batches = [(to_device(next(lab), trainer.device), to_device(next(unl), trainer.device) if unl is not None
                     else None) for _ in range(min(4, a.warmup + a.steps))]
         trainer.progress.iteration = 10 ** 6  # past every warm-up: every term of the method runs

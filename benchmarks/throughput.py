@@ -107,7 +107,7 @@ def measure_one(a) -> dict:
     dev = trainer.device
     setup_mib = current_rss_mib() if dev.type == "cpu" else 0.0
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    lab, unl = trainer._streams()
+    lab, unl = trainer.batch_streams()
     n, warm = a.steps, a.warmup
 
     t0 = time.time()  # loader alone (includes worker start-up, amortised over n + warm batches)
@@ -129,7 +129,7 @@ def measure_one(a) -> dict:
     del batches
 
     trainer.progress.iteration = it0
-    lab, unl = trainer._streams()
+    lab, unl = trainer.batch_streams()
     for _ in range(warm):
         trainer.step(to_device(next(lab), dev), to_device(next(unl), dev) if unl is not None else None)
     sync()

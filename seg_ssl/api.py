@@ -21,7 +21,7 @@ CONFIG_SUFFIXES = (".yaml", ".yml")
 def config_from_checkpoint(path: str, overrides=(), ckpt: dict | None = None):
     """The resolved config stored in a checkpoint (``ckpt`` if already read), with ``overrides``
     applied and validated as a config file would be."""
-    from seg_ssl.config import Config, ConfigError, apply_overrides, parse_override, validate
+    from seg_ssl.config import ConfigError, from_dict
     from seg_ssl.engine.checkpoint import load_checkpoint
     if ckpt is None:
         ckpt = load_checkpoint(path)
@@ -29,9 +29,7 @@ def config_from_checkpoint(path: str, overrides=(), ckpt: dict | None = None):
     if not isinstance(stored, dict):
         raise ConfigError(f"checkpoint {path} holds no config (a bare state dict, or written by another "
                           f"tool): give the config file too, CONFIG {path}")
-    cfg = Config(validate(apply_overrides(stored, list(overrides)), origin=f"{path} (its stored config)"))
-    cfg.command_line = frozenset(".".join(parse_override(o)[0]) for o in overrides)
-    return cfg
+    return from_dict(stored, f"{path} (its stored config)", overrides, stored=True)
 
 
 def split_positionals(first: str | None, second: str | None, rest=()) -> tuple:
@@ -84,7 +82,9 @@ class SegModel:
         from seg_ssl.engine.loading import load_for_eval
         self.cfg = cfg
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.predict_fn, self.size_divisor, self.method = load_for_eval(cfg, checkpoint, self.device, ckpt=ckpt)
+        loaded = load_for_eval(cfg, checkpoint, self.device, ckpt=ckpt)
+        self.method, self.model = loaded.method, loaded.model
+        self.predict_fn, self.size_divisor = loaded.predict, loaded.size_divisor
         self.num_classes = cfg.data.num_classes
         self.class_names = list(cfg.data.class_names or [str(i) for i in range(self.num_classes)])
 

@@ -12,6 +12,7 @@ from the method registry, so this file names no method.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import logging
 import os
@@ -118,6 +119,11 @@ SCHEMA: dict = {
                       doc="torch.compile mode of the training forward; none: eager. Checkpoints hold the "
                           "plain module's weights, so they load with or without it"),
         "compile_backend": _f(str, "inductor", doc="torch.compile backend (aot_eager: no code generation)"),
+        "ohem": _f(bool, False, doc="the supervised loss of every method (and its labeled-only twin): false, "
+                   "cross-entropy; true, OHEM (Cityscapes in the releases)"),
+        "ohem_thresh": _f(NUM, 0.7, doc="OHEM keeps the pixels whose true-class probability is below this"),
+        "ohem_min_kept": _f(int, 100000, doc="OHEM keeps at least this many hard pixels per labeled image "
+                            "(UniMatch's release: 200,000 per GPU batch of 2; CPS's: 50,000 per image)"),
         "grad_clip": _f(NUM, None, nullable=True),
         "sync_bn": _f(bool, True, doc="SyncBatchNorm when world size > 1"),
         "joint_forward": _f(bool, False, doc="labeled and unlabeled images in one forward, sharing "
@@ -139,8 +145,20 @@ SCHEMA: dict = {
         "batch_windows": _f(int, 8, doc="sliding windows per forward"),
     },
 }
+
+
+def register_method(method) -> None:
+    """Add a method class to the registry and its section to the schema (the methods of
+    ``seg_ssl.methods`` are added below; a plug-in or a test adds its own this way)."""
+    METHODS[method.name] = method
+    SCHEMA["method"] = dataclasses.replace(SCHEMA["method"], choices=list(METHODS))
+    if method.config_section:
+        SCHEMA[method.name] = dict(method.config_section)
+
+
 # each method's own section (seg_ssl/methods/<name>.py), under its name
-SCHEMA.update({name: dict(m.config_section) for name, m in METHODS.items() if m.config_section})
+for _method in list(METHODS.values()):
+    register_method(_method)
 
 
 # What a resumed run may change: the length of the schedule (train.iters, to extend a run), where
@@ -152,6 +170,32 @@ MAY_CHANGE_ON_RESUME = ("work_dir", "resume", "work_dir_wait_s", "dist.", "train
                         "train.eval_interval", "train.ckpt_interval", "train.threads",
                         "train.channels_last", "train.compile", "train.compile_backend", "data.root", "data.num_workers",
                         "data.val_batch_size", "eval.")
+
+
+# keys that moved: a config naming the old key is told the new one; a config stored in a checkpoint
+# (written before the move) is read with its keys moved
+RENAMED = {
+    **{f"{m}.{k}": f"train.{k}" for m in ("cps", "unimatch", "fixmatch") for k in ("ohem", "ohem_thresh", "ohem_min_kept")},
+    "eval.branch": "cps.eval_branch",
+}
+
+
+def move_renamed(cfg: dict) -> dict:
+    """A copy of a stored (resolved) config with every ``RENAMED`` key at its new place."""
+    out = copy.deepcopy(cfg)
+    for old, new in RENAMED.items():
+        *path, last = old.split(".")
+        node = out
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last in node:
+            value = node.pop(last)
+            *new_path, new_last = new.split(".")
+            target = out
+            for part in new_path:
+                target = target.setdefault(part, {})
+            target.setdefault(new_last, value)
+    return out
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -170,7 +214,7 @@ def resume_conflicts(saved: dict, current: dict, may_change=MAY_CHANGE_ON_RESUME
     with and the current one, except the keys (or ``section.`` prefixes) in ``may_change``. A key the
     saved config does not have (added to seg_ssl later) conflicts only if the current value is not
     its default."""
-    old, new = flatten(saved), flatten(current)
+    old, new = flatten(move_renamed(saved)), flatten(current)
     out = []
     for key in sorted(set(old) | set(new)):
         if key in may_change or any(key.startswith(p) for p in may_change if p.endswith(".")):
@@ -323,6 +367,8 @@ def _validate(schema: dict, cfg: dict, prefix: str, origin: str) -> dict:
     for k in cfg:
         if k not in schema:
             full = prefix + k
+            if full in RENAMED:
+                raise ConfigError(f"{origin}: {full!r} is now {RENAMED[full]!r}: rename it")
             options = [prefix + s for s in schema]
             hint = difflib.get_close_matches(full, options, n=1, cutoff=0.6)
             raise ConfigError(f"{origin}: unknown key {full!r}"
@@ -399,12 +445,17 @@ def _resolve_encoder_weights(cfg: dict, origin: str) -> None:
 
 def load_config(path: str, overrides: list[str] | None = None) -> "Config":
     """Load, merge, override and validate; the result is a read-friendly ``Config``."""
-    raw = load_file(path)
-    raw = apply_overrides(raw, overrides or [])
-    cfg = validate(raw, origin=os.path.relpath(path))
-    if cfg["work_dir"] is None:
+    cfg = from_dict(load_file(path), os.path.relpath(path), overrides)
+    if cfg.work_dir is None:
         cfg["work_dir"] = os.path.join("runs", os.path.splitext(os.path.basename(path))[0])
-    out = Config(cfg)
+    return cfg
+
+
+def from_dict(data: dict, origin: str, overrides=None, stored: bool = False) -> "Config":
+    """The validated ``Config`` of a mapping, with ``overrides`` applied; ``stored``: a resolved
+    config a checkpoint holds, whose keys that moved since (``RENAMED``) are moved first."""
+    raw = apply_overrides(move_renamed(data) if stored else data, list(overrides or []))
+    out = Config(validate(raw, origin=origin))
     # which keys this run set explicitly (an explicit train.threads wins over OMP_NUM_THREADS, a file's
     # does not: seg_ssl.engine.threads); an attribute, so it is neither saved nor compared on resume
     out.command_line = frozenset(".".join(parse_override(o)[0]) for o in overrides or [])

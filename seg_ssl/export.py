@@ -68,7 +68,7 @@ class Deployable(nn.Module):
 def deployable(model) -> Deployable:
     """A :class:`Deployable` for a loaded ``seg_ssl.api.SegModel``, in eval mode on the CPU."""
     d = model.cfg.data
-    return Deployable(model.method.model, model.predict_fn, d.mean, d.std).cpu().eval()
+    return Deployable(model.model, model.predict_fn, d.mean, d.std).cpu().eval()
 
 
 def example_input(size: tuple[int, int], divisor: int, seed: int = 0) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: recording a trainer's steps, running a tool, scoring by brute force."""
+"""Helpers shared by the tests: recording a trainer's steps, running a tool, writing a tiny
+VOC-layout dataset. Toy networks and brute-force references live in ``reference_ssl.py``."""
 import os
 import subprocess
 import sys
@@ -10,16 +11,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def record_steps(trainer) -> list:
-    """Wrap ``trainer.step``; the returned list receives each step's outputs (floats where scalar)."""
+    """A list that receives each step's outputs (floats where scalar), through ``trainer.on_step``."""
     logs = []
-    original = trainer.step
-
-    def record(labeled, unlabeled):
-        out = original(labeled, unlabeled)
-        logs.append({k: float(v) if torch.is_tensor(v) and v.numel() == 1 else v for k, v in out.items()})
-        return out
-
-    trainer.step = record
+    trainer.on_step.append(lambda iteration, out: logs.append(
+        {k: float(v) if torch.is_tensor(v) and v.numel() == 1 else v for k, v in out.items()}))
     return logs
 
 
@@ -73,23 +68,21 @@ def cli(name: str, *args, env=None):
     return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
-def brute_force_miou(predict, dataset, num_classes: int, ignore_index: int = 255, batch_size: int = 1) -> float:
-    """mIoU counted class by class over every pixel of ``dataset`` (the definition, no confusion
-    matrix): IoU_c = |pred = c and gt = c| / |pred = c or gt = c| over non-ignored pixels, summed over
-    the whole set; classes absent from both are left out of the mean. Images are predicted in
-    batches of ``batch_size`` in order, as the evaluator batches them, so the logits are the same."""
-    inter = np.zeros(num_classes)
-    union = np.zeros(num_classes)
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            preds = predict(torch.stack([it["image"] for it in items])).argmax(1).numpy()
-            for pred, item in zip(preds, items):
-                gt = np.asarray(item["label"])
-                keep = gt != ignore_index
-                for c in range(num_classes):
-                    p, g = (pred == c) & keep, gt == c
-                    inter[c] += (p & g).sum()
-                    union[c] += (p | g).sum()
-    present = union > 0
-    return float((inter[present] / union[present]).mean())
+def make_voc(root, ids, size=(40, 30), num_classes=4, seed=0):
+    """A tiny VOC-layout fixture: JPEGImages/*.jpg, SegmentationClassAug/*.png, lists."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, "JPEGImages"), exist_ok=True)
+    os.makedirs(os.path.join(root, "SegmentationClassAug"), exist_ok=True)
+    for i in ids:
+        img = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        lab = rng.integers(0, num_classes, (size[1], size[0])).astype(np.uint8)
+        lab[:2] = 255
+        Image.fromarray(img).save(os.path.join(root, "JPEGImages", i + ".jpg"))
+        Image.fromarray(lab, mode="L").save(os.path.join(root, "SegmentationClassAug", i + ".png"))
+    return root
+
+
+def write_list(root, name, lines):
+    with open(os.path.join(root, name), "w") as f:
+        f.write("\n".join(lines) + "\n")

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import SMALL_NET, digits_cfg
-from helpers import brute_force_miou, record_steps
+from helpers import record_steps
+from reference_ssl import brute_force_miou
 from seg_ssl.config import ConfigError
 from seg_ssl.data.cutmix import box_masks, mix
 from seg_ssl.engine.trainer import Trainer
@@ -112,7 +113,7 @@ def test_ohem_matches_brute_force():
 
 def test_branches_start_different(digits_root, tmp_path):
     cfg = digits_cfg(digits_root, str(tmp_path), "method=cps")
-    m = CPS(cfg).model
+    m = CPS(cfg).build_model()
     p1 = dict(m.branch1.named_parameters())
     p2 = dict(m.branch2.named_parameters())
     assert p1.keys() == p2.keys()
@@ -287,7 +288,7 @@ def test_cutmix_step_mixes_one_mask_into_images_targets_and_validity(digits_root
 def test_labeled_images_never_enter_the_cutmix_term_and_ohem_only_the_supervised_one(digits_root, tmp_path,
                                                                                        monkeypatch):
     import seg_ssl.methods.base as base_module  # the supervised loss of every semi-supervised method
-    method = cps_method(digits_root, tmp_path, "cps.cutmix=true", "cps.ohem=true", "cps.ohem_min_kept=10")
+    method = cps_method(digits_root, tmp_path, "cps.cutmix=true", "train.ohem=true", "train.ohem_min_kept=10")
     model = conv_branches()
     labeled, unlabeled = cps_batch()
     labeled["image"].requires_grad_()
@@ -331,7 +332,7 @@ def test_plain_cps_step_crosses_the_branches_on_labeled_and_unlabeled_images(dig
 def test_cutmix_draws_twice_the_unlabeled_batch_of_distinct_images(digits_root, tmp_path):
     cfg = digits_cfg(digits_root, str(tmp_path), "method=cps", "cps.cutmix=true", "data.unlabeled_batch_size=4")
     trainer = Trainer(cfg)
-    _, unl = trainer._streams()
+    _, unl = trainer.batch_streams()
     for _ in range(3):
         index = next(unl)["index"]
         assert len(index) == 8 and len(set(index.tolist())) == 8  # u0[i] and u1[i] are different images

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import ROOT
-from seg_ssl.config import Config, ConfigError, validate
+from helpers import ROOT, make_voc, write_list
+from seg_ssl.config import ConfigError, from_dict
 from seg_ssl.data.dataset import (DataError, SegDataset, build_split, check_disjoint, load_image, load_label,
                                   read_split)
 from seg_ssl.data.splits import labeled_count, nested_splits
@@ -15,30 +15,11 @@ from seg_ssl.data.streams import StreamBatchSampler, shard_indices
 from seg_ssl.data.transforms import train_pipeline
 
 
-def make_voc(root, ids, size=(40, 30), num_classes=4, seed=0):
-    """A tiny VOC-layout fixture: JPEGImages/*.jpg, SegmentationClassAug/*.png, lists."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(os.path.join(root, "JPEGImages"), exist_ok=True)
-    os.makedirs(os.path.join(root, "SegmentationClassAug"), exist_ok=True)
-    for i in ids:
-        img = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-        lab = rng.integers(0, num_classes, (size[1], size[0])).astype(np.uint8)
-        lab[:2] = 255
-        Image.fromarray(img).save(os.path.join(root, "JPEGImages", i + ".jpg"))
-        Image.fromarray(lab, mode="L").save(os.path.join(root, "SegmentationClassAug", i + ".png"))
-    return root
-
-
 def data_cfg(root, **kw):
     base = {"data": {"root": root, "labeled_list": "lab.txt", "unlabeled_list": "unl.txt",
                      "val_list": "val.txt", "num_classes": 4, "crop_size": 32, **kw},
             "train": {"iters": 1}}
-    return Config(validate(base))
-
-
-def write_list(root, name, lines):
-    with open(os.path.join(root, name), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    return from_dict(base, "test")
 
 
 def test_voc_layout_ids_and_pairs(tmp_path):
@@ -210,9 +191,9 @@ def test_digits_builder_is_deterministic_and_disjoint(tmp_path):
 
 
 def test_labeled_pipeline_marks_padding_apart_from_ignored_pixels():
-    cfg = Config(validate({"data": {"root": "x", "labeled_list": "l", "val_list": "v", "num_classes": 4,
-                                    "crop_size": 32, "scale_range": [1.0, 1.0], "hflip": False},
-                           "train": {"iters": 1}}))
+    cfg = from_dict({"data": {"root": "x", "labeled_list": "l", "val_list": "v", "num_classes": 4,
+                              "crop_size": 32, "scale_range": [1.0, 1.0], "hflip": False},
+                     "train": {"iters": 1}}, "test")
     image = np.full((20, 24, 3), 100, np.uint8)  # smaller than the crop: padded below and right
     label = np.zeros((20, 24), np.uint8)
     label[5, 5] = 255  # an ignored pixel of the image (e.g. an object border)

@@ -14,7 +14,7 @@ from conftest import ROOT, SMALL_NET, digits_cfg
 from helpers import run_tool
 from seg_ssl.data.dataset import DataError, read_split
 from seg_ssl.engine.checkpoint import load_checkpoint
-from test_data import make_voc, write_list
+from helpers import make_voc, write_list
 
 # Small enough that a torchrun launch is mostly imports: 24 labeled 64x64 canvases cut to 32x32, a
 # ResNet-18 stem and two stages, a 16-channel head.

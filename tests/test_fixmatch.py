@@ -10,15 +10,12 @@ from helpers import record_steps
 from seg_ssl.data.cutmix import single_box_masks
 from seg_ssl.engine.trainer import Trainer
 from seg_ssl.methods.fixmatch import FixMatch
-from test_unimatch import ToyNet, ce_terms, hard_targets, toy_batches
+from reference_ssl import ToyNet, ce_terms, hard_targets, toy_batches
 
 
 def toy_method(tmp_path, *extra):
-    cfg = digits_cfg("unused", str(tmp_path), "method=fixmatch", "fixmatch.cutmix_p=1.0", *extra)
-    method = FixMatch.__new__(FixMatch)  # the step needs the config and the box generator only
-    method.cfg, method.c, method.ignore_index, method.background = cfg, cfg.fixmatch, 255, True
-    method.mask_rng = np.random.default_rng(5)
-    return method
+    """FixMatch with a box in every strong view; its box generator is seeded with 5."""
+    return FixMatch(digits_cfg("unused", str(tmp_path), "method=fixmatch", "fixmatch.cutmix_p=1.0", "seed=5", *extra))
 
 
 @pytest.mark.parametrize("joint_forward,fg_marginal", [(False, False), (True, False), (False, True)])
@@ -29,8 +26,7 @@ def test_step_is_the_released_formula(tmp_path, joint_forward, fg_marginal):
     method = toy_method(tmp_path, "fixmatch.conf_thresh=0.5", f"train.joint_forward={str(joint_forward).lower()}",
                         f"fixmatch.fg_marginal={str(fg_marginal).lower()}")
     net = ToyNet()
-    labeled, unl = toy_batches()
-    del unl["strong2"]  # FixMatch's pipeline makes one strong view
+    labeled, unl = toy_batches(strong=("strong", None))  # FixMatch's pipeline makes one strong view
     nu, (h, w) = 2, unl["image"].shape[-2:]
     out = method.training_step(net, labeled, unl, iteration=0)
     box = single_box_masks(nu, h, w, 1.0, (0.02, 0.4), (0.3, 1 / 0.3), np.random.default_rng(5))
@@ -40,7 +36,7 @@ def test_step_is_the_released_formula(tmp_path, joint_forward, fg_marginal):
         conf_w, t_w = hard_targets(conv(unl["image"][:nu]).softmax(1), fg_marginal)
         conf_m, t_m = hard_targets(conv(unl["image"][nu:]).softmax(1), fg_marginal)
         inside = box.bool()
-        x = torch.where(inside[:, None], unl["strong1"][nu:], unl["strong1"][:nu])
+        x = torch.where(inside[:, None], unl["strong"][nu:], unl["strong"][:nu])
         strong = ce_terms(conv(x), torch.where(inside, t_m, t_w), torch.where(inside, conf_m, conf_w),
                           torch.where(inside, unl["valid"][nu:], unl["valid"][:nu]), 0.5)
         sup = nn.functional.cross_entropy(conv(labeled["image"]), labeled["label"], ignore_index=255).item()
@@ -68,12 +64,9 @@ def test_trains_through_the_trainer_with_one_strong_view(digits_root, tmp_path):
     cfg = digits_cfg(digits_root, str(tmp_path), "method=fixmatch", "train.iters=2", "fixmatch.conf_thresh=0.0",
                      "data.batch_size=2", "data.unlabeled_batch_size=2", "model.decoder_channels=16")
     trainer = Trainer(cfg)
-    seen = []
-    step = trainer.step
-    trainer.step = lambda labeled, unlabeled: seen.append(unlabeled) or step(labeled, unlabeled)
+    first = next(trainer.batch_streams()[1])
+    assert "strong" in first and "strong2" not in first  # one strong view
+    assert first["image"].shape[0] == first["strong"].shape[0] == 4  # drawn twice: 2 x 2 images
     logs = record_steps(trainer)
     trainer.train()
-    assert "strong1" in seen[0] and "strong2" not in seen[0]  # one strong view
-    assert seen[0]["image"].shape[0] == seen[0]["strong1"].shape[0] == 4  # drawn twice: 2 x 2 images
-    assert all(np.isfinite(log["loss"]) and log["strong"] > 0 for log in logs)
-    assert trainer.unlabeled is not None and FixMatch.unlabeled_draws(cfg) == 2
+    assert len(logs) == 2 and all(np.isfinite(log["loss"]) and log["strong"] > 0 for log in logs)

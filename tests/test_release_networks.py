@@ -168,7 +168,8 @@ def test_converted_checkpoint_gives_the_release_networks_logits(release, tmp_pat
     src, dst = tmp_path / "release.pth", tmp_path / "converted.pth"
     save_release_checkpoint(release, state, src)
     assert load_tool("convert_checkpoint").main(["--from", release, str(src), str(dst)]) == 0
-    predict, divisor, _ = load_for_eval(published(release), str(dst))
+    loaded = load_for_eval(published(release), str(dst))
+    predict, divisor = loaded.predict, loaded.size_divisor
     x = torch.randn(2, 3, 67, 93, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours, theirs = predict(x), release_logits(release, state, x)
@@ -184,7 +185,7 @@ def test_release_keys_round_trip_through_the_converter(release):
     shapes = release_shapes(release)
     state = {k: torch.zeros(s) for k, s in shapes.items()}
     cfg = published(release)
-    model = build_method(cfg).model
+    model = build_method(cfg).build_model()
     converted = from_release(state, release)
     own = model.state_dict()
     assert set(converted) == set(own)

@@ -10,7 +10,7 @@ from conftest import ROOT, SMALL_NET, digits_cfg
 from helpers import load_tool, run_tool
 from seg_ssl.engine.checkpoint import load_checkpoint
 from seg_ssl.engine.trainer import Trainer
-from test_data import make_voc, write_list
+from helpers import make_voc, write_list
 
 
 def write_cfg(tmp_path, root, **data):
@@ -91,31 +91,6 @@ def test_missing_files_fail_before_training_and_a_bad_file_mid_run_keeps_the_wor
     assert load_checkpoint(str(tmp_path / "w" / "latest.pth"))["iteration"] == first_bad
 
 
-@pytest.mark.parametrize("method, extra", [
-    ("cps", ("cps.unsup_start_iter=2", "cps.cutmix=true", "cps.dist_align=true", "data.batch_size=4",
-             "data.unlabeled_batch_size=4")),
-    ("cac", ("data.crop_size=48", "model.proj_dim=16", "cac.scale_range=[1.0,1.5]",
-             "cac.unsup_start_iter=1", "cac.pos_thresh=0.0", "cac.selected_num=64", "cac.hflip=false")),
-    ("unimatch", ("unimatch.unsup_start_iter=2", "unimatch.conf_thresh=0.5", "data.batch_size=4",
-                  "data.unlabeled_batch_size=4")),  # box generator and fp dropout draws continue exactly
-    ("fixmatch", ("fixmatch.unsup_start_iter=2", "fixmatch.conf_thresh=0.5", "data.batch_size=4",
-                  "data.unlabeled_batch_size=4")),
-])
-def test_resume_is_exact_for_every_method(digits_root, tmp_path, method, extra):
-    common = (f"method={method}", "train.iters=5", "train.ckpt_interval=100", *SMALL_NET, *extra)  # CAC: crop 48
-    full = Trainer(digits_cfg(digits_root, str(tmp_path / "full"), *common))
-    full.train()
-    part = Trainer(digits_cfg(digits_root, str(tmp_path / "part"), *common))
-    part.train(max_steps=3)
-    assert load_checkpoint(str(tmp_path / "part" / "latest.pth"))["iteration"] == 3
-    resumed = Trainer(digits_cfg(digits_root, str(tmp_path / "part"), *common))
-    resumed.train()
-    a, b = full.model.state_dict(), resumed.model.state_dict()
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-
-
 def test_resuming_from_a_damaged_or_foreign_checkpoint_is_a_clear_error(digits_root, tmp_path):
     from seg_ssl.config import ConfigError
     work = tmp_path / "w"
@@ -149,7 +124,7 @@ def test_resume_refuses_changed_settings_and_keeps_the_record(digits_root, tmp_p
     t.train()
     assert "iters: 5" in (work / "config.yaml").read_text()
     log = (work / "train.log").read_text()
-    assert log.count("config (resolved):") == 2 and "resumed from" in log  # every start records its config
+    assert log.count("config (resolved") == 2 and "resumed from" in log  # every start records its config
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ def planted(digits_root, tmp_path_factory):
     folder = tmp_path_factory.mktemp("planted")
     marker = folder / "RAN"
     cfg = digits_cfg(digits_root, str(folder / "w"), *SMALL_NET)
-    model = build_method(cfg).model
+    model = build_method(cfg).build_model()
     config = cfg.to_dict()
     config["notes"] = Planted(marker)  # where a stored config is read: before any weight
     paths = {"seg_ssl": folder / "seg_ssl.pth"}

@@ -8,18 +8,13 @@ import torch
 
 import seg_ssl.methods.cac as cac_module
 from conftest import SMALL_NET, digits_cfg
+from every_method import case_cfg, method_names
 from seg_ssl.engine.smoke import smoke_overrides
 from seg_ssl.engine.trainer import Trainer
 
-# name -> (config, method key, extra overrides); every method, CPS with and without CutMix
-METHOD_RUNS = {
-    "labeled-only": ("digits_sup.yaml", "supervised", []),
-    "CAC": ("digits_cac.yaml", "cac", []),
-    "CPS": ("digits_cps.yaml", "cps", ["cps.cutmix=false"]),
-    "CPS+CutMix": ("digits_cps.yaml", "cps", []),
-    "UniMatch": ("digits_unimatch.yaml", "unimatch", []),
-    "FixMatch": ("digits_sup.yaml", "fixmatch", ["method=fixmatch"]),
-}
+# every registered method on its benchmark config (tests/every_method.py), and plain CPS beside
+# CPS+CutMix: name -> (method, extra overrides)
+METHOD_RUNS = {**{name: (name, []) for name in method_names()}, "cps_plain": ("cps", ["cps.cutmix=false"])}
 # |loss(bf16) - loss(fp32)| <= BF16_RTOL * |loss(fp32)|: measured on this machine kind, the six
 # methods' first-step losses differ by 2.8e-5 to 4.5e-4 relative (bf16 rounds activations to 8 bits
 # of mantissa, the losses themselves are float32); 5e-3 leaves 10x for other CPUs' kernels, and a
@@ -28,21 +23,20 @@ BF16_RTOL = 5e-3
 
 
 def cfg_for(root, work_dir, name, *options):
-    config, method, extra = METHOD_RUNS[name]
+    method, extra = METHOD_RUNS[name]
     # the first step runs every term (smoke overrides: no warm-up, thresholds a fresh model passes)
     # no dropout: in NHWC memory a dropout mask is drawn in another order (another, equally random
     # mask), so channels_last could not be compared with the reference step
-    return digits_cfg(root, str(work_dir), *extra, *smoke_overrides(method, iters=2, start=0), *SMALL_NET,
-                      "data.batch_size=4", "data.unlabeled_batch_size=4", "model.dropout=0.0",
-                      "model.aspp_dropout=0.0", *options, config=config)
+    return case_cfg(method, root, work_dir, *extra, *smoke_overrides(method, iters=2, start=0),
+                    "data.batch_size=4", "data.unlabeled_batch_size=4", "model.dropout=0.0",
+                    "model.aspp_dropout=0.0", *options)
 
 
 def first_step(cfg, record=None):
     """The losses and gradients of the first training step of ``cfg``."""
     trainer = Trainer(cfg)
     try:
-        lab, unl = trainer._streams()
-        labeled, unlabeled, _ = trainer._next_batches(lab, unl)
+        labeled, unlabeled, _ = trainer.next_batches(*trainer.batch_streams())
         losses = trainer.step(labeled, unlabeled)
         assert (trainer.train_model is trainer.ddp) == (cfg.train.compile == "none")  # no fallback to eager
         grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
@@ -65,7 +59,7 @@ def recording_dtypes(monkeypatch, record: dict):
         record.setdefault("confidence", set()).add(conf.dtype)
         return (label, conf) if kwargs.get("return_conf") else label
 
-    for module in ("cps", "unimatch", "fixmatch"):
+    for module in ("base", "cps", "unimatch", "fixmatch"):
         monkeypatch.setattr(f"seg_ssl.methods.{module}.pseudo_labels", pseudo_labels)
     contrast = cac_module.directional_contrastive_loss
 
@@ -101,10 +95,10 @@ def test_bf16_autocast_on_the_cpu_keeps_losses_and_confidences_in_float32(digits
         if key in reference:
             ref, got = float(reference[key]), float(losses[key])
             assert math.isfinite(got) and abs(got - ref) <= BF16_RTOL * abs(ref), (key, ref, got)
-    if name != "labeled-only":
-        what = "contrastive" if name == "CAC" else "confidence"
-        assert record.get(what) == {torch.float32}, record  # where the methods say float32
-    if name == "CAC":
+    if METHOD_RUNS[name][0] in ("cps", "unimatch", "fixmatch"):
+        assert record.get("confidence") == {torch.float32}, record  # where the methods say float32
+    if name == "cac":
+        assert record.get("contrastive") == {torch.float32}, record
         assert record["bank"] == {torch.float32}  # the bank of negatives keeps float32 features
 
 

@@ -181,7 +181,7 @@ def _segmentor(config, *overrides):
     torch.manual_seed(0)
     cfg = load_config(os.path.join(ROOT, "configs", config), ["data.root=unused", "model.encoder_weights=null",
                                                               *overrides])
-    return build_method(cfg).model.eval()
+    return build_method(cfg).build_model().eval()
 
 
 @pytest.mark.parametrize("config, stage, earlier, block", [
@@ -238,7 +238,7 @@ def test_gradcam_cli_writes_one_titled_png_per_image(digits_root, tmp_path, caps
     from seg_ssl.methods import build_method
     cfg = digits_cfg(digits_root, str(tmp_path / "w"))
     torch.manual_seed(0)
-    torch.save({"model": build_method(cfg).model.state_dict()}, tmp_path / "m.pth")
+    torch.save({"model": build_method(cfg).build_model().state_dict()}, tmp_path / "m.pth")
     gradcam = load_tool("gradcam").main
     assert gradcam([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(tmp_path / "m.pth"),
                     "--image", os.path.join(digits_root, "JPEGImages"), "--limit", "2", "--class", "digit_3",

@@ -78,7 +78,7 @@ def test_make_splits_cli(tmp_path):
 
 def test_dry_run_derives_cac_sizes_for_any_world_size():
     from seg_ssl.config import ConfigError, load_config
-    from seg_ssl.engine.trainer import derived_sizes
+    from seg_ssl.engine.dry_run import derived_sizes
     cfg = load_config(os.path.join(ROOT, "configs", "voc_cac.yaml"))
     for world in (1, 2, 4):
         sizes = derived_sizes(cfg, world)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import SMALL_NET, digits_cfg
-from helpers import brute_force_miou
+from reference_ssl import brute_force_miou
 from seg_ssl.engine.checkpoint import SaveError, load_checkpoint, save_atomic
 from seg_ssl.engine.schedule import poly_lr
 from seg_ssl.data.dataset import build_split
@@ -129,7 +129,7 @@ def test_a_full_disk_is_one_line_in_train_log_and_keeps_the_last_checkpoint(digi
     monkeypatch.setattr(torch, "save", zip_writer_failing)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30 - 5 * 2**20, 5 * 2**20))
     with pytest.raises(SaveError) as e:
-        trainer.save("latest.pth")
+        trainer.save_latest()
     monkeypatch.undo()
     line = str(e.value)
     assert line.startswith(f"cannot write {tmp_path / 'latest.pth'}: the disk is full (5 MB free, the checkpoint "
@@ -210,7 +210,7 @@ def test_optimizer_groups_backbone_lr_and_weight_decay(digits_root, tmp_path, de
     cfg = digits_cfg(digits_root, str(tmp_path), "method=cps", "train.optimizer=sgd", "train.lr=0.02",
                      "train.backbone_lr_mult=0.1", "train.weight_decay=0.0005",
                      f"train.decay_norm_and_bias={str(decay_norm_and_bias).lower()}")
-    model = CPS(cfg).model
+    model = CPS(cfg).build_model()
     opt = build_optimizer(cfg, model)
     names = {id(p): n for n, p in model.named_parameters()}
     seen = {}

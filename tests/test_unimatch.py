@@ -12,11 +12,7 @@ from seg_ssl.data.transforms import WeakStrongPipeline, photometric_ops
 from seg_ssl.losses.pseudo_labels import box_mixed_targets, pseudo_label_accuracy, weak_to_strong_loss
 from seg_ssl.methods.unimatch import UniMatch
 from seg_ssl.models.segmentor import Segmentor, logits_and_perturbed
-
-
-def log_softmax_at(logits, b, k, i, j):
-    z = [logits[b, c, i, j].item() for c in range(logits.shape[1])]
-    return z[k] - math.log(sum(math.exp(v) for v in z))
+from reference_ssl import ToyNet, ce_terms, hard_targets, log_softmax_at, toy_batches
 
 
 def test_weak_to_strong_loss_divides_the_kept_pixels_ce_by_all_valid_pixels():
@@ -62,74 +58,9 @@ def test_single_box_masks_draw_one_fitting_box_of_the_given_area_with_probabilit
     assert bool((single_box_masks(50, 32, 32, p=1.0, rng=rng).flatten(1).sum(1) > 0).all())
 
 
-class ToyNet(nn.Module):
-    """logits = 1x1 conv of the image; the perturbed stream drops fixed channels (deterministic), so
-    a test can recompute every term. Records the mode of each call."""
-
-    size_divisor = 1
-
-    def __init__(self, k=3):
-        super().__init__()
-        torch.manual_seed(1)
-        self.conv = nn.Conv2d(3, k, 1)
-        self.calls = []
-
-    def forward(self, x, output="logits", groups=None, fp_dropout=0.0):
-        fp_dropout = fp_dropout if output == "fp" else 0.0
-        self.calls.append(("train" if self.training else "eval", x.shape[0], fp_dropout))
-        logits = self.conv(x)
-        if fp_dropout:
-            self.last = {"logits": logits, "logits_fp": self.conv(x * torch.tensor([0.0, 2.0, 0.0]).view(1, 3, 1, 1))}
-            for t in self.last.values():
-                t.retain_grad()
-            return self.last
-        if self.training:
-            logits.retain_grad()
-            self.strong_logits = logits
-        return logits
-
-
 def toy_method(tmp_path, *extra):
-    cfg = digits_cfg("unused", str(tmp_path), "method=unimatch", "unimatch.cutmix_p=1.0", *extra)
-    method = UniMatch.__new__(UniMatch)  # the step needs the config and the box generator only
-    method.cfg, method.c, method.ignore_index, method.background = cfg, cfg.unimatch, 255, True
-    method.mask_rng = np.random.default_rng(5)
-    return method
-
-
-def toy_batches(nl=2, nu=2, h=4, w=5):
-    g = torch.Generator().manual_seed(2)
-    labeled = {"image": torch.randn(nl, 3, h, w, generator=g), "label": torch.randint(0, 3, (nl, h, w), generator=g)}
-    labeled["label"][0, 0, 0] = 255
-    unl = {k: torch.randn(2 * nu, 3, h, w, generator=g) for k in ("image", "strong1", "strong2")}
-    unl["valid"] = torch.ones(2 * nu, h, w, dtype=torch.bool)
-    unl["valid"][0, -1] = False  # padding in a weak image
-    unl["valid"][nu, :, -1] = False  # and in an image the boxes come from
-    return labeled, unl
-
-
-def ce_terms(logits, target, conf, valid, thresh):
-    """The released loss by brute force: a loop over pixels."""
-    total, n_valid = 0.0, 0
-    b, _, h, w = logits.shape
-    for i in range(b):
-        for y in range(h):
-            for x in range(w):
-                if valid[i, y, x]:
-                    n_valid += 1
-                    if conf[i, y, x] >= thresh:
-                        total -= log_softmax_at(logits, i, int(target[i, y, x]), y, x)
-    return total / n_valid
-
-
-def hard_targets(prob, fg_marginal):
-    """(confidence, label) per pixel: the argmax, or with ``fg_marginal`` background where p0 >= 0.5
-    and otherwise the likeliest foreground class with confidence p(class | foreground)."""
-    if not fg_marginal:
-        return prob.max(1)
-    p_fg, k = prob[:, 1:].max(1)
-    bg = prob[:, 0] >= 0.5
-    return torch.where(bg, prob[:, 0], p_fg / (1 - prob[:, 0])), torch.where(bg, 0, k + 1)
+    """UniMatch with a box in every strong view; its box generator is seeded with 5."""
+    return UniMatch(digits_cfg("unused", str(tmp_path), "method=unimatch", "unimatch.cutmix_p=1.0", "seed=5", *extra))
 
 
 @pytest.mark.parametrize("joint_forward,fg_marginal", [(False, False), (True, False), (False, True)])

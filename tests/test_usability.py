@@ -117,9 +117,8 @@ def test_digits_are_never_flipped_in_training_or_testing(name):
     cfg = load_config(os.path.join(ROOT, "configs", name), ["data.root=x", "model.encoder_weights=null"])
     assert not cfg.eval.flip and not cfg.data.hflip and (cfg.method != "cac" or not cfg.cac.hflip)
     pipelines = [train_pipeline(cfg.data, labeled=True), train_pipeline(cfg.data, labeled=False)]
-    method = METHODS[cfg.method].__new__(METHODS[cfg.method])  # its pipeline only: no model built
+    method = METHODS[cfg.method](cfg)
     if method.uses_unlabeled:
-        method.c = cfg[cfg.method]
         pipelines.append(method.unlabeled_pipeline(cfg.data))
     ops = []
     for p in pipelines:
@@ -146,7 +145,7 @@ def sup_checkpoint(digits_root, tmp_path):
     from seg_ssl.methods import build_method
     cfg = digits_cfg(digits_root, str(tmp_path / "w"), "data.num_workers=0")
     torch.manual_seed(0)
-    model = build_method(cfg).model
+    model = build_method(cfg).build_model()
     path = tmp_path / "m.pth"
     torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "optimizer": {}}, path)
     return str(path), cfg
@@ -171,7 +170,8 @@ def test_load_reads_the_config_in_the_checkpoint_and_predicts_any_image_form(sup
     assert np.array_equal(model.predict(Image.open(image_path)), mask)
     assert np.array_equal(model.predict(image.astype(np.float32) / 255), mask)
     # the same numbers as the config-file path the tools take
-    predict_fn, divisor, _ = load_for_eval(digits_cfg(digits_root, "unused"), path)
+    loaded = load_for_eval(digits_cfg(digits_root, "unused"), path)
+    predict_fn, divisor = loaded.predict, loaded.size_divisor
     with torch.no_grad():
         ref = predict_probs(predict_fn, normalize(image.copy(), cfg.data.mean, cfg.data.std)[None], size_divisor=divisor)
     np.testing.assert_allclose(probs, ref[0].numpy(), atol=1e-6)
@@ -257,9 +257,9 @@ def test_export_torchscript_and_weights_only(sup_checkpoint, tmp_path, capsys):
     # weights and config, no optimizer; fp16 halves them, and loads back to the same predictions
     full = tmp_path / "full.pth"
     model = seg_ssl.load(path)
-    big = {"model": model.method.model.state_dict(), "config": cfg.to_dict(), "iteration": 5,
+    big = {"model": model.model.state_dict(), "config": cfg.to_dict(), "iteration": 5,
            "optimizer": {"state": {i: {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
-                                   for i, p in enumerate(model.method.model.parameters())}}}
+                                   for i, p in enumerate(model.model.parameters())}}}
     torch.save(big, full)
     for extra, name in (([], "w.pth"), (["--fp16"], "w16.pth")):
         assert export([str(full), "--weights-only", "--out", str(tmp_path / name), *extra]) == 0
@@ -469,7 +469,7 @@ def _segmentor(config, *overrides):
     torch.manual_seed(0)
     cfg = load_config(os.path.join(ROOT, "configs", config), ["data.root=unused", "model.encoder_weights=null",
                                                               *overrides])
-    return build_method(cfg).model.eval()
+    return build_method(cfg).build_model().eval()
 
 
 # -- smoke runs ------------------------------------------------------------------------------------

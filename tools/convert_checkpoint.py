@@ -50,7 +50,7 @@ def main(argv=None):
         raise ConfigError(f"{config}: model.arch is {cfg.model.arch!r}, but a {args.release} checkpoint needs "
                           f"{ARCH[args.release]!r}")
     cfg.model.encoder_weights = None  # every weight comes from the checkpoint
-    model = build_method(cfg).model
+    model = build_method(cfg).build_model()
     try:
         load_strict(model, state)
     except ValueError as e:

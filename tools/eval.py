@@ -106,7 +106,8 @@ def main(argv=None):
         cfg, checkpoint = config_and_checkpoint(args.config, args.checkpoint, args.overrides)
         info = du.init_distributed()
         is_main = info.is_main
-        predict_fn, divisor, _ = load_for_eval(cfg, checkpoint, info.device)
+        loaded = load_for_eval(cfg, checkpoint, info.device)
+        predict_fn, divisor = loaded.predict, loaded.size_divisor
         val = build_split(cfg.data, "val", val_pipeline(cfg.data))
         metrics = evaluate(predict_fn, val, cfg.data.num_classes, cfg.data.ignore_index, divisor,
                            info.device, info.rank, info.world_size, cfg.data.val_batch_size,

@@ -52,8 +52,8 @@ def main(argv=None):
     files = image_files(args.image, cfg.data, "--image")
     if args.limit:
         files = files[:args.limit]
-    _, _, method = load_for_eval(cfg, checkpoint)
-    model = method.model.branch1 if hasattr(method.model, "branch1") else method.model
+    loaded = load_for_eval(cfg, checkpoint)
+    model = loaded.method.network(loaded.model)
     layer = args.layer or default_layer(model)
     try:
         resolve_layer(model, layer)  # a wrong --layer is one line listing the usable names, before any image

@@ -40,7 +40,8 @@ def main(argv=None):
     if args.limit:
         files = files[:args.limit]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    predict_fn, divisor, _ = load_for_eval(cfg, checkpoint, device)
+    loaded = load_for_eval(cfg, checkpoint, device)
+    predict_fn, divisor = loaded.predict, loaded.size_divisor
     lut = get_palette(cfg.data.palette, cfg.data.ignore_index)
     names = cfg.data.class_names or [str(i) for i in range(cfg.data.num_classes)]
     skip = (0,) if first_class_is_background(cfg.data.class_names) else ()  # no outline around the background

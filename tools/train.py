@@ -41,28 +41,15 @@ def main(argv=None):
     if args.dry_run:
         import os
         import yaml
-        from seg_ssl.engine.trainer import derived_sizes
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        from seg_ssl.engine.dry_run import derived_sizes, missing_data
+        sizes = derived_sizes(cfg, int(os.environ.get("WORLD_SIZE", "1")))
         if args.json:  # for scripts: nothing else on stdout
-            print(json.dumps({"config": cfg.to_dict(), "sizes": derived_sizes(cfg, world)}))
+            print(json.dumps({"config": cfg.to_dict(), "sizes": sizes}))
         else:
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            print(json.dumps(derived_sizes(cfg, world), indent=1))
-        # a dry run trains nothing, but says (on stderr: stdout stays YAML + JSON) what is not
-        # there: the root, a list, a listed file
-        if not os.path.isdir(cfg.data.root):
-            print(f"note: data.root {cfg.data.root!r} does not exist here; set data.root=... before training",
-                  file=sys.stderr)
-            return 0
-        from seg_ssl.data.dataset import build_split
-        from seg_ssl.errors import DataError
-        for which in ("labeled", "unlabeled", "val"):
-            if which == "unlabeled" and not cfg.data.unlabeled_list:
-                continue
-            try:
-                build_split(cfg.data, which)
-            except DataError as e:
-                print(f"note: {e}", file=sys.stderr)
+            print(json.dumps(sizes, indent=1))
+        for note in missing_data(cfg):  # on stderr: stdout stays YAML + JSON
+            print(f"note: {note}", file=sys.stderr)
         return 0
     from seg_ssl.engine.trainer import train
     res = train(cfg)

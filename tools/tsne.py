@@ -41,7 +41,7 @@ def main(argv=None):
 
     import numpy as np
     import torch
-    from seg_ssl.config import Config, load_config, validate
+    from seg_ssl.config import from_dict, load_config
     from seg_ssl.data.dataset import build_split
     from seg_ssl.data.transforms import val_pipeline
     from seg_ssl.engine.checkpoint import load_checkpoint
@@ -61,9 +61,8 @@ def main(argv=None):
     panels = []
     for path in ckpts:
         ckpt = load_checkpoint(path)
-        ckpt_cfg = Config(validate(ckpt["config"], origin=path))
-        _, _, method = load_for_eval(ckpt_cfg, path, ckpt=ckpt)
-        model = method.model
+        ckpt_cfg = from_dict(ckpt["config"], path, stored=True)
+        model = load_for_eval(ckpt_cfg, path, ckpt=ckpt).model
         rng = np.random.default_rng(args.seed)
         f1s, f2s, ys = [], [], []
         for i, crop in zip(picks, crops):

@@ -94,7 +94,7 @@ class WeakStrongPipeline:
     """The unlabeled sample of UniMatch (two strong views) and FixMatch (one): a weak view (the
     geometric ops: rescale, crop, flip) and ``views`` strong views of that same crop, each with its
     own draw of the photometric ops, so that a pixel is the same pixel in all of them. Returns
-    ``image`` (weak), ``strong1`` (, ``strong2`` ...) and ``valid`` (False on padding); with
+    ``image`` (weak), ``strong`` (one view) or ``strong1``, ``strong2`` ... and ``valid`` (False on padding); with
     ``labeled`` also the ``label`` of the weak crop (a benchmark's hidden truth, for pseudo-label
     accuracy)."""
 
@@ -111,7 +111,8 @@ class WeakStrongPipeline:
         result = {"image": normalize(weak, self.mean, self.std), "valid": torch.from_numpy(pad != IGNORE)}
         for view in range(1, self.views + 1):  # independent, reproducible draws per view
             self.strong.set_random_seed(int(np.random.SeedSequence([int(seed), view]).generate_state(1)[0]))
-            result[f"strong{view}"] = normalize(self.strong(image=weak)["image"], self.mean, self.std)
+            name = "strong" if self.views == 1 else f"strong{view}"
+            result[name] = normalize(self.strong(image=weak)["image"], self.mean, self.std)
         if self.labeled and label is not None:
             result["label"] = torch.from_numpy(np.ascontiguousarray(out["masks"][0])).long()
         return result

@@ -1,4 +1,5 @@
-"""The loss window between two log lines, and the line itself.
+"""The log: its set-up, the loss window between two log lines and the line itself, and the
+progress bar.
 
 Each step's losses are summed on the device (no device sync per value); at a log line they come
 back in one transfer and are averaged, each key over the steps that had it (a warm-up logs fewer
@@ -6,9 +7,16 @@ keys). Keys with a ``/`` go to TensorBoard (and ``train.jsonl``) only.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
 import time
 
 import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+LOG = logging.getLogger("seg_ssl")
 
 
 class LossWindow:
@@ -48,3 +56,31 @@ class LossWindow:
         terms = " ".join(f"{k} {v:.4f}" for k, v in avg.items() if "/" not in k)
         return (f"it {iteration}/{iters} lr {lr:.2e} {terms}{short} | {per_it:.3f}s/it "
                 f"(data {self.data_time / self.steps:.3f}s) eta {eta}")
+
+
+def setup_logging(log_file: str | None, is_main: bool) -> None:
+    """The ``seg_ssl`` logger: INFO on the main process (WARNING elsewhere), to stdout and, on the
+    main process, to ``log_file`` (appended: every start of a run adds its lines)."""
+    LOG.setLevel(logging.INFO if is_main else logging.WARNING)
+    LOG.propagate = False
+    for h in list(LOG.handlers):
+        LOG.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(fmt)
+    LOG.addHandler(console)
+    if log_file and is_main:
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(fmt)
+        LOG.addHandler(fh)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, initial: int, enabled: bool):
+    """A tqdm bar on a terminal (stderr), with the log lines (stdout) written above it: tqdm's
+    redirect clears the bar, writes the line and redraws the bar, so they never run into each
+    other. Without a terminal there is no bar, and the log lines (with their ETA) are all there is."""
+    bar = tqdm(total=total, initial=initial, dynamic_ncols=True, disable=not (enabled and sys.stderr.isatty()))
+    with logging_redirect_tqdm(loggers=[LOG], tqdm_class=tqdm), bar:
+        yield bar

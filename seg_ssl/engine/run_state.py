@@ -14,13 +14,14 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 
 from seg_ssl.collectives import all_reduce_sum
 from seg_ssl.config import MAY_CHANGE_ON_RESUME, resume_conflicts
 from seg_ssl.engine import dist as du
-from seg_ssl.engine.checkpoint import load_checkpoint, model_state, save_atomic
+from seg_ssl.engine.checkpoint import load_checkpoint, model_state
 from seg_ssl.engine.rng import rng_state, seed_everything, set_rng_state
-from seg_ssl.errors import ConfigError, SaveError
+from seg_ssl.errors import ConfigError
 from seg_ssl.models.weights import load_strict
 
 LOG = logging.getLogger("seg_ssl")
@@ -68,7 +69,7 @@ def evaluated_at(work_dir: str, iteration: int) -> bool:
 
 
 class RunState:
-    """Saves and restores one run's training objects (the model without DDP's wrapper, its
+    """Gathers and restores one run's training objects (the model without DDP's wrapper, its
     optimizer and scaler, the method) in ``info``'s process group."""
 
     def __init__(self, cfg, info: du.DistInfo, model, optimizer, scaler, method):
@@ -82,20 +83,16 @@ class RunState:
         copy of it is enough; the global RNGs are not."""
         if not self.info.distributed:
             return [rng_state()]
-        import torch.distributed as dist
         states = [None] * self.info.world_size if self.info.is_main else None
         with du.waiting_for("gathering RNG states for latest.pth", self.info, iteration):
             dist.gather_object(rng_state(), states, dst=0)
         return states
 
-    def save(self, path: str, progress: Progress, rng_per_rank: list | None = None,
-             eval_pending: bool = False) -> None:
-        """Rank 0 writes ``path`` atomically. ``rng_per_rank`` (from :meth:`gather_rng`) lets every
-        rank continue its own random stream on resume; without it (best.pth, a save that only rank 0
-        reaches) the other ranks reseed from the position."""
-        if not self.info.is_main:
-            return
-        state = {
+    def checkpoint(self, progress: Progress, rng_per_rank: list | None = None) -> dict:
+        """What ``latest.pth`` (and ``best.pth``) holds, in plain data. ``rng_per_rank`` (from
+        :meth:`gather_rng`) lets every rank continue its own random stream on resume; without it
+        (best.pth, a save that only rank 0 reaches) the other ranks reseed from the position."""
+        return {
             "iteration": progress.iteration,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -105,14 +102,9 @@ class RunState:
             "rng_per_rank": rng_per_rank,
             "best": progress.best,
             "skipped": progress.skipped,
-            "eval_pending": eval_pending,
+            "eval_pending": progress.eval_pending,
             "config": self.cfg.to_dict(),
         }
-        try:
-            save_atomic(state, path)
-        except SaveError as e:
-            LOG.error("%s", e)  # in train.log too, where a user looks first
-            raise
 
     def restore(self, path: str, ckpt: dict) -> Progress:
         """Put ``ckpt`` (from :func:`find_checkpoint`) back into the training objects and the RNGs;

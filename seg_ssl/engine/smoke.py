@@ -1,9 +1,9 @@
 """Smoke runs: a few iterations that reach every loss term of a method, and what ``loss`` means.
 
 A short run of a semi-supervised config never reaches its unsupervised term (the digits configs
-warm up for 400-500 iterations), so a 20-iteration "does it run" check tested only the labeled
-path. ``smoke_overrides`` moves the start of the unsupervised term to iteration ``SMOKE_START``:
-the run has warm-up steps and steps with every term.
+warm up for 400-500 iterations), so a few iterations as configured test only the labeled path.
+``smoke_overrides`` moves the start of the unsupervised term to iteration ``SMOKE_START``: the run
+has warm-up steps and steps with every term.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from seg_ssl.methods import METHODS
 
 SMOKE_ITERS = 4
 SMOKE_START = 2  # iterations 1-2 are the labeled-only warm-up, 3-4 run every term
+
 
 def smoke_overrides(method: str, iters: int = SMOKE_ITERS, start: int = SMOKE_START) -> list[str]:
     """Overrides for a smoke run of ``method``: ``iters`` iterations, every one logged, the
@@ -35,22 +36,19 @@ def run_smoke(cfg) -> str:
     trainer = Trainer(cfg)
     terms: list[list[str]] = []
     nonzero: set = set()
-    step = trainer.step
 
-    def recording(labeled, unlabeled):
-        out = step(labeled, unlabeled)
-        terms.append([k for k in out if "/" not in k])
-        nonzero.update(k for k, v in out.items() if bool(torch.as_tensor(v).ne(0).any()))
-        return out
+    def record(iteration: int, losses: dict) -> None:
+        terms.append([k for k in losses if "/" not in k])
+        nonzero.update(k for k, v in losses.items() if bool(torch.as_tensor(v).ne(0).any()))
 
-    trainer.step = recording
+    trainer.on_step.append(record)
     try:
         trainer.train()
     finally:
         trainer.close()
     first, all_terms = terms[0], list(dict.fromkeys(k for t in terms for k in t))
     added = [k for k in all_terms if k not in first]
-    if cfg.method != "supervised" and not added:
+    if METHODS[cfg.method].uses_unlabeled and not added:
         raise ConfigError(f"smoke run of {cfg.method}: {len(terms)} iterations, but no step went past the "
                            f"labeled-only terms {first}")
     full = next((i + 1 for i, t in enumerate(terms) if any(k in t for k in added)), None)

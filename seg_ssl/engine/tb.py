@@ -99,3 +99,34 @@ def log_eval(writer, res: dict, names, iteration: int, panels: list[np.ndarray])
             writer.add_scalar(f"val_IoU/{name}", iou, iteration)
     for k, panel in enumerate(panels):
         writer.add_image(f"val_panels/{k} (image | truth | prediction)", panel, iteration, dataformats="HWC")
+
+
+class Board:
+    """A run's TensorBoard: the main process's event writer, or nothing (every method a no-op)."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.writer is not None:
+            self.writer.close()
+
+    def train_window(self, averages: dict, lr: float, iteration: int, names) -> None:
+        """A log window's mean losses (pseudo-label shares by class name) and the lr."""
+        if self.writer is None:
+            return
+        for k, v in averages.items():
+            self.writer.add_scalar(f"train/{class_tag(k, names)}", v, iteration)
+        self.writer.add_scalar("train/lr", lr, iteration)
+
+    def evaluation(self, res: dict, names, iteration: int, panels) -> None:
+        """mIoU, aAcc, mAcc, per-class IoU and the panels (``panels()`` is called here only, so a
+        process without a writer predicts nothing)."""
+        if self.writer is None:
+            return
+        for k in ("mIoU", "aAcc", "mAcc"):
+            self.writer.add_scalar(f"val/{k}", res[k], iteration)
+        log_eval(self.writer, res, names, iteration, panels())

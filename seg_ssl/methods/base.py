@@ -3,6 +3,9 @@
 A method is one file with one class. It names itself and its config section; the trainer calls
 the hooks below and nothing else (every hook has a default here). What the trainer guarantees:
 
+- The trainer builds the network with ``build_model()``, moves it to the device (with SyncBatchNorm
+  and DDP's wrapper when distributed) and hands it to every hook that needs it: a method holds no
+  network of its own, only its state between steps.
 - ``training_step(model, labeled, unlabeled, iteration)`` is called once per iteration with the
   model in train mode (DDP-wrapped when distributed: call it, never reach into ``.module`` for a
   forward). ``labeled`` holds ``image`` (B, 3, H, W), ``label`` (B, H, W; ignore index where
@@ -16,23 +19,26 @@ the hooks below and nothing else (every hook has a default here). What the train
 - While the unsupervised weight is 0 (a labeled-only warm-up) a method may skip its unlabeled forward
   and return the labeled terms only, on the same scale as its full loss: the trainer still draws the
   unlabeled batch, so the data order does not depend on the warm-up.
+- ``after_step(model, iteration)`` is called once per step, right after the optimizer's update (not
+  after a step skipped for a non-finite loss), with the plain model and the step's iteration (an
+  EMA teacher follows the student here).
 - ``world_size`` is set before the first step; collectives (``seg_ssl.collectives``) are no-ops alone.
-- ``self.model`` is built at construction (``build_model``); the trainer may replace it by a copy
-  with SyncBatchNorm and moves it to the device before the first step, and checkpoints
-  ``model.state_dict()`` and ``method.state_dict()`` (the method's own state, e.g. a feature bank
-  or the generator of its CutMix boxes).
+- Checkpoints hold ``model.state_dict()`` and ``method.state_dict()``: the method's own state in plain
+  data (tensors, numbers, lists, dicts), e.g. a feature bank, a teacher's weights or the generator
+  of its CutMix boxes; a resume gives it back through ``load_state_dict`` before the first step.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seg_ssl.data.transforms import train_pipeline
+from seg_ssl.data.transforms import WeakStrongPipeline, photometric_ops, train_pipeline
 from seg_ssl.errors import ConfigError
 from seg_ssl.losses.ohem import ohem_cross_entropy
-from seg_ssl.losses.pseudo_labels import first_class_is_background
-from seg_ssl.models.segmentor import build_segmentor
+from seg_ssl.losses.pseudo_labels import first_class_is_background, pseudo_labels
+from seg_ssl.models.segmentor import build_segmentor, logits
 from seg_ssl.schema import NUM, field
 
 
@@ -47,7 +53,6 @@ class Method:
         self.cfg = cfg
         self.ignore_index = cfg.data.ignore_index
         self.world_size = world_size
-        self.model = self.build_model(cfg)
 
     @classmethod
     def unlabeled_draws(cls, cfg) -> int:
@@ -65,9 +70,9 @@ class Method:
         loss term from iteration ``start`` on."""
         return []
 
-    def build_model(self, cfg) -> nn.Module:
+    def build_model(self) -> nn.Module:
         """The network trained, built from ``cfg.model`` (one Segmentor unless overridden)."""
-        return build_segmentor(cfg.model, cfg.data.num_classes)
+        return build_segmentor(self.cfg.model, self.cfg.data.num_classes)
 
     def unlabeled_pipeline(self, data_cfg):
         """The transform of an unlabeled image (with its label where ``data.unlabeled_truth``)."""
@@ -77,8 +82,25 @@ class Method:
         """One iteration's losses; see the module docstring for what comes in and goes out."""
         raise NotImplementedError
 
+    def after_step(self, model, iteration: int) -> None:
+        """Called after the optimizer's update of step ``iteration``, with the plain model."""
+
+    def supervised_loss(self, logits, label):
+        """The labeled term, one training setting for every method and its labeled-only twin:
+        cross-entropy on the labeled pixels, or with ``train.ohem`` on the hardest ones (at least
+        ``train.ohem_min_kept`` per labeled image, as the releases keep a count per GPU batch)."""
+        t = self.cfg.train
+        if t.ohem:
+            return ohem_cross_entropy(logits, label, t.ohem_thresh, t.ohem_min_kept * logits.shape[0],
+                                      self.ignore_index)
+        return F.cross_entropy(logits, label, ignore_index=self.ignore_index)
+
     def predictor(self, model):
         """The ``images -> logits`` function evaluation uses (``model`` is unwrapped, in eval mode)."""
+        return model
+
+    def network(self, model):
+        """The one network of ``model`` that the inspection tools look into (Grad-CAM, t-SNE)."""
         return model
 
     def size_divisor(self, model) -> int:
@@ -86,7 +108,7 @@ class Method:
         return model.size_divisor
 
     def state_dict(self) -> dict:
-        """The method's own state between steps, saved in checkpoints."""
+        """The method's own state between steps, saved in checkpoints (plain data)."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
@@ -104,16 +126,42 @@ def warmup_ramp(iteration: int, start: int, rampup_iters: int) -> float:
     return min(1.0, (iteration - start + 1) / rampup_iters)
 
 
-# fields most semi-supervised sections share; each method lists them in its own section
+# fields several semi-supervised sections share; each method lists them in its own section
 def warmup_fields(what: str = "") -> dict:
     return {"unsup_start_iter": field(int, 0, doc="labeled-only warm-up" + what),
             "rampup_iters": field(int, 0, doc="linear ramp of the unsupervised weight after the start")}
 
 
-def ohem_fields(min_kept: int, doc: str) -> dict:
-    return {"ohem": field(bool, False, doc="OHEM on the supervised term (Cityscapes)"),
-            "ohem_thresh": field(NUM, 0.7),
-            "ohem_min_kept": field(int, min_kept, doc=doc)}
+def strong_view_fields(what: str = "a strong view") -> dict:
+    """The strong views of the UniMatch release family (FixMatch, UniMatch): CutMix boxes and the
+    photometric ops, with the release's defaults (``configs/pascal.yaml``, ``dataset/transform.py``)."""
+    return {
+        "cutmix_p": field(NUM, 0.5, doc=f"probability of a CutMix box in {what}"),
+        "box_size_range": field(list, [0.02, 0.4], doc="box area, fraction of the image"),
+        "box_ratio_range": field(list, [0.3, 3.3333333333333335], doc="box aspect h / w"),
+        "color_jitter": field(NUM, 0.8, doc=f"probability of colour jitter in {what}"),
+        "jitter_strength": field(list, [0.5, 0.5, 0.5, 0.25], doc="brightness, contrast, saturation, hue"),
+        "grayscale": field(NUM, 0.2),
+        "blur": field(NUM, 0.5, doc="probability of Gaussian blur, sigma 0.1-2"),
+    }
+
+
+def weak_strong_pipeline(c, d, views: int) -> WeakStrongPipeline:
+    """The unlabeled sample of a ``strong_view_fields`` section ``c``: a weak view and ``views``
+    strong views of the same crop."""
+    strong = photometric_ops(c.color_jitter, c.grayscale, c.blur, jitter=c.jitter_strength, blur_limit=0)
+    return WeakStrongPipeline(d, strong, labeled=d.unlabeled_truth, views=views)
+
+
+@torch.no_grad()
+def pasted_targets(model, images, fg_marginal: bool = False):
+    """Pseudo labels and confidences of the images a CutMix box is pasted from, predicted with the
+    network in eval mode (as the UniMatch release does), which goes back to train mode after."""
+    model.eval()
+    try:
+        return pseudo_labels(logits(model, images), fg_marginal=fg_marginal, return_conf=True)
+    finally:
+        model.train()
 
 
 FG_MARGINAL = field(bool, False, doc="class 0 is background: pseudo label background only where p(background) "
@@ -123,7 +171,7 @@ FG_MARGINAL = field(bool, False, doc="class 0 is background: pseudo label backgr
 
 class SemiSupervised(Method):
     """What the semi-supervised methods share: their config section as ``self.c``, the warm-up and
-    ramp of the unsupervised weight, the (OHEM) supervised loss, the ``fg_marginal`` guard, and a
+    ramp of the unsupervised weight, the ``fg_marginal`` guard, the ``joint_forward`` switch, and a
     seeded generator for CutMix boxes whose state is checkpointed."""
 
     uses_unlabeled = True
@@ -149,13 +197,10 @@ class SemiSupervised(Method):
         """0 during the labeled-only warm-up, then up to 1 (``unsup_start_iter``, ``rampup_iters``)."""
         return warmup_ramp(iteration, self.c.unsup_start_iter, self.c.rampup_iters)
 
-    def supervised_loss(self, logits, label):
-        """Cross-entropy on the labeled pixels; with ``ohem``, on the hardest ones (at least
-        ``ohem_min_kept`` per labeled image, as the releases keep a count per GPU batch)."""
-        if self.c.get("ohem"):
-            return ohem_cross_entropy(logits, label, self.c.ohem_thresh, self.c.ohem_min_kept * logits.shape[0],
-                                      self.ignore_index)
-        return F.cross_entropy(logits, label, ignore_index=self.ignore_index)
+    def groups(self, *sizes):
+        """Batch groups of a forward: None (one batch, shared BatchNorm statistics) with
+        ``train.joint_forward``, else each part on its own, as the releases forward them."""
+        return None if self.cfg.train.joint_forward else list(sizes)
 
     def state_dict(self) -> dict:
         return {"mask_rng": self.mask_rng.bit_generator.state}

@@ -122,21 +122,21 @@ class CAC(SemiSupervised):
         return cac_sizes(cfg, world_size, unlabeled_per_process)
 
     def __init__(self, cfg, world_size: int = 1):
-        c = cfg.cac
+        super().__init__(cfg, world_size)
+        c = self.c
         if cfg.model.arch == "pspnet" and cfg.model.output_stride != 8:
             raise ConfigError("cac with pspnet needs model.output_stride=8 (features at stride 8)")
         if c.stride != 8:
             raise ConfigError(f"cac.stride = {c.stride}: the features are at stride 8")
         if cfg.data.crop_size % 8:
             raise ConfigError(f"data.crop_size = {cfg.data.crop_size} must be a multiple of 8 for cac")
-        super().__init__(cfg, world_size)
         self.bank = collections.deque(maxlen=c.step_save) if c.step_save > 0 else None
         self._warned = False
 
-    def build_model(self, cfg):
-        # built once, from the same random stream as the baseline's: the projector is created last,
-        # so encoder, decoder and classifier start from the baseline's weights at the same seed
-        return build_segmentor(cfg.model, cfg.data.num_classes, projector=True)
+    def build_model(self):
+        # from the same random stream as the baseline's: the projector is created last, so encoder,
+        # decoder and classifier start from the baseline's weights at the same seed
+        return build_segmentor(self.cfg.model, self.cfg.data.num_classes, projector=True)
 
     def unlabeled_pipeline(self, d):
         c = self.c

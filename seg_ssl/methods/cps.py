@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from seg_ssl.collectives import all_reduce_sum
 from seg_ssl.data.cutmix import box_masks, mix
 from seg_ssl.losses.pseudo_labels import pseudo_label_accuracy, pseudo_label_stats, pseudo_labels
-from seg_ssl.methods.base import FG_MARGINAL, SemiSupervised, ohem_fields, warmup_fields
+from seg_ssl.methods.base import FG_MARGINAL, SemiSupervised, warmup_fields
 from seg_ssl.models.segmentor import build_segmentor, cat_outputs
 from seg_ssl.schema import NUM, field
 
@@ -73,7 +73,6 @@ class CPS(SemiSupervised):
         "mask_prop_range": field(list, [0.25, 0.5], doc="CutMix: each box covers U(range) / mask_boxes of the image"),
         "mask_boxes": field(int, 3),
         "mask_invert": field(bool, True, doc="the release's flag: boxes are 1 (taken from the second image)"),
-        **ohem_fields(50000, "hard pixels kept at least, per labeled image"),
         **warmup_fields(),
         "conf_thresh": field(NUM, 0.0, doc="ignore pseudo labels below this confidence (0: the paper)"),
         "dist_align": field(bool, False, doc="align pseudo-label class frequencies with the labeled ones "
@@ -92,10 +91,11 @@ class CPS(SemiSupervised):
         self.label_dist = torch.full((k,), 1.0 / k)
         self.pred_dist = torch.full((k,), 1.0 / k)
 
-    def build_model(self, cfg):
+    def build_model(self):
         # same pretrained encoder weights where given (loaded from the same file); everything
         # randomly initialised is drawn from different seeds. fork_rng leaves the caller's
         # (per-process) random stream as it was.
+        cfg = self.cfg
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             b1 = build_segmentor(cfg.model, cfg.data.num_classes)
@@ -107,11 +107,6 @@ class CPS(SemiSupervised):
     def unlabeled_draws(cls, cfg) -> int:
         """CutMix mixes two different unlabeled images per output image."""
         return 2 if cfg.cps.cutmix else 1
-
-    def groups(self, *sizes):
-        """Batch groups for the forward pass: None (one batch, shared BatchNorm statistics) with
-        ``train.joint_forward``, else each part apart, as the release forwards them."""
-        return None if self.cfg.train.joint_forward else list(sizes)
 
     def weight(self, iteration: int) -> float:
         """lambda after the labeled-only warm-up and ramp."""
@@ -198,6 +193,9 @@ class CPS(SemiSupervised):
             p = (model.branch1(x).float().softmax(1) + model.branch2(x).float().softmax(1)) / 2
             return torch.log(p.clamp_min(1e-12))
         return ensemble
+
+    def network(self, model):
+        return model.branch2 if self.c.eval_branch == "2" else model.branch1
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "label_dist": self.label_dist.cpu(), "pred_dist": self.pred_dist.cpu()}

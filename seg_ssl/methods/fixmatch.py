@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 
 from seg_ssl.data.cutmix import mix, single_box_masks
-from seg_ssl.data.transforms import WeakStrongPipeline, photometric_ops
 from seg_ssl.losses.pseudo_labels import (box_mixed_targets, pseudo_label_accuracy, pseudo_label_stats, pseudo_labels,
                                           weak_to_strong_loss)
-from seg_ssl.methods.base import FG_MARGINAL, SemiSupervised, ohem_fields, warmup_fields
+from seg_ssl.methods.base import (FG_MARGINAL, SemiSupervised, pasted_targets, strong_view_fields, warmup_fields,
+                                  weak_strong_pipeline)
 from seg_ssl.models.segmentor import logits
 from seg_ssl.schema import NUM, field
 
@@ -30,14 +30,7 @@ class FixMatch(SemiSupervised):
     name = "fixmatch"
     config_section = {  # defaults are the UniMatch release's fixmatch.py with configs/pascal.yaml
         "conf_thresh": field(NUM, 0.95, doc="pseudo labels below this confidence are ignored"),
-        "cutmix_p": field(NUM, 0.5, doc="probability of a CutMix box in the strong view"),
-        "box_size_range": field(list, [0.02, 0.4], doc="box area, fraction of the image"),
-        "box_ratio_range": field(list, [0.3, 3.3333333333333335], doc="box aspect h / w"),
-        "color_jitter": field(NUM, 0.8, doc="probability of colour jitter in the strong view"),
-        "jitter_strength": field(list, [0.5, 0.5, 0.5, 0.25], doc="brightness, contrast, saturation, hue"),
-        "grayscale": field(NUM, 0.2),
-        "blur": field(NUM, 0.5, doc="probability of Gaussian blur, sigma 0.1-2"),
-        **ohem_fields(100000, "hard pixels kept at least, per labeled image"),
+        **strong_view_fields("the strong view"),
         **warmup_fields(" (none in the release)"),
         "fg_marginal": FG_MARGINAL,
     }
@@ -50,9 +43,7 @@ class FixMatch(SemiSupervised):
         return 2
 
     def unlabeled_pipeline(self, d):
-        c = self.c
-        strong = photometric_ops(c.color_jitter, c.grayscale, c.blur, jitter=c.jitter_strength, blur_limit=0)
-        return WeakStrongPipeline(d, strong, labeled=d.unlabeled_truth, views=1)
+        return weak_strong_pipeline(self.c, d, views=1)
 
     def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
         c = self.c
@@ -68,17 +59,11 @@ class FixMatch(SemiSupervised):
         valid, valid_mix = u["valid"][:nu], u["valid"][nu:]
         box = single_box_masks(nu, *weak.shape[-2:], c.cutmix_p, c.box_size_range, c.box_ratio_range,
                                self.mask_rng).to(weak.device)
-        with torch.no_grad():  # the pasted images' targets, from the network in eval mode (released)
-            model.eval()
-            mix_target, mix_conf = pseudo_labels(logits(model, weak_mix), fg_marginal=c.fg_marginal, return_conf=True)
-            model.train()
-        strong = mix(u["strong1"][:nu], u["strong1"][nu:], box)
-
-        if self.cfg.train.joint_forward:  # one batch for BatchNorm
-            out = logits(model, torch.cat([x_l, weak, strong]))
-            clean, logits_s = out[:nl + nu], out[nl + nu:]
-        else:  # as released: [labeled + weak] and [strong] apart
-            clean, logits_s = logits(model, torch.cat([x_l, weak])), logits(model, strong)
+        mix_target, mix_conf = pasted_targets(model, weak_mix, c.fg_marginal)
+        strong = mix(u["strong"][:nu], u["strong"][nu:], box)
+        # as released, [labeled + weak] and [strong] apart (BatchNorm statistics per group)
+        out = logits(model, torch.cat([x_l, weak, strong]), groups=self.groups(nl + nu, nu))
+        clean, logits_s = out[:nl + nu], out[nl + nu:]
         sup = self.supervised_loss(clean[:nl], y)
         # the weak view's targets, without gradient; inside the box, the pasted image's
         target, conf = pseudo_labels(clean[nl:], fg_marginal=c.fg_marginal, return_conf=True)

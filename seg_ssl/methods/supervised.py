@@ -1,7 +1,6 @@
-"""Labeled-only baseline: cross-entropy on the labeled crops (ignore index 255)."""
+"""Labeled-only baseline: the supervised loss (``train.ohem``: cross-entropy or OHEM) on the
+labeled crops, the same labeled term as every semi-supervised method's."""
 from __future__ import annotations
-
-import torch.nn.functional as F
 
 from seg_ssl.methods.base import Method
 
@@ -10,6 +9,5 @@ class Supervised(Method):
     name = "supervised"
 
     def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
-        logits = model(labeled["image"])
-        sup = F.cross_entropy(logits, labeled["label"], ignore_index=self.ignore_index)
+        sup = self.supervised_loss(model(labeled["image"]), labeled["label"])
         return {"loss": sup, "sup": sup}

@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 
 from seg_ssl.data.cutmix import mix, single_box_masks
-from seg_ssl.data.transforms import WeakStrongPipeline, photometric_ops
 from seg_ssl.losses.pseudo_labels import (box_mixed_targets, pseudo_label_accuracy, pseudo_label_stats, pseudo_labels,
                                           weak_to_strong_loss)
-from seg_ssl.methods.base import FG_MARGINAL, SemiSupervised, ohem_fields, warmup_fields
+from seg_ssl.methods.base import (FG_MARGINAL, SemiSupervised, pasted_targets, strong_view_fields, warmup_fields,
+                                  weak_strong_pipeline)
 from seg_ssl.models.segmentor import logits, logits_and_perturbed
 from seg_ssl.schema import NUM, field
 
@@ -33,14 +33,7 @@ class UniMatch(SemiSupervised):
         "weight_strong": field(NUM, 0.25, doc="weight of each strong view's loss"),
         "weight_fp": field(NUM, 0.5, doc="weight of the feature-perturbed stream's loss"),
         "fp_dropout": field(NUM, 0.5, doc="channel dropout on the encoder maps of the perturbed stream"),
-        "cutmix_p": field(NUM, 0.5, doc="probability of a CutMix box in each strong view"),
-        "box_size_range": field(list, [0.02, 0.4], doc="box area, fraction of the image"),
-        "box_ratio_range": field(list, [0.3, 3.3333333333333335], doc="box aspect h / w"),
-        "color_jitter": field(NUM, 0.8, doc="probability of colour jitter in a strong view"),
-        "jitter_strength": field(list, [0.5, 0.5, 0.5, 0.25], doc="brightness, contrast, saturation, hue"),
-        "grayscale": field(NUM, 0.2),
-        "blur": field(NUM, 0.5, doc="probability of Gaussian blur, sigma 0.1-2"),
-        **ohem_fields(100000, "hard pixels kept at least, per labeled image"),
+        **strong_view_fields("each strong view"),
         **warmup_fields(" (none in the paper)"),
         "fg_marginal": FG_MARGINAL,
     }
@@ -53,9 +46,7 @@ class UniMatch(SemiSupervised):
         return 2
 
     def unlabeled_pipeline(self, d):
-        c = self.c
-        strong = photometric_ops(c.color_jitter, c.grayscale, c.blur, jitter=c.jitter_strength, blur_limit=0)
-        return WeakStrongPipeline(d, strong, labeled=d.unlabeled_truth)
+        return weak_strong_pipeline(self.c, d, views=2)
 
     def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
         c = self.c
@@ -72,10 +63,7 @@ class UniMatch(SemiSupervised):
         h, w = weak.shape[-2:]
         box1, box2 = (single_box_masks(nu, h, w, c.cutmix_p, c.box_size_range, c.box_ratio_range,
                                        self.mask_rng).to(weak.device) for _ in range(2))
-        with torch.no_grad():  # the pasted images' targets, from the network in eval mode (released)
-            model.eval()
-            mix_target, mix_conf = pseudo_labels(logits(model, weak_mix), fg_marginal=c.fg_marginal, return_conf=True)
-            model.train()
+        mix_target, mix_conf = pasted_targets(model, weak_mix, c.fg_marginal)
         strong1 = mix(u["strong1"][:nu], u["strong1"][nu:], box1)
         strong2 = mix(u["strong2"][:nu], u["strong2"][nu:], box2)
 
