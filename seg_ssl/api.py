@@ -79,6 +79,7 @@ class SegModel:
     """A trained model with its config: ``predict`` / ``predict_proba`` on one image."""
 
     def __init__(self, cfg, checkpoint: str, device=None, ckpt: dict | None = None):
+        from seg_ssl.data.classes import class_names
         from seg_ssl.engine.loading import load_for_eval
         self.cfg = cfg
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -86,7 +87,7 @@ class SegModel:
         self.method, self.model = loaded.method, loaded.model
         self.predict_fn, self.size_divisor = loaded.predict, loaded.size_divisor
         self.num_classes = cfg.data.num_classes
-        self.class_names = list(cfg.data.class_names or [str(i) for i in range(self.num_classes)])
+        self.class_names = class_names(cfg.data.class_names, self.num_classes)
 
     @property
     def palette(self) -> np.ndarray:

@@ -18,13 +18,11 @@ import logging
 import os
 from typing import Any
 
-import segmentation_models_pytorch as smp
-import timm
 import yaml
 
 from seg_ssl.errors import ConfigError
 from seg_ssl.methods import METHODS
-from seg_ssl.models.pretrained import check_encoder, expected_normalization
+from seg_ssl.models.checks import check_model_section, input_normalization
 from seg_ssl.schema import NUM, REQUIRED, Field, field as _f
 
 
@@ -395,31 +393,12 @@ def validate(cfg: dict, origin: str = "config", schema: dict | None = None) -> d
     return out
 
 
-def _check_encoder_name(name: str, origin: str) -> None:
-    """smp's encoders, or ``tu-`` plus any timm model: else a one-line error with a did-you-mean."""
-    known = smp.encoders.get_encoder_names()
-    if name in known:
-        return
-    if name.startswith("tu-"):
-        if timm.is_model(name[3:]):
-            return
-        known = ["tu-" + m for m in timm.list_models()]
-    hint = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-    raise ConfigError(f"{origin}: model.encoder = {name!r} is not an smp encoder (or tu- and a timm model)"
-                      + (f"; did you mean {hint[0]!r}?" if hint else ""))
-
-
 def _resolve_encoder_weights(cfg: dict, origin: str) -> None:
     """The encoder exists; packaged encoder weights fit one encoder only; class names and palette
     have one entry per class. data.mean / data.std follow the encoder weights unless the config sets them; a config that
     sets other values than the weights were trained with gets a warning (it may be deliberate)."""
-    _check_encoder_name(cfg["model"]["encoder"], origin)
-    m = cfg["model"]
-    if m["arch"].startswith("deeplabv3plus_") and m["encoder"] not in ("resnet50", "resnet101"):
-        raise ConfigError(f"{origin}: model.encoder = {m['encoder']!r}: {m['arch']} is built on resnet50 or "
-                          f"resnet101 (any other encoder: model.arch=deeplabv3plus)")
+    check_model_section(cfg["model"], origin)
     weights = cfg["model"]["encoder_weights"]
-    check_encoder(weights, cfg["model"]["encoder"])
     d = cfg["data"]
     for key in ("class_names", "palette"):
         if d[key] is not None and len(d[key]) != d["num_classes"]:
@@ -431,7 +410,7 @@ def _resolve_encoder_weights(cfg: dict, origin: str) -> None:
             "%s: eval.flip is true but data.hflip is false: the model never saw a mirrored image, and "
             "where hflip is off because a mirrored object is another class (digits: 2 and 5), flipping "
             "at test time lowers the score; set eval.flip=false", origin)
-    expected = dict(zip(("mean", "std"), expected_normalization(weights)))
+    expected = dict(zip(("mean", "std"), input_normalization(cfg["model"])))
     for key in ("mean", "std"):
         if d[key] is None:
             d[key] = list(expected[key])

@@ -14,6 +14,8 @@ dodge a cycle is still a cycle.
 import ast
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -103,3 +105,29 @@ def test_the_check_finds_a_planted_upward_import_or_cycle(tmp_path, module, plan
         f.write("\n" + planted)
     found = problems(str(copy))
     assert any(p.startswith(expected) for p in found), found
+
+
+def imported_modules(*args) -> set[str]:
+    """The modules ``python -X importtime ARGS`` imports (run from the repository root)."""
+    r = subprocess.run([sys.executable, "-X", "importtime", *args], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_reading_a_config_imports_neither_smp_nor_timm():
+    """smp and timm (~6 s of imports here) load when a network is built or an encoder name is looked
+    up, not when seg_ssl.config is imported."""
+    mods = imported_modules("-c", "import seg_ssl.config")
+    assert "seg_ssl.config" in mods
+    assert not {m for m in mods if m.split(".")[0] in ("segmentation_models_pytorch", "timm")}
+
+
+def test_the_tools_that_need_no_model_import_no_torch(tmp_path):
+    metrics = tmp_path / "m.json"
+    metrics.write_text('{"IoU": [0.5, 0.25], "mIoU": 0.375, "aAcc": 0.8, "mAcc": 0.6, "Acc": [0.7, 0.5]}')
+    (tmp_path / "train.txt").write_text("".join(f"id{i}\n" for i in range(32)))
+    for args in (("tools/compare.py", str(metrics), str(metrics), "--names", "a", "b"),
+                 ("tools/make_splits.py", "--list", str(tmp_path / "train.txt"), "--out", str(tmp_path / "s"),
+                  "--splits", "1/4")):
+        mods = imported_modules(*args)
+        assert "torch" not in mods and "seg_ssl.config" not in mods, args[0]

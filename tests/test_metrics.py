@@ -3,7 +3,8 @@ import math
 import numpy as np
 import torch
 
-from seg_ssl.evaluation.metrics import confusion_matrix, format_table, metrics_from_confusion, to_json
+from seg_ssl.evaluation.confusion import confusion_matrix
+from seg_ssl.evaluation.metrics import format_table, metrics_from_confusion, to_json
 
 
 def brute_force(pred, label, k, ignore=255):

@@ -297,3 +297,24 @@ def test_every_evaluation_is_a_line_of_metrics_jsonl(digits_root, tmp_path):
     cm = torch.tensor(lines[-1]["confusion"])
     assert cm.shape == (11, 11) and int(cm.sum()) == labeled_pixels
     assert lines[-1]["aAcc"] == pytest.approx(float(cm.diag().sum() / cm.sum()))
+
+
+def test_after_step_runs_once_per_update_with_the_steps_iteration(digits_root, tmp_path):
+    """The method's after_step hook (an EMA teacher's place) sees the weights the optimizer has just
+    updated, once per step, with the iteration the step trained."""
+    trainer = Trainer(digits_cfg(digits_root, str(tmp_path), "train.iters=3", *SMALL_NET))
+    weight = next(trainer.model.parameters())
+    seen = []
+    step = trainer.method.training_step
+
+    def training_step(model, labeled, unlabeled, iteration):
+        seen.append(("step", iteration, weight.detach().clone()))
+        return step(model, labeled, unlabeled, iteration)
+
+    trainer.method.training_step = training_step
+    trainer.method.after_step = lambda model, iteration: seen.append(("after", iteration, weight.detach().clone()))
+    trainer.train()
+    trainer.close()
+    assert [(kind, it) for kind, it, _ in seen] == [(k, i) for i in range(3) for k in ("step", "after")]
+    for (_, _, before), (_, _, after) in zip(seen[::2], seen[1::2]):
+        assert not torch.equal(before, after)  # the update came first

@@ -44,9 +44,16 @@ def image_files(path: str, data_cfg, option: str = "--input") -> list[str]:
     raise ConfigError(f"{option} {path}: no such file or directory")
 
 
-def config_and_checkpoint(config, checkpoint, overrides):
-    """``CONFIG CHECKPOINT [k=v ...]`` or ``CHECKPOINT [k=v ...]`` (the config stored in the
-    checkpoint): ``(cfg, checkpoint_path)``."""
+def add_model_args(p) -> None:
+    """The positionals of every tool that loads a trained model: ``[CONFIG] CHECKPOINT [k=v ...]``."""
+    p.add_argument("config", nargs="?", help="a config file, or the checkpoint (its stored config)")
+    p.add_argument("checkpoint", nargs="?")
+    p.add_argument("overrides", nargs="*", help="dotted key=value for the config")
+
+
+def model_config(args):
+    """``(cfg, checkpoint_path)`` from :func:`add_model_args`'s positionals: the config file's, or
+    the resolved config stored in the checkpoint, with the overrides applied."""
     from seg_ssl.api import resolve_config, split_positionals
-    config, checkpoint, overrides = split_positionals(config, checkpoint, overrides)
+    config, checkpoint, overrides = split_positionals(args.config, args.checkpoint, args.overrides)
     return resolve_config(config, checkpoint, overrides), checkpoint

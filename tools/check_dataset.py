@@ -19,6 +19,7 @@ def main(argv=None):
     from tqdm import tqdm
     from seg_ssl.config import load_config
     from seg_ssl.data.check import check_dataset
+    from seg_ssl.data.classes import class_names
 
     cfg = load_config(args.config, args.overrides)
     d = cfg.data
@@ -29,7 +30,7 @@ def main(argv=None):
     total = report["class_pixels"].sum()
     if total:
         print("labeled class frequencies:")
-        names = d.class_names or [str(i) for i in range(d.num_classes)]
+        names = class_names(d.class_names, d.num_classes)
         for name, n in zip(names, report["class_pixels"].tolist()):
             print(f"  {name:<16} {n:>12}  {100.0 * n / total:6.2f}%")
     problems = report["problems"]

@@ -50,7 +50,6 @@ def main(argv=None):
     p.add_argument("--names", nargs="+", help="a column title per file (default: the file's folder)")
     p.add_argument("--config", help="a config whose data.class_names label the rows")
     args = p.parse_args(argv)
-    from seg_ssl.config import load_config
     from seg_ssl.errors import ConfigError
     from seg_ssl.evaluation.metrics import format_comparison
     if args.names and len(args.names) != len(args.metrics):
@@ -68,8 +67,11 @@ def main(argv=None):
         if not all(k in m for k in ("IoU", "mIoU", "aAcc", "mAcc")):
             raise ConfigError(f"{path}: not a metrics file (expected the keys IoU, mIoU, aAcc, mAcc)")
         runs[name] = m
-    classes = (load_config(args.config).data.class_names if args.config
-               else class_names_beside(args.metrics, list(runs.values())))
+    if args.config:  # the config (and with it torch and the methods) only when asked for
+        from seg_ssl.config import load_config
+        classes = load_config(args.config).data.class_names
+    else:
+        classes = class_names_beside(args.metrics, list(runs.values()))
     try:
         print(format_comparison(runs, classes))
     except ValueError as e:

@@ -17,53 +17,12 @@ import json
 import os
 import sys
 
-from _common import config_and_checkpoint, run_cli
-
-
-def score_folders(pred_dir, gt_dir, num_classes, ignore_index, subset=None):
-    import numpy as np
-    import torch
-    from seg_ssl.errors import ConfigError
-    from seg_ssl.data.dataset import load_label
-    from seg_ssl.evaluation.metrics import confusion_matrix, metrics_from_confusion
-    for d in (pred_dir, gt_dir):
-        if not os.path.isdir(d):
-            raise ConfigError(f"not a directory: {d}")
-    gts = sorted(f for f in os.listdir(gt_dir) if f.lower().endswith(".png"))
-    if subset is not None:  # only the listed ids (a split list), each of which must have a label
-        have = {os.path.splitext(f)[0]: f for f in gts}
-        absent = [i for i in subset if i not in have]
-        if absent:
-            raise ConfigError(f"{len(absent)} listed ids have no label PNG in {gt_dir} (e.g. {absent[:3]})")
-        gts = [have[i] for i in dict.fromkeys(subset)]
-    if not gts:
-        raise ConfigError(f"no label PNGs in {gt_dir}")
-    missing = [f for f in gts if not os.path.isfile(os.path.join(pred_dir, f))]
-    if missing:
-        raise ConfigError(f"{len(missing)} labels have no prediction of the same name in {pred_dir} "
-                          f"(e.g. {missing[:3]})")
-    cm = torch.zeros((num_classes, num_classes), dtype=torch.int64)
-    unpredicted = np.zeros(num_classes, np.int64)
-    for f in gts:
-        gt = load_label(os.path.join(gt_dir, f), num_classes, ignore_index)
-        pred = load_label(os.path.join(pred_dir, f), num_classes, ignore_index)
-        if pred.shape != gt.shape:
-            raise ConfigError(f"{f}: prediction is {pred.shape[::-1]} but label is {gt.shape[::-1]}")
-        # a predicted ignore index is no class: a miss for the true class, no false positive
-        none = (pred == ignore_index) & (gt != ignore_index)
-        unpredicted += np.bincount(gt[none], minlength=num_classes)
-        gt = np.where(none, ignore_index, gt)
-        cm += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(gt), num_classes, ignore_index)
-    out = metrics_from_confusion(cm.numpy(), unpredicted)
-    out["confusion"] = cm
-    return out
+from _common import add_model_args, model_config, run_cli
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?")
-    p.add_argument("checkpoint", nargs="?")
-    p.add_argument("overrides", nargs="*")
+    add_model_args(p)
     p.add_argument("--pred-dir")
     p.add_argument("--gt-dir")
     p.add_argument("--num-classes", type=int, help="with --pred-dir; default: the --config's")
@@ -79,7 +38,7 @@ def main(argv=None):
     names = None
     is_main = True
     if args.pred_dir or args.gt_dir:
-        from seg_ssl.evaluation.confusion import list_ids
+        from seg_ssl.evaluation.confusion import list_ids, score_folders
         ignore = args.ignore_index
         if args.names_from:
             from seg_ssl.api import CONFIG_SUFFIXES, config_from_checkpoint
@@ -103,7 +62,7 @@ def main(argv=None):
         from seg_ssl.engine import dist as du
         from seg_ssl.engine.loading import load_for_eval
         from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
-        cfg, checkpoint = config_and_checkpoint(args.config, args.checkpoint, args.overrides)
+        cfg, checkpoint = model_config(args)
         info = du.init_distributed()
         is_main = info.is_main
         loaded = load_for_eval(cfg, checkpoint, info.device)
@@ -119,8 +78,8 @@ def main(argv=None):
         print(format_table(metrics, names))
         if args.out:
             from seg_ssl.evaluation.confusion import save_confusion
-            k = len(metrics["IoU"])
-            labels = list(names) if names else [str(i) for i in range(k)]
+            from seg_ssl.data.classes import class_names
+            labels = class_names(names, len(metrics["IoU"]))
             cm = metrics["confusion"].numpy() if hasattr(metrics["confusion"], "numpy") else metrics["confusion"]
             with open(args.out, "w") as f:
                 json.dump({**to_json(metrics), "class_names": labels, "confusion": cm.tolist()}, f, indent=1)

@@ -18,14 +18,12 @@ stores the weights in half precision (loaded back as float32).
 import argparse
 import os
 
-from _common import config_and_checkpoint, run_cli
+from _common import add_model_args, model_config, run_cli
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="a config file, or the checkpoint (its stored config)")
-    p.add_argument("checkpoint", nargs="?")
-    p.add_argument("overrides", nargs="*")
+    add_model_args(p)
     p.add_argument("--format", choices=["torchscript", "onnx"])
     p.add_argument("--weights-only", action="store_true")
     p.add_argument("--fp16", action="store_true", help="with --weights-only: half-precision weights")
@@ -43,7 +41,7 @@ def main(argv=None):
     from seg_ssl.engine.checkpoint import load_checkpoint, save_atomic
     from seg_ssl import export
 
-    cfg, checkpoint = config_and_checkpoint(args.config, args.checkpoint, args.overrides)
+    cfg, checkpoint = model_config(args)
     if os.path.dirname(args.out):
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
     if args.weights_only:

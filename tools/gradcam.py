@@ -15,14 +15,12 @@ the warning names, often shows it).
 import argparse
 import os
 
-from _common import config_and_checkpoint, image_files, run_cli
+from _common import add_model_args, image_files, model_config, run_cli
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="a config file, or the checkpoint (its stored config)")
-    p.add_argument("checkpoint", nargs="?")
-    p.add_argument("overrides", nargs="*")
+    add_model_args(p)
     p.add_argument("--image", required=True)
     p.add_argument("--class", dest="cls", required=True)
     p.add_argument("--layer", default=None)
@@ -34,15 +32,16 @@ def main(argv=None):
     import cv2
     import matplotlib.pyplot as plt
     import numpy as np
-    from seg_ssl.errors import ConfigError
+    from seg_ssl.data.classes import class_names
     from seg_ssl.data.dataset import load_image
+    from seg_ssl.errors import ConfigError
     from seg_ssl.data.transforms import normalize
     from seg_ssl.engine.loading import load_for_eval
     from seg_ssl.viz.gradcam import default_layer, earlier_layer, gradcam_map, resolve_layer, zero_map_reason
     from seg_ssl.viz.overlay import annotated_figure, heat_overlay
 
-    cfg, checkpoint = config_and_checkpoint(args.config, args.checkpoint, args.overrides)
-    names = cfg.data.class_names or [str(i) for i in range(cfg.data.num_classes)]
+    cfg, checkpoint = model_config(args)
+    names = class_names(cfg.data.class_names, cfg.data.num_classes)
     if args.cls.isdigit() and int(args.cls) < cfg.data.num_classes:
         k = int(args.cls)
     elif args.cls in names:

@@ -10,14 +10,12 @@ Without CONFIG the config stored in the checkpoint is used.
 import argparse
 import os
 
-from _common import config_and_checkpoint, image_files, run_cli
+from _common import add_model_args, image_files, model_config, run_cli
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="a config file, or the checkpoint (its stored config)")
-    p.add_argument("checkpoint", nargs="?")
-    p.add_argument("overrides", nargs="*")
+    add_model_args(p)
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--limit", type=int, default=0, help="at most N images (0: all)")
@@ -32,10 +30,10 @@ def main(argv=None):
     from seg_ssl.evaluation.evaluator import predict_kwargs
     from seg_ssl.evaluation.inference import predict_probs
     import matplotlib.pyplot as plt
-    from seg_ssl.losses.pseudo_labels import first_class_is_background
+    from seg_ssl.data.classes import class_names, first_class_is_background
     from seg_ssl.viz.overlay import annotated_figure, colorize, get_palette, side_by_side
 
-    cfg, checkpoint = config_and_checkpoint(args.config, args.checkpoint, args.overrides)
+    cfg, checkpoint = model_config(args)
     files = image_files(args.input, cfg.data)
     if args.limit:
         files = files[:args.limit]
@@ -43,7 +41,7 @@ def main(argv=None):
     loaded = load_for_eval(cfg, checkpoint, device)
     predict_fn, divisor = loaded.predict, loaded.size_divisor
     lut = get_palette(cfg.data.palette, cfg.data.ignore_index)
-    names = cfg.data.class_names or [str(i) for i in range(cfg.data.num_classes)]
+    names = class_names(cfg.data.class_names, cfg.data.num_classes)
     skip = (0,) if first_class_is_background(cfg.data.class_names) else ()  # no outline around the background
     os.makedirs(args.out, exist_ok=True)
     with torch.no_grad():

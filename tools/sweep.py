@@ -34,7 +34,6 @@ def main(argv=None):
                    help="train cells again from scratch whose earlier run used other settings (the old "
                         "folder is kept as <cell>.old)")
     args = p.parse_intermixed_args(argv)
-    from seg_ssl.config import load_config
     from seg_ssl.errors import ConfigError
     from seg_ssl.engine import sweep
 
@@ -44,19 +43,11 @@ def main(argv=None):
     except ValueError as e:
         raise ConfigError(str(e)) from None
     out = args.out or os.path.join("runs", "sweep_" + os.path.splitext(os.path.basename(args.config))[0])
-    # check every cell's config before running anything: a typo fails now, not in hour three; and a
-    # cell run earlier with other settings is not reported as if it answered this sweep
-    changed = {}
-    for assignment, seed in sweep.cells(axes, seeds):
-        work = os.path.join(out, sweep.cell_name(assignment, seed))
-        cfg = load_config(args.config, [*args.overrides, *[f"{k}={v}" for k, v in assignment], f"seed={seed}",
-                                        f"work_dir={work}"])
-        extend, conflict = sweep.cell_changes(work, cfg.to_dict())
-        if conflict:
-            changed[work] = conflict
-        elif extend and os.path.isfile(os.path.join(work, sweep.RESULT)):
-            os.remove(os.path.join(work, sweep.RESULT))  # e.g. more iterations: the cell resumes
-            print(f"extend {os.path.basename(work)}: {'; '.join(extend)}")
+    # a cell run earlier with other settings is not reported as if it answered this sweep
+    extend, changed = sweep.plan(args.config, args.overrides, axes, seeds, out)
+    for work, more in extend:
+        os.remove(os.path.join(work, sweep.RESULT))  # e.g. more iterations: the cell resumes
+        print(f"extend {os.path.basename(work)}: {'; '.join(more)}")
     if changed and not args.rerun_changed:
         first, keys = next(iter(changed.items()))
         raise ConfigError(f"sweep: {len(changed)} cell(s) in {out} ran with other settings ({os.path.basename(first)}: "
@@ -73,7 +64,8 @@ def main(argv=None):
         rows.append(sweep.run_cell(os.path.abspath(args.config), assignment, seed, work, args.overrides,
                                    launcher, tools_dir, print, args.full_checkpoints))
         sweep.write_reports(rows, axes, out)  # partial reports while the sweep runs
-    print(open(os.path.join(out, "sweep.md")).read())
+    with open(os.path.join(out, "sweep.md")) as f:
+        print(f.read())
     failed = sum(r["status"] != "ok" for r in rows)
     print(f"{len(rows)} runs, {failed} failed; {out}/sweep.csv, sweep.md, sweep_miou.png")
     return 0

@@ -39,46 +39,31 @@ def main(argv=None):
     ckpts = [c for c, o in zip(args.checkpoints, is_override) if not o]
     overrides = [c for c, o in zip(args.checkpoints, is_override) if o]
 
-    import numpy as np
     import torch
-    from seg_ssl.config import from_dict, load_config
+    from seg_ssl.config import ConfigError, from_dict, load_config
     from seg_ssl.data.dataset import build_split
     from seg_ssl.data.transforms import val_pipeline
     from seg_ssl.engine.checkpoint import load_checkpoint
     from seg_ssl.engine.loading import load_for_eval
-    from seg_ssl.config import ConfigError
     from seg_ssl.viz.overlay import categorical_palette
-    from seg_ssl.viz.tsne import FEATURE_SPACES, alignment, overlap_features, plot_tsne, uniformity, view_crop
+    from seg_ssl.viz.tsne import FEATURE_SPACES, alignment, plot_tsne, set_overlap_features, uniformity, view_plan
 
     cfg = load_config(args.config, overrides)
     val = build_split(cfg.data, "val", val_pipeline(cfg.data))
-    picks = np.random.default_rng(args.seed).permutation(len(val))[:args.images]
-    sides = [tuple(val[int(i)]["image"].shape[-2:]) for i in picks]
-    crops = [view_crop(cfg.data.crop_size, h, w) for h, w in sides]
-    if any(c != cfg.data.crop_size for c in crops):
-        print(f"note: data.crop_size {cfg.data.crop_size} covers whole images ({sides[0][0]}x{sides[0][1]}), where "
-              f"both views would be the same crop; views of {min(crops)} px are used there")
+    plan = view_plan(val, args.images, cfg.data.crop_size, args.seed)
+    if any(crop != cfg.data.crop_size for _, crop in plan):
+        h, w = val[plan[0][0]]["image"].shape[-2:]
+        print(f"note: data.crop_size {cfg.data.crop_size} covers whole images ({h}x{w}), where both views would "
+              f"be the same crop; views of {min(c for _, c in plan)} px are used there")
     panels = []
     for path in ckpts:
         ckpt = load_checkpoint(path)
-        ckpt_cfg = from_dict(ckpt["config"], path, stored=True)
-        model = load_for_eval(ckpt_cfg, path, ckpt=ckpt).model
-        rng = np.random.default_rng(args.seed)
-        f1s, f2s, ys = [], [], []
-        for i, crop in zip(picks, crops):
-            item = val[int(i)]
-            try:
-                f1, f2, y = overlap_features(model, item["image"], item["label"], crop, cfg.cac.iou_bound, rng,
-                                             cfg.data.ignore_index, args.space)
-            except ValueError as e:
-                raise ConfigError(f"{path}: {e}") from None
-            f1s.append(f1)
-            f2s.append(f2)
-            ys.append(y)
-        f1, f2, y = torch.cat(f1s), torch.cat(f2s), torch.cat(ys)
-        if f1.shape[0] > args.max_points:
-            keep = torch.randperm(f1.shape[0], generator=torch.Generator().manual_seed(args.seed))[:args.max_points]
-            f1, f2, y = f1[keep], f2[keep], y[keep]
+        model = load_for_eval(from_dict(ckpt["config"], path, stored=True), path, ckpt=ckpt).model
+        try:
+            f1, f2, y = set_overlap_features(model, val, plan, cfg.cac.iou_bound, cfg.data.ignore_index,
+                                             args.space, args.seed, args.max_points)
+        except ValueError as e:
+            raise ConfigError(f"{path}: {e}") from None
         al, un = alignment(f1, f2), uniformity(torch.cat([f1, f2]))
         name = os.path.basename(os.path.dirname(os.path.abspath(path))) + "/" + os.path.basename(path)
         print(f"{name}: {f1.shape[0]} overlap pixels, alignment {al:.4f}, uniformity {un:.4f}")

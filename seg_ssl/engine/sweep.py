@@ -95,6 +95,25 @@ def cell_changes(work_dir: str, requested: dict) -> tuple[list[str], list[str]]:
     return [c for c in everything if c not in conflicting], conflicting
 
 
+def plan(config: str, overrides: list[str], axes, seeds: list[int], out: str) -> tuple[list, dict]:
+    """Every cell's resolved config, checked before anything runs (a typo fails now, not in hour
+    three), against what the cell ran with earlier: ``(extend, changed)``, the finished cells whose
+    run continues with settings that may change (``[(work_dir, changes)]``, e.g. more iterations)
+    and the cells whose earlier run answers another question (``{work_dir: conflicts}``)."""
+    from seg_ssl.config import load_config
+    extend, changed = [], {}
+    for assignment, seed in cells(axes, seeds):
+        work = os.path.join(out, cell_name(assignment, seed))
+        cfg = load_config(config, [*overrides, *[f"{k}={v}" for k, v in assignment], f"seed={seed}",
+                                   f"work_dir={work}"])
+        more, conflict = cell_changes(work, cfg.to_dict())
+        if conflict:
+            changed[work] = conflict
+        elif more and os.path.isfile(os.path.join(work, RESULT)):
+            extend.append((work, more))
+    return extend, changed
+
+
 def set_aside(work_dir: str) -> str:
     """Rename a cell's folder to ``<cell>.old`` (``.old2``, ...) so that it is trained again from
     scratch while the old run stays on disk; returns the new name."""

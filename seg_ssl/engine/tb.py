@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from seg_ssl.config import flatten
+from seg_ssl.data.classes import class_names
 
 PANELS = 4  # val images shown at every evaluation: the same ones each time
 
@@ -93,7 +94,7 @@ def val_panels(predict_fn, dataset, cfg, size_divisor: int, device) -> list[np.n
 
 def log_eval(writer, res: dict, names, iteration: int, panels: list[np.ndarray]) -> None:
     """Per-class IoU by class name and the image | truth | prediction panels."""
-    names = names or [str(i) for i in range(len(res["IoU"]))]
+    names = class_names(names, len(res["IoU"]))
     for name, iou in zip(names, res["IoU"]):
         if iou is not None and not math.isnan(iou):
             writer.add_scalar(f"val_IoU/{name}", iou, iteration)

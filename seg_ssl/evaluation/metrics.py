@@ -8,19 +8,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
-
-def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
-                     ignore_index: int = 255) -> torch.Tensor:
-    """(K, K) int64 counts for one batch; labels outside 0..K-1 other than ignore are errors."""
-    pred, label = pred.reshape(-1).long(), label.reshape(-1).long()
-    keep = label != ignore_index
-    pred, label = pred[keep], label[keep]
-    if label.numel() and (label.min() < 0 or label.max() >= num_classes):
-        raise ValueError(f"label values outside 0..{num_classes - 1} and {ignore_index}")
-    idx = label * num_classes + pred
-    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+from seg_ssl.data.classes import class_names as names_of
 
 
 def metrics_from_confusion(cm, unpredicted=None) -> dict:
@@ -51,7 +40,7 @@ def metrics_from_confusion(cm, unpredicted=None) -> dict:
 def format_table(metrics: dict, class_names: list[str] | None = None) -> str:
     """Per-class IoU/Acc and the summary row, in percent."""
     k = len(metrics["IoU"])
-    names = class_names or [str(i) for i in range(k)]
+    names = names_of(class_names, k)
     width = max(8, max(len(n) for n in names))
     lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}", "-" * (width + 16)]
 
@@ -80,7 +69,7 @@ def evaluation_record(metrics: dict, iteration: int, class_names: list[str] | No
     accuracy by class name (null for a class absent from prediction and truth) and the confusion
     matrix (rows: truth, columns: prediction)."""
     clean = to_json(metrics)
-    names = class_names or [str(i) for i in range(len(clean["IoU"]))]
+    names = names_of(class_names, len(clean["IoU"]))
     out = {"iteration": iteration, "aAcc": clean["aAcc"], "mIoU": clean["mIoU"], "mAcc": clean["mAcc"],
            "IoU": dict(zip(names, clean["IoU"])), "Acc": dict(zip(names, clean["Acc"]))}
     if "confusion" in metrics:
@@ -96,7 +85,7 @@ def format_comparison(runs: dict, class_names: list[str] | None = None) -> str:
     if len(ks) != 1:
         raise ValueError(f"runs have different numbers of classes: {sorted(ks)}")
     k = ks.pop()
-    classes = class_names or [str(i) for i in range(k)]
+    classes = names_of(class_names, k)
     width = max(8, max(len(n) for n in classes))
     col = max(8, max(len(n) for n in names))
     delta = len(names) > 1

@@ -68,11 +68,6 @@ def box_mixed_targets(target, conf, valid, target_mix, conf_mix, valid_mix, box)
             torch.where(inside, valid_mix, valid))
 
 
-def first_class_is_background(class_names) -> bool:
-    """Whether class 0 is a background class (VOC, digits), not an object class (Cityscapes' road)."""
-    return bool(class_names) and str(class_names[0]).lower() in ("background", "bg", "_background_")
-
-
 def pseudo_label_stats(targets: torch.Tensor, valid: torch.Tensor, num_classes: int,
                        ignore_index: int = 255, background: bool = True) -> dict:
     """``targets`` (B, H, W) pseudo labels with ``ignore_index`` where none is kept; ``valid``

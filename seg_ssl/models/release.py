@@ -21,7 +21,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models.resnet import Bottleneck, ResNet
 
 from seg_ssl.errors import ConfigError
 
@@ -43,6 +42,7 @@ class ResNetBackbone(nn.Module):
     def __init__(self, encoder: str = "resnet50", stem: str = "deep", output_stride: int = 16,
                  layer4_dilations: list[int] | None = None, bn_eps: float = 1e-5, bn_momentum: float = 0.1):
         super().__init__()
+        from timm.models.resnet import Bottleneck, ResNet  # here: a config check imports this module too
         if encoder not in RESNET_LAYERS:
             raise ConfigError(f"model.encoder = {encoder!r}: the releases' networks are built on "
                               f"{' or '.join(RESNET_LAYERS)}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-import segmentation_models_pytorch as smp
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -27,6 +26,9 @@ class Segmentor(nn.Module):
                  aspp_dropout: float = 0.5, dropout: float = 0.1, projector: bool = False,
                  proj_dim: int = 128, aspp_rates=None):
         super().__init__()
+        # smp (with timm) takes seconds to import: here, not at the top, so that reading a config,
+        # which imports the methods and through them this module, never loads it
+        import segmentation_models_pytorch as smp
         smp_weights = "imagenet" if encoder_weights == "imagenet" else None
         if aspp_rates is not None and (len(aspp_rates) != 3 or not all(isinstance(r, int) and r > 0
                                                                         for r in aspp_rates)):

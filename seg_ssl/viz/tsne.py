@@ -70,6 +70,28 @@ def overlap_features(model, image: torch.Tensor, label: torch.Tensor, crop: int,
     return f1, f2, y1[:, 0].long()
 
 
+def view_plan(val, images: int, crop: int, seed: int = 0) -> list[tuple[int, int]]:
+    """``(val index, crop of its two views)`` for ``images`` val images drawn with ``seed`` (the
+    same for every model compared)."""
+    picks = np.random.default_rng(seed).permutation(len(val))[:images]
+    return [(int(i), view_crop(crop, *val[int(i)]["image"].shape[-2:])) for i in picks]
+
+
+@torch.no_grad()
+def set_overlap_features(model, val, plan, iou_bound, ignore_index: int = 255, space: str = "decoder",
+                         seed: int = 0, max_points: int = 1500):
+    """The overlap features ``(f1, f2, y)`` of every image of ``plan`` (:func:`view_plan`), one crop
+    pair each drawn with ``seed``; at most ``max_points`` pixels, a seeded subset."""
+    rng = np.random.default_rng(seed)
+    parts = [overlap_features(model, val[i]["image"], val[i]["label"], crop, iou_bound, rng, ignore_index, space)
+             for i, crop in plan]
+    f1, f2, y = (torch.cat(t) for t in zip(*parts))
+    if f1.shape[0] > max_points:
+        keep = torch.randperm(f1.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]
+        f1, f2, y = f1[keep], f2[keep], y[keep]
+    return f1, f2, y
+
+
 FEATURE_SPACES = {"decoder": "decoder features (stride 8, L2-normalised)",
                   "projector": "projector embeddings (CAC's contrastive space)"}
 
