@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import numpy as np
 
-from seg_ssl.data.dataset import load_image, load_label, read_split, resolve_list
+from seg_ssl.data.dataset import load_image, load_label, preparation_script, read_split, resolve_list
 from seg_ssl.errors import DataError
 
 
@@ -13,8 +13,12 @@ def check_dataset(d, progress=None) -> dict:
 
     Checks the root and split lists, duplicate ids, ids without image or label, unreadable images,
     label values outside the classes and the ignore index, image/label size mismatches, empty
-    splits and labeled/unlabeled overlap."""
+    splits and labeled/unlabeled overlap. Missing labels of a layout that a datasets/ script writes
+    are summed up in a line naming the script; 150-class labels without one ignored pixel among them
+    are named as ADE20K's raw annotations (its "other" is 255 once converted, in nearly every image)."""
     problems: list[str] = []
+    missing_labels: list[str] = []
+    labels_read = labels_with_ignore = 0
     counts: dict = {}
     class_pixels = np.zeros(d.num_classes, np.int64)
     if not os.path.isdir(d.root):
@@ -44,17 +48,29 @@ def check_dataset(d, progress=None) -> dict:
                 image = None
             if split == "unlabeled":
                 continue
+            if s.label is not None and not os.path.isfile(s.label):
+                missing_labels.append(s.label)
             try:
                 label = load_label(s.label, d.num_classes, d.ignore_index)
             except DataError as e:
                 problems.append(str(e))
                 continue
+            labels_read += 1
+            labels_with_ignore += bool((label == d.ignore_index).any())
             if image is not None and label.shape != image.shape[:2]:
                 problems.append(f"image {s.image} is {image.shape[1]}x{image.shape[0]} but label {s.label} "
                                 f"is {label.shape[1]}x{label.shape[0]}")
             if split == "labeled":
                 class_pixels += np.bincount(label[label != d.ignore_index].ravel(),
                                             minlength=d.num_classes)[:d.num_classes]
+    script = next((preparation_script(p) for p in missing_labels if preparation_script(p)), None)
+    if script:
+        problems.append(f"{len(missing_labels)} label file(s) missing (e.g. {missing_labels[0]}): {script} "
+                        f"writes them")
+    if d.num_classes == 150 and labels_read and not labels_with_ignore:
+        problems.append(f"none of the {labels_read} labels read has an ignored pixel ({d.ignore_index}): raw ADE20K "
+                        f"annotations (0 = other, 1..150 = the classes)? datasets/prepare_ade20k.py converts them "
+                        f"(0 -> {d.ignore_index}, k -> k-1)")
     both = ids.get("labeled", set()) & ids.get("unlabeled", set())
     if both and not d.allow_overlap:
         problems.append(f"{len(both)} ids are in both the labeled and the unlabeled list (e.g. {sorted(both)[:3]}); "
