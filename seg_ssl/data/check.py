@@ -68,9 +68,9 @@ def check_dataset(d, progress=None) -> dict:
         problems.append(f"{len(missing_labels)} label file(s) missing (e.g. {missing_labels[0]}): {script} "
                         f"writes them")
     if d.num_classes == 150 and labels_read and not labels_with_ignore:
-        problems.append(f"none of the {labels_read} labels read has an ignored pixel ({d.ignore_index}): raw ADE20K "
-                        f"annotations (0 = other, 1..150 = the classes)? datasets/prepare_ade20k.py converts them "
-                        f"(0 -> {d.ignore_index}, k -> k-1)")
+        problems.append(f"none of the {labels_read} labels read has an ignored pixel ({d.ignore_index}): "
+                        f"raw ADE20K annotations (0 = other, 1..150 = the classes)? "
+                        f"datasets/prepare_ade20k.py converts them (0 -> {d.ignore_index}, k -> k-1)")
     both = ids.get("labeled", set()) & ids.get("unlabeled", set())
     if both and not d.allow_overlap:
         problems.append(f"{len(both)} ids are in both the labeled and the unlabeled list (e.g. {sorted(both)[:3]}); "
