@@ -353,9 +353,10 @@ def test_check_dataset_names_missing_and_mismatched_coco_masks(coco_root):
     finally:
         mask.write_bytes(saved)
         Image.fromarray(np.zeros((H, W), np.uint8), mode="L").save(coco_root / "masks" / "000000000005.png")
-    assert r.returncode == 1 and "3 problem(s)" in r.stdout
+    assert r.returncode == 1 and "2 problem(s)" in r.stdout
     assert f"problem: label not found: {mask}" in r.stdout
-    assert f"problem: 1 label file(s) missing (e.g. {mask}): datasets/prepare_coco.py writes them" in r.stdout
+    assert (f"hint: 1 label file(s) missing beside their images (e.g. {mask}): "
+            "datasets/prepare_coco.py writes them") in r.stdout
     assert f"000000000005.jpg is {W}x{H} but label {coco_root}/masks/000000000005.png is {W + 1}x{H}" \
         in r.stdout
 

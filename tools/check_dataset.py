@@ -38,6 +38,8 @@ def main(argv=None):
         print(f"problem: {line}")
     if len(problems) > args.max_lines:
         print(f"... and {len(problems) - args.max_lines} more")
+    for line in report["hints"]:
+        print(f"hint: {line}")
     print(f"{len(problems)} problem(s)")
     return 1 if problems else 0
 

@@ -9,13 +9,15 @@ from seg_ssl.errors import DataError
 
 
 def check_dataset(d, progress=None) -> dict:
-    """Returns ``{"problems": [str, ...], "counts": {split: n}, "class_pixels": np.ndarray}``.
+    """Returns ``{"problems": [str, ...], "hints": [str, ...], "counts": {split: n},
+    "class_pixels": np.ndarray}``.
 
     Checks the root and split lists, duplicate ids, ids without image or label, unreadable images,
     label values outside the classes and the ignore index, image/label size mismatches, empty
-    splits and labeled/unlabeled overlap. Missing labels of a layout that a datasets/ script writes
-    are summed up in a line naming the script; 150-class labels without one ignored pixel among them
-    are named as ADE20K's raw annotations (its "other" is 255 once converted, in nearly every image)."""
+    splits and labeled/unlabeled overlap. Labels missing beside their images, of a layout that a
+    datasets/ script writes, get a hint naming the script; 150-class labels without one ignored pixel
+    among them are a problem naming ADE20K's raw annotations (its "other" is 255 once converted, in
+    nearly every image)."""
     problems: list[str] = []
     missing_labels: list[str] = []
     labels_read = labels_with_ignore = 0
@@ -24,7 +26,7 @@ def check_dataset(d, progress=None) -> dict:
     if not os.path.isdir(d.root):
         problems.append(f"data.root {d.root!r} is not a directory; expected root/{d.img_dir}/*{d.img_suffix}, "
                         f"root/{d.ann_dir}/*{d.ann_suffix} and split lists")
-        return {"problems": problems, "counts": counts, "class_pixels": class_pixels}
+        return {"problems": problems, "hints": [], "counts": counts, "class_pixels": class_pixels}
     ids = {}
     for split, key in (("labeled", "labeled_list"), ("unlabeled", "unlabeled_list"), ("val", "val_list")):
         if not d[key]:
@@ -48,7 +50,7 @@ def check_dataset(d, progress=None) -> dict:
                 image = None
             if split == "unlabeled":
                 continue
-            if s.label is not None and not os.path.isfile(s.label):
+            if image is not None and not os.path.isfile(s.label):  # the image is there, its label not
                 missing_labels.append(s.label)
             try:
                 label = load_label(s.label, d.num_classes, d.ignore_index)
@@ -63,10 +65,11 @@ def check_dataset(d, progress=None) -> dict:
             if split == "labeled":
                 class_pixels += np.bincount(label[label != d.ignore_index].ravel(),
                                             minlength=d.num_classes)[:d.num_classes]
+    hints = []
     script = next((preparation_script(p) for p in missing_labels if preparation_script(p)), None)
     if script:
-        problems.append(f"{len(missing_labels)} label file(s) missing (e.g. {missing_labels[0]}): {script} "
-                        f"writes them")
+        hints.append(f"{len(missing_labels)} label file(s) missing beside their images "
+                     f"(e.g. {missing_labels[0]}): {script} writes them")
     if d.num_classes == 150 and labels_read and not labels_with_ignore:
         problems.append(f"none of the {labels_read} labels read has an ignored pixel ({d.ignore_index}): "
                         f"raw ADE20K annotations (0 = other, 1..150 = the classes)? "
@@ -78,5 +81,5 @@ def check_dataset(d, progress=None) -> dict:
     leak = ids.get("val", set()) & (ids.get("labeled", set()) | ids.get("unlabeled", set()))
     if leak:
         problems.append(f"{len(leak)} val ids are also training ids (e.g. {sorted(leak)[:3]})")
-    return {"problems": problems, "counts": counts, "class_pixels": class_pixels}
+    return {"problems": problems, "hints": hints, "counts": counts, "class_pixels": class_pixels}
 
