@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Scan the dataset of a config and report every problem at once, with counts and the labeled
-class-frequency table. Exit status 1 when anything is wrong.
+class-frequency table. Exit status 1 when anything is wrong. Labels a datasets/ script has not made
+yet, or has not converted (raw ADE20K, COCO category ids), are named with that script.
 
     python tools/check_dataset.py CONFIG [key=value ...] [--max-lines 50]
 """
@@ -38,6 +39,8 @@ def main(argv=None):
         print(f"problem: {line}")
     if len(problems) > args.max_lines:
         print(f"... and {len(problems) - args.max_lines} more")
+    for line in report["hints"]:
+        print(f"hint: {line}")
     print(f"{len(problems)} problem(s)")
     return 1 if problems else 0
 

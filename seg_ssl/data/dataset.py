@@ -9,6 +9,7 @@ from ``img_dir``/``ann_dir`` and the suffixes. Labels are index PNGs; 255 is ign
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,10 +138,34 @@ def load_label(path: str, num_classes: int, ignore_index: int = 255) -> np.ndarr
         raise DataError(f"cannot read label {path}: {e}") from None
     bad = (arr >= num_classes) & (arr != ignore_index)
     if bad.any():
-        values = np.unique(arr[bad])[:10].tolist()
-        raise DataError(f"label {path} has values {values} outside 0..{num_classes - 1} and "
-                        f"{ignore_index}")
+        values = np.unique(arr[bad]).tolist()
+        raise DataError(f"label {path} has values {values[:10]} outside 0..{num_classes - 1} and "
+                        f"{ignore_index}{_raw_label_hint(values, num_classes)}")
     return arr.astype(np.uint8)
+
+
+def _raw_label_hint(values: list, num_classes: int) -> str:
+    """What a known dataset's unconverted labels look like, and the script that converts them."""
+    if num_classes == 150 and values[-1] == 150:
+        return ("; raw ADE20K annotations (0 = other, 1..150 = the classes)? datasets/prepare_ade20k.py "
+                "converts them (0 -> 255, k -> k-1)")
+    if num_classes == 81 and values[-1] <= 90:
+        return ("; COCO category ids (1..90 with gaps) instead of the 81 class indices? "
+                "datasets/prepare_coco.py writes the masks")
+    return ""
+
+
+# label files that a script in datasets/ writes, by the path's form
+PREPARED_BY = ((r"(^|/)annotations_150/(training|validation)/[^/]+\.png$", "datasets/prepare_ade20k.py"),
+               (r"(^|/)masks/\d{12}\.png$", "datasets/prepare_coco.py"),
+               (r"_gtFine_labelTrainIds\.png$", "datasets/prepare_cityscapes.py"),
+               (r"(^|/)SegmentationClassAug/[^/]+\.png$", "datasets/prepare_voc_aug.py"))
+
+
+def preparation_script(label_path: str) -> str | None:
+    """The datasets/ script that writes a label file of this form (None: not a known layout)."""
+    path = label_path.replace(os.sep, "/")
+    return next((script for pattern, script in PREPARED_BY if re.search(pattern, path)), None)
 
 
 class SegDataset:
@@ -199,8 +224,10 @@ def build_split(cfg_data, which: str, transform=None, with_labels: bool | None =
     missing = [p for s in samples for p in (s.image, s.label if with_labels else None)
                if p is not None and not os.path.isfile(p)]
     if missing:
+        script = next((preparation_script(p) for p in missing if preparation_script(p)), None)
         raise DataError(f"data.{list_key} {list_path}: {len(missing)} listed file(s) missing, e.g. {missing[0]}"
                         + (f" and {missing[1]}" if len(missing) > 1 else "")
+                        + (f"; {script} writes the labels" if script else "")
                         + "; run tools/check_dataset.py CONFIG for every problem")
     return SegDataset(samples, cfg_data.num_classes, cfg_data.ignore_index, transform, with_labels=with_labels)
 

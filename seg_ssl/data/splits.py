@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from fractions import Fraction
 
 import numpy as np
@@ -42,6 +43,23 @@ def nested_splits(ids: list[str], specs: list[str], seed: int = 0) -> dict:
         labeled = sorted(ids[i] for i in chosen)
         unlabeled = sorted(ids[i] for i in range(len(ids)) if i not in chosen)
         out[split_name(spec)] = (labeled, unlabeled)
+    return out
+
+
+def shuffled_prefix_splits(names: list[str], counts: dict, seed: int = 0) -> dict:
+    """UniMatch V2's ADE20K rule (its lists are SemiVL's generator's): the names sorted, then shuffled
+    in place by Python's ``random.Random(seed)``; labeled = the first N, unlabeled = the rest, both
+    in that shuffled order. Every labeled list is a prefix of one order, so smaller ones nest in
+    larger. ``counts`` maps a split name to N; returns ``{name: (labeled, unlabeled)}``."""
+    if len(set(names)) != len(names):
+        raise ValueError("train list has duplicate names")
+    order = sorted(names)
+    random.Random(seed).shuffle(order)
+    out = {}
+    for name, n in counts.items():
+        if not 0 < n <= len(order):
+            raise ValueError(f"split {name}: {n} labeled of {len(order)} names")
+        out[name] = (order[:n], order[n:])
     return out
 
 
