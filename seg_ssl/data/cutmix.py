@@ -60,3 +60,9 @@ def single_box_masks(n: int, height: int, width: int, p: float = 0.5, size_range
                 break
         masks[i, y:y + h, x:x + w] = 1.0
     return torch.from_numpy(masks)
+
+
+def halves(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A CutMix method's unlabeled batch: the images, and (the second half) those their boxes come from."""
+    n = batch.shape[0] // 2
+    return batch[:n], batch[n:]

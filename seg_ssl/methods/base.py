@@ -38,6 +38,7 @@ from seg_ssl.data.transforms import WeakStrongPipeline, photometric_ops, train_p
 from seg_ssl.errors import ConfigError
 from seg_ssl.losses.ohem import ohem_cross_entropy
 from seg_ssl.data.classes import first_class_is_background
+from seg_ssl.data.cutmix import halves
 from seg_ssl.losses.pseudo_labels import pseudo_labels
 from seg_ssl.models.segmentor import build_segmentor, logits
 from seg_ssl.schema import NUM, field
@@ -198,6 +199,12 @@ class SemiSupervised(Method):
         """0 during the labeled-only warm-up, then up to 1 (``unsup_start_iter``, ``rampup_iters``)."""
         return warmup_ramp(iteration, self.c.unsup_start_iter, self.c.rampup_iters)
 
+    def warm_up(self, model, labeled: dict, scale: float = 1.0) -> dict:
+        """A step of the labeled-only warm-up (the unsupervised weight is 0): the supervised term,
+        scaled to the method's full loss (UniMatch's release halves it, ``scale`` 0.5)."""
+        sup = self.supervised_loss(logits(model, labeled["image"]), labeled["label"])
+        return {"loss": sup * scale if scale != 1.0 else sup, "sup": sup}
+
     def groups(self, *sizes):
         """Batch groups of a forward: None (one batch, shared BatchNorm statistics) with
         ``train.joint_forward``, else each part on its own, as the releases forward them."""
@@ -209,3 +216,36 @@ class SemiSupervised(Method):
     def load_state_dict(self, state: dict) -> None:
         if "mask_rng" in state:
             self.mask_rng.bit_generator.state = state["mask_rng"]
+
+
+class WeakToStrong(SemiSupervised):
+    """The UniMatch release family (FixMatch, UniMatch). Each unlabeled image comes as a weak view
+    and ``views`` strong views of the same crop (``weak_strong_pipeline``); the unlabeled batch is
+    drawn twice, its second half being the images the strong views' CutMix boxes come from. A step
+    is the labeled-only warm-up until the unsupervised weight rises (the labeled term at half
+    weight: the release's loss is ``(sup + unsup) / 2``), then the method's ``consistency_step``."""
+
+    views = 1
+    loss_scale_note = ("loss = (sup + unsup) / 2, as in the UniMatch release (unsup: the method's weighted "
+                       "unlabeled terms), so in the warm-up loss is half of sup; compare sup with labeled-only's loss")
+
+    @classmethod
+    def unlabeled_draws(cls, cfg) -> int:
+        return 2
+
+    def unlabeled_pipeline(self, d):
+        return weak_strong_pipeline(self.c, d, views=self.views)
+
+    def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
+        lam = self.ramp(iteration)
+        if lam == 0.0:  # labeled-only warm-up, on the same scale as the full loss
+            return self.warm_up(model, labeled, scale=0.5)
+        split = {k: halves(v) for k, v in unlabeled.items()}
+        own, pasted = ({k: v[i] for k, v in split.items()} for i in (0, 1))
+        return self.consistency_step(model, labeled, own, pasted, lam)
+
+    def consistency_step(self, model, labeled: dict, own: dict, pasted: dict, lam: float) -> dict:
+        """The full step: ``own`` holds the batch's views (``image``, the weak one, the strong ones,
+        ``valid``), ``pasted`` the same of the images its boxes come from; ``lam``: the unsupervised
+        weight."""
+        raise NotImplementedError

@@ -163,8 +163,7 @@ class CAC(SemiSupervised):
     def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
         weight = self.weight(iteration)
         if weight == 0.0:  # labeled-only warm-up
-            sup = self.supervised_loss(logits(model, labeled["image"]), labeled["label"])
-            return {"loss": sup, "sup": sup}
+            return self.warm_up(model, labeled)
         nl, nu = labeled["image"].shape[0], unlabeled["image1"].shape[0]
         # the release runs the labeled batch and each crop batch through the network apart
         # (BatchNorm statistics per batch); train.joint_forward shares them instead

@@ -20,14 +20,14 @@ import torch
 from seg_ssl.data.cutmix import mix, single_box_masks
 from seg_ssl.losses.pseudo_labels import (box_mixed_targets, pseudo_label_accuracy, pseudo_label_stats, pseudo_labels,
                                           weak_to_strong_loss)
-from seg_ssl.methods.base import (FG_MARGINAL, SemiSupervised, pasted_targets, strong_view_fields, warmup_fields,
-                                  weak_strong_pipeline)
+from seg_ssl.methods.base import FG_MARGINAL, WeakToStrong, pasted_targets, strong_view_fields, warmup_fields
 from seg_ssl.models.segmentor import logits, logits_and_perturbed
 from seg_ssl.schema import NUM, field
 
 
-class UniMatch(SemiSupervised):
+class UniMatch(WeakToStrong):
     name = "unimatch"
+    views = 2
     config_section = {  # Yang et al., CVPR 2023; defaults are the published VOC run
         "conf_thresh": field(NUM, 0.95, doc="pseudo labels below this confidence are ignored (Cityscapes: 0)"),
         "weight_strong": field(NUM, 0.25, doc="weight of each strong view's loss"),
@@ -37,35 +37,16 @@ class UniMatch(SemiSupervised):
         **warmup_fields(" (none in the paper)"),
         "fg_marginal": FG_MARGINAL,
     }
-    loss_scale_note = ("loss = (sup + weight x unsup) / 2, as in the UniMatch release, so in the warm-up loss is "
-                       "half of sup; compare sup with labeled-only's loss")
 
-    @classmethod
-    def unlabeled_draws(cls, cfg) -> int:
-        """Unlabeled images drawn per output image: each is mixed with a box from a second one."""
-        return 2
-
-    def unlabeled_pipeline(self, d):
-        return weak_strong_pipeline(self.c, d, views=2)
-
-    def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
+    def consistency_step(self, model, labeled: dict, own: dict, pasted: dict, lam: float) -> dict:
         c = self.c
-        x_l, y = labeled["image"], labeled["label"]
-        nl = x_l.shape[0]
-        lam = self.ramp(iteration)
-        if lam == 0.0:  # labeled-only warm-up, on the same scale as the full loss
-            sup = self.supervised_loss(logits(model, x_l), y)
-            return {"loss": sup / 2, "sup": sup}
-        u = unlabeled
-        nu = u["image"].shape[0] // 2  # the second half are the images the boxes come from
-        weak, weak_mix = u["image"][:nu], u["image"][nu:]
-        valid, valid_mix = u["valid"][:nu], u["valid"][nu:]
-        h, w = weak.shape[-2:]
+        x_l, y, weak, valid = labeled["image"], labeled["label"], own["image"], own["valid"]
+        nl, nu, (h, w) = x_l.shape[0], weak.shape[0], weak.shape[-2:]
         box1, box2 = (single_box_masks(nu, h, w, c.cutmix_p, c.box_size_range, c.box_ratio_range,
                                        self.mask_rng).to(weak.device) for _ in range(2))
-        mix_target, mix_conf = pasted_targets(model, weak_mix, c.fg_marginal)
-        strong1 = mix(u["strong1"][:nu], u["strong1"][nu:], box1)
-        strong2 = mix(u["strong2"][:nu], u["strong2"][nu:], box2)
+        mix_target, mix_conf = pasted_targets(model, pasted["image"], c.fg_marginal)
+        strong1 = mix(own["strong1"], pasted["strong1"], box1)
+        strong2 = mix(own["strong2"], pasted["strong2"], box2)
 
         if self.cfg.train.joint_forward:  # one batch for BatchNorm; only the weak rows' perturbed stream is used
             out = logits_and_perturbed(model, torch.cat([x_l, weak, strong1, strong2]), c.fp_dropout)
@@ -79,8 +60,8 @@ class UniMatch(SemiSupervised):
         sup = self.supervised_loss(clean[:nl], y)
         # the weak view's targets, without gradient
         target, conf = pseudo_labels(clean[nl:], fg_marginal=c.fg_marginal, return_conf=True)
-        t1, c1, v1 = box_mixed_targets(target, conf, valid, mix_target, mix_conf, valid_mix, box1)
-        t2, c2, v2 = box_mixed_targets(target, conf, valid, mix_target, mix_conf, valid_mix, box2)
+        t1, c1, v1 = box_mixed_targets(target, conf, valid, mix_target, mix_conf, pasted["valid"], box1)
+        t2, c2, v2 = box_mixed_targets(target, conf, valid, mix_target, mix_conf, pasted["valid"], box2)
         loss_s1 = weak_to_strong_loss(logits_s1, t1, c1, v1, c.conf_thresh)
         loss_s2 = weak_to_strong_loss(logits_s2, t2, c2, v2, c.conf_thresh)
         loss_fp = weak_to_strong_loss(logits_fp, target, conf, valid, c.conf_thresh)
@@ -89,7 +70,7 @@ class UniMatch(SemiSupervised):
         out = {"loss": (sup + lam * unsup) / 2, "sup": sup.detach(), "strong1": loss_s1.detach(),
                "strong2": loss_s2.detach(), "fp": loss_fp.detach(),
                **pseudo_label_stats(kept, valid, self.cfg.data.num_classes, self.ignore_index, self.background)}
-        if "label" in u:  # hidden truth of the unlabeled images (benchmarks): how right are the targets?
-            out.update(pseudo_label_accuracy(target, u["label"][:nu], valid, kept != self.ignore_index,
+        if "label" in own:  # hidden truth of the unlabeled images (benchmarks): how right are the targets?
+            out.update(pseudo_label_accuracy(target, own["label"], valid, kept != self.ignore_index,
                                              self.ignore_index, self.background))
         return out
