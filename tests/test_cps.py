@@ -152,7 +152,7 @@ def test_distribution_alignment_reweights_pseudo_labels():
     assert (g_plain[0, 0] < 0).all() and (g_align[0, 1] < 0).all()  # ... but pulled towards class 0 / 1
 
 
-def test_fg_marginal_pseudo_labels():
+def test_fg_marginal_calls_a_pixel_foreground_where_the_foreground_mass_wins():
     # 4 classes (0 = background), 3 pixels. Teacher probabilities per pixel:
     #   a: bg 0.4, fg spread 0.2 / 0.2 / 0.2: argmax says bg (conf 0.4); the foreground marginal (0.6)
     #      says fg, the likeliest foreground class being the first of the ties, 1 (conf 0.6)

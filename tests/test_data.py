@@ -22,7 +22,7 @@ def data_cfg(root, **kw):
     return from_dict(base, "test")
 
 
-def test_voc_layout_ids_and_pairs(tmp_path):
+def test_voc_layout_lists_give_ids_or_image_label_pairs(tmp_path):
     root = make_voc(str(tmp_path), ["a", "b", "c"])
     write_list(root, "lab.txt", ["a", "b"])
     write_list(root, "val.txt", ["JPEGImages/c.jpg SegmentationClassAug/c.png"])
@@ -99,7 +99,7 @@ def test_bad_lists_and_files_are_named(tmp_path):
         load_image(path)
 
 
-def test_image_modes_and_rgb_labels(tmp_path):
+def test_images_of_every_mode_load_as_rgb_and_an_rgb_label_is_refused(tmp_path):
     gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
     Image.fromarray(gray, mode="L").save(tmp_path / "g.png")
     assert (load_image(str(tmp_path / "g.png")) == gray[..., None]).all()

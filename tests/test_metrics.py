@@ -59,7 +59,7 @@ def test_class_only_predicted_counts_as_zero_iou():
     assert math.isnan(m["Acc"][1])  # never in gt
 
 
-def test_table_and_json():
+def test_the_table_and_json_leave_an_absent_class_out_of_the_means():
     m = metrics_from_confusion(np.array([[3, 1, 0], [0, 2, 0], [0, 0, 0]]))
     table = format_table(m, ["bg", "a", "b"])
     assert "mIoU 70.83" in table and "nan" in table.splitlines()[4]

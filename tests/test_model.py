@@ -11,7 +11,7 @@ from seg_ssl.models.segmentor import Segmentor, logits_and_projection
     ("deeplabv3plus", 5, 8, 4, 32),
     ("pspnet", 5, 8, 8, 512),
 ])
-def test_features_heads_and_shapes(arch, depth, os_, stride, channels):
+def test_features_logits_and_projections_have_each_architectures_strides(arch, depth, os_, stride, channels):
     torch.manual_seed(0)
     net = Segmentor(arch, "resnet18", num_classes=7, encoder_depth=depth, output_stride=os_,
                     decoder_channels=32, projector=True, proj_dim=16)

@@ -106,7 +106,7 @@ def test_normalization_follows_the_weights_unless_set(caplog):
         in caplog.text
 
 
-def test_voc_cps_lite2_dry_run():
+def test_the_lite2_cps_config_resolves_to_packaged_weights_and_their_normalization():
     r = cli("train", "configs/voc_cps_lite2.yaml", "--dry-run")
     assert r.returncode == 0, r.stderr
     cfg = yaml.safe_load(r.stdout[:r.stdout.index("{\n")])  # the resolved config, then the sizes

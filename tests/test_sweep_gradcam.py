@@ -14,7 +14,7 @@ from seg_ssl.engine.checkpoint import load_checkpoint
 from seg_ssl.engine.sweep import cell_name, parse_grid, split_values
 
 
-def test_grid_cells_and_reports(tmp_path):
+def test_the_grid_is_the_product_of_its_axes_and_the_report_gives_mean_and_std_over_seeds(tmp_path):
     from seg_ssl.engine.sweep import cells, write_reports
     axes = parse_grid(["data.crop_size=32,48", "train.lr=0.001,0.002"])
     grid = list(cells(axes, [0, 1]))  # the product of the axes, each with every seed
@@ -30,7 +30,7 @@ def test_grid_cells_and_reports(tmp_path):
     assert len(table) == 6 and (tmp_path / "sweep_miou.png").stat().st_size > 5000
 
 
-def test_grid_parsing():
+def test_grid_values_split_at_top_level_commas_and_a_key_given_twice_is_an_error():
     assert split_values("256,320,384") == ["256", "320", "384"]
     assert split_values("[0.1,1.0],[0.3,1.0]") == ["[0.1,1.0]", "[0.3,1.0]"]
     assert split_values('"[0.1,1.0]","[0.3, 1.0]"') == ["[0.1,1.0]", "[0.3, 1.0]"]
@@ -198,7 +198,7 @@ def test_gradcam_runs_on_every_encoder_family_with_its_default_layer(config, sta
     heat, pred = gradcam_map(model, image, cls)
     assert heat.shape == pred.shape == (40, 56) and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1
     gradcam_map(model, image, cls, layer=block)  # a deeper name works as well
-    # the layer the README used to suggest: refused with every usable name, the deeper ones included
+    # a layer the encoder does not have: refused with every usable name, the deeper ones included
     with pytest.raises(ValueError, match="'encoder.layer2' is not a module") if "model" in stage else \
             pytest.raises(ValueError, match="'encoder.layer9' is not a module"):
         resolve_layer(model, "encoder.layer2" if "model" in stage else "encoder.layer9")

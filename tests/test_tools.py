@@ -65,7 +65,7 @@ def test_dry_run_names_missing_lists_and_files(digits_root, tmp_path):
     assert f"note: split list not found: {tmp_path}/none.txt" in r.stderr
 
 
-def test_make_splits_cli(tmp_path):
+def test_make_splits_writes_nested_splits_of_the_asked_sizes(tmp_path):
     lst = tmp_path / "train.txt"
     lst.write_text("\n".join(f"id{i}" for i in range(100)) + "\n")
     r = cli("make_splits", "--list", lst, "--out", tmp_path / "s", "--splits", "1/8,1/4,10")

@@ -14,7 +14,7 @@ from seg_ssl.data.transforms import val_pipeline
 from seg_ssl.engine.trainer import Trainer
 
 
-def test_poly_lr_values():
+def test_poly_lr_decays_from_the_base_lr_to_zero_after_a_linear_warm_up():
     assert poly_lr(0.01, 0, 100) == 0.01
     assert abs(poly_lr(0.01, 50, 100) - 0.01 * 0.5 ** 0.9) < 1e-15
     assert poly_lr(0.01, 100, 100) == 0.0
@@ -24,26 +24,10 @@ def test_poly_lr_values():
                - 0.01 * 0.95 ** 0.9 * 0.55) < 1e-15
 
 
-def fixed_batch_loss(trainer):
-    """Cross-entropy of the current model on 16 fixed labeled images, in eval mode."""
-    ds = trainer.labeled
-    items = [ds[(i, 123)] for i in range(16)]
-    x = torch.stack([it["image"] for it in items])
-    y = torch.stack([it["label"] for it in items])
-    trainer.model.eval()
-    with torch.no_grad():
-        loss = F.cross_entropy(trainer.model(x), y, ignore_index=255).item()
-    trainer.model.train()
-    return loss
-
-
-def test_a_few_iterations_lower_the_loss(digits_root, tmp_path):
-    cfg = digits_cfg(digits_root, str(tmp_path / "run"), "train.iters=40", "train.lr=0.002")
+def test_a_run_writes_its_files_and_scores_its_final_model_by_brute_force(digits_root, tmp_path):
+    cfg = digits_cfg(digits_root, str(tmp_path / "run"), "train.iters=4", *SMALL_NET)
     trainer = Trainer(cfg)
-    before = fixed_batch_loss(trainer)
     res = trainer.train()
-    after = fixed_batch_loss(trainer)
-    assert after < 0.75 * before, (before, after)
     # the run's final score is the brute-force count of its final model on the val set
     trainer.model.eval()
     assert res.metrics["mIoU"] == pytest.approx(brute_force_miou(trainer.model, trainer.val, 11, batch_size=8),
@@ -53,7 +37,7 @@ def test_a_few_iterations_lower_the_loss(digits_root, tmp_path):
     assert os.path.isfile(tmp_path / "run" / "best.pth") and os.path.isfile(tmp_path / "run" / "config.yaml")
     assert os.path.isfile(tmp_path / "run" / "metrics.json") and os.path.isfile(tmp_path / "run" / "train.log")
     ckpt = load_checkpoint(str(tmp_path / "run" / "latest.pth"))
-    assert ckpt["iteration"] == 40 and ckpt["config"]["train"]["iters"] == 40
+    assert ckpt["iteration"] == 4 and ckpt["config"]["train"]["iters"] == 4
     assert {"model", "optimizer", "scaler", "rng", "best"} <= set(ckpt)
 
 

@@ -1,4 +1,4 @@
-"""Everyday use after `make demo` (issue 26): threads, console, API, export, metrics, TensorBoard."""
+"""Everyday use after `make demo`: threads, console, API, export, metrics, TensorBoard."""
 import os
 
 import numpy as np

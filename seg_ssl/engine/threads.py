@@ -5,8 +5,9 @@
 3. ``train.threads`` from a config file;
 4. torch's default (one per physical core).
 
-A config file's value used to override ``OMP_NUM_THREADS`` silently, so a job given one core by its
-scheduler ran two threads on it; the log line says which setting was used and which lost.
+The environment wins over a config file because a scheduler that gives a job one core says so in
+``OMP_NUM_THREADS``, which a config written elsewhere cannot know; the log line says which setting
+was used and which lost.
 """
 from __future__ import annotations
 

@@ -118,9 +118,9 @@ def lock_work_dir(work_dir: str, wait_s: float = 0.0) -> None:
     --max-restarts`` the previous attempt's rank 0 may still be exiting when the new one starts.
 
     The lock is a POSIX record lock (``lockf``), which belongs to this process alone: processes it
-    forks (DataLoader workers) do not inherit it. A ``flock`` is shared with them through the
-    inherited file, so after a SIGKILL of rank 0 its orphaned loader workers kept the work dir
-    locked until they noticed their parent was gone, and a restart in that window was refused."""
+    forks (DataLoader workers) do not inherit it. A ``flock`` would be shared with them through the
+    inherited file: after a SIGKILL of rank 0 its orphaned loader workers would hold the work dir
+    until they notice their parent is gone, and a restart in that window would be refused."""
     path = os.path.realpath(os.path.join(work_dir, ".lock"))
     if fcntl is None or path in _HELD:
         return
