@@ -122,6 +122,10 @@ SCHEMA: dict = {
         "ohem_thresh": _f(NUM, 0.7, doc="OHEM keeps the pixels whose true-class probability is below this"),
         "ohem_min_kept": _f(int, 100000, doc="OHEM keeps at least this many hard pixels per labeled image "
                             "(UniMatch's release: 200,000 per GPU batch of 2; CPS's: 50,000 per image)"),
+        "ema": _f(bool, False, doc="keep an exponential moving average of the weights (a teacher; the methods "
+                  "that train with one keep it anyway), evaluated with eval.model=ema"),
+        "ema_momentum": _f(NUM, 0.996, doc="the EMA's largest momentum: after step it the teacher keeps "
+                           "min(1 - 1/(it+1), ema_momentum) of itself (UniMatch V2)"),
         "grad_clip": _f(NUM, None, nullable=True),
         "sync_bn": _f(bool, True, doc="SyncBatchNorm when world size > 1"),
         "joint_forward": _f(bool, False, doc="labeled and unlabeled images in one forward, sharing "
@@ -133,6 +137,8 @@ SCHEMA: dict = {
         "threads": _f(int, 0, doc="torch CPU threads per process; 0: leave as is"),
     },
     "eval": {
+        "model": _f(str, "student", choices=["student", "ema"], doc="the network evaluated (and whose best "
+                    "score picks best.pth): the trained weights, or their EMA (UniMatch V2's teacher)"),
         "mode": _f(str, "whole", choices=["whole", "slide"]),
         "window": _f(int, None, nullable=True, doc="slide window; null: data.crop_size"),
         "stride": _f(int, None, nullable=True, doc="slide stride; null: 2/3 of the window"),

@@ -27,9 +27,14 @@ def weights_only(ckpt: dict, fp16: bool = False) -> dict:
     state = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
     if "model" not in state:
         raise ValueError("not a trainer checkpoint: it has no 'model' entry")
+    if (ckpt.get("method") or {}).get("ema") is not None:  # the EMA teacher, for eval.model=ema
+        state["method"] = {"ema": ckpt["method"]["ema"]}
     if fp16:
-        state["model"] = {k: v.half() if torch.is_tensor(v) and v.is_floating_point() else v
-                          for k, v in state["model"].items()}
+        def half(weights):
+            return {k: v.half() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in weights.items()}
+        state["model"] = half(state["model"])
+        if "method" in state:
+            state["method"] = {"ema": half(state["method"]["ema"])}
     state["weights_only"] = True
     return state
 

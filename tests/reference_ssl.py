@@ -16,6 +16,7 @@ class ToyNet(nn.Module):
     Segmentor does. Records each call's mode, batch size and dropout."""
 
     size_divisor = 1
+    mask_channels = [3]  # channel masks act on the image's channels, the toy's only "encoder map"
 
     def __init__(self, k=3):
         super().__init__()
@@ -23,12 +24,16 @@ class ToyNet(nn.Module):
         self.conv = nn.Conv2d(3, k, 1)
         self.calls = []
 
-    def forward(self, x, output="logits", groups=None, fp_dropout=0.0):
+    def forward(self, x, output="logits", groups=None, fp_dropout=0.0, channel_masks=None):
         if groups is not None:
-            parts = [self(part, output, fp_dropout=fp_dropout) for part in x.split(list(groups))]
+            masks = channel_masks[0].split(list(groups)) if channel_masks is not None else [None] * len(groups)
+            parts = [self(part, output, fp_dropout=fp_dropout, channel_masks=None if m is None else [m])
+                     for part, m in zip(x.split(list(groups)), masks)]
             return torch.cat(parts)  # the toy's grouped calls return logits only
         fp_dropout = fp_dropout if output == "fp" else 0.0
         self.calls.append(("train" if self.training else "eval", x.shape[0], fp_dropout))
+        if channel_masks is not None:
+            x = x * channel_masks[0][:, :, None, None]
         logits = self.conv(x)
         if fp_dropout:
             self.last = {"logits": logits, "logits_fp": self.conv(x * FP_CHANNELS)}

@@ -90,20 +90,6 @@ def test_progress_bar_and_log_lines_never_share_a_line(digits_root, tmp_path, mo
     assert all("eta" in line for line in logged)  # the ETA stays in the log lines
 
 
-# -- stale text ------------------------------------------------------------------------------------
-
-def test_package_summaries_name_every_method():
-    import configparser
-    import seg_ssl
-    from seg_ssl.methods import METHODS
-    setup = configparser.ConfigParser()
-    setup.read(os.path.join(ROOT, "setup.cfg"))
-    shown = {"supervised": "labeled-only", "cac": "CAC", "cps": "CPS", "unimatch": "UniMatch", "fixmatch": "FixMatch"}
-    assert set(shown) == set(METHODS)  # a new method gets a name here, and in both summaries
-    for summary in (setup["metadata"]["description"], seg_ssl.__doc__.splitlines()[0]):
-        assert all(name in summary for name in shown.values()), summary
-
-
 # -- digits and flips ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(n for n in os.listdir(os.path.join(ROOT, "configs")) if n.startswith("digits")))

@@ -70,8 +70,18 @@ def load_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def model_state(ckpt: dict) -> dict:
-    """The model weights of a checkpoint written by the trainer, or a bare state dict."""
-    state = ckpt.get("model", ckpt)
+def model_state(ckpt: dict, which: str = "student", path: str = "checkpoint") -> dict:
+    """The weights of a checkpoint written by the trainer (or a bare state dict): the trained
+    model's, or with ``which`` "ema" its EMA (the method's teacher, or the weights a converter
+    marked as an EMA's)."""
+    held = ckpt.get("weights", "student")  # what "model" holds: a converted release file may hold an EMA
+    ema = (ckpt.get("method") or {}).get("ema")
+    if which == "ema" and ema is not None:
+        state = ema
+    elif which == held:
+        state = ckpt.get("model", ckpt)
+    else:
+        raise CheckpointError(f"{path} holds no {which} weights (eval.model={which}); its model is the "
+                              f"{held}'s: set eval.model={held}")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 

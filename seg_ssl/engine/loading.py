@@ -31,7 +31,7 @@ def load_for_eval(cfg, checkpoint: str, device=torch.device("cpu"), ckpt: dict |
     model = method.build_model()
     ckpt = load_checkpoint(checkpoint) if ckpt is None else ckpt
     try:
-        load_strict(model, model_state(ckpt))
+        load_strict(model, model_state(ckpt, cfg.eval.model, checkpoint))
     except ValueError as e:
         raise ConfigError(f"checkpoint {checkpoint} does not match the config's model: {e}; "
                           f"was it trained with this config?") from None

@@ -89,6 +89,7 @@ class Trainer:
         seed_everything(cfg.seed + self.info.rank)
         self.method = build_method(cfg, self.info.world_size)
         self.model, self.ddp = self._build_model()
+        self.method.setup(self.model)
         self.optimizer = build_optimizer(cfg, self.model)
         self.amp_dtype = AMP_DTYPES[cfg.train.amp]
         self.scaler = grad_scaler(self.device, self.amp_dtype)
@@ -193,12 +194,12 @@ class Trainer:
         """What an evaluation leaves: its log line, ``best.pth`` when its mIoU is the best so far,
         metrics.json and metrics.jsonl, and TensorBoard's scalars and panels."""
         p, names = self.progress, self.cfg.data.class_names
-        LOG.info("eval at iteration %d: mIoU %.2f aAcc %.2f mAcc %.2f", p.iteration, 100 * res["mIoU"],
-                 100 * res["aAcc"], 100 * res["mAcc"])
+        LOG.info("eval at iteration %d: mIoU %.2f aAcc %.2f mAcc %.2f%s", p.iteration, 100 * res["mIoU"],
+                 100 * res["aAcc"], 100 * res["mAcc"], " (the EMA teacher)" if self.cfg.eval.model == "ema" else "")
         if not math.isnan(res["mIoU"]) and res["mIoU"] > p.best["mIoU"]:
             p.best = {"mIoU": res["mIoU"], "iteration": p.iteration}
             self.files.save_checkpoint("best.pth", self.run_state.checkpoint(p))
-        self.files.write_metrics(p.iteration, res, names)
+        self.files.write_metrics(p.iteration, res, names, self.cfg.eval.model)
         board.evaluation(res, names, p.iteration, self._val_panels)
         return TrainResult(p.iteration, metrics=res, table=format_table(res, names), is_main=self.info.is_main)
 
@@ -248,7 +249,7 @@ class Trainer:
         # evaluation would shift every later dropout mask and sample, so a run's weights would depend
         # on train.eval_interval
         with torch.random.fork_rng(devices=self._cuda_devices()):
-            res = evaluate(self.method.predictor(self.model), self.val, self.cfg.data.num_classes,
+            res = evaluate(self.method.predictor(self.method.evaluated(self.model)), self.val, self.cfg.data.num_classes,
                            self.cfg.data.ignore_index, self.method.size_divisor(self.model), self.device,
                            rank=self.info.rank, world_size=self.info.world_size,
                            batch_size=self.cfg.data.val_batch_size, **predict_kwargs(self.cfg))
@@ -260,7 +261,7 @@ class Trainer:
         self.model.eval()
         try:
             with torch.random.fork_rng(devices=self._cuda_devices()):  # as evaluate(): no effect on later draws
-                return tb.val_panels(self.method.predictor(self.model), self.val, self.cfg,
+                return tb.val_panels(self.method.predictor(self.method.evaluated(self.model)), self.val, self.cfg,
                                      self.method.size_divisor(self.model), self.device)
         finally:
             self.model.train()

@@ -74,13 +74,14 @@ class RunFiles:
             with open(self.path("train.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def write_metrics(self, iteration: int, res: dict, class_names) -> None:
-        """metrics.json (the last evaluation, replaced) and metrics.jsonl (appended)."""
+    def write_metrics(self, iteration: int, res: dict, class_names, model: str = "student") -> None:
+        """metrics.json (the last evaluation, replaced) and metrics.jsonl (appended); ``model``: which
+        network was scored (``eval.model``)."""
         if self.is_main:
             with open(self.path("metrics.json"), "w") as f:
-                json.dump({"iteration": iteration, **to_json(res)}, f, indent=1)
+                json.dump({"iteration": iteration, "model": model, **to_json(res)}, f, indent=1)
             with open(self.path("metrics.jsonl"), "a") as f:
-                f.write(json.dumps(evaluation_record(res, iteration, class_names)) + "\n")
+                f.write(json.dumps({**evaluation_record(res, iteration, class_names), "model": model}) + "\n")
 
     def tensorboard(self, config: dict, resumed: bool, iteration: int) -> tb.Board:
         """This run's TensorBoard (a no-op board off the main process). A fresh run gets its own

@@ -8,8 +8,9 @@ from seg_ssl.methods.cps import CPS
 from seg_ssl.methods.supervised import Supervised
 from seg_ssl.methods.fixmatch import FixMatch
 from seg_ssl.methods.unimatch import UniMatch
+from seg_ssl.methods.unimatch_v2 import UniMatchV2
 
-METHODS = {m.name: m for m in (Supervised, CAC, CPS, UniMatch, FixMatch)}
+METHODS = {m.name: m for m in (Supervised, CAC, CPS, UniMatch, FixMatch, UniMatchV2)}
 
 
 def build_method(cfg, world_size: int = 1):

@@ -40,6 +40,7 @@ from seg_ssl.losses.ohem import ohem_cross_entropy
 from seg_ssl.data.classes import first_class_is_background
 from seg_ssl.data.cutmix import halves
 from seg_ssl.losses.pseudo_labels import pseudo_labels
+from seg_ssl.models.ema import ema_momentum, make_teacher, update_teacher
 from seg_ssl.models.segmentor import build_segmentor, logits
 from seg_ssl.schema import NUM, field
 
@@ -48,6 +49,7 @@ class Method:
     name = ""              # the value of the config's ``method`` key
     config_section: dict = {}  # the schema of the method's own section (seg_ssl.schema fields), {} for none
     uses_unlabeled = False   # the trainer builds the unlabeled stream only when True
+    trains_teacher = False   # an EMA teacher whatever train.ema says (UniMatch V2)
     find_unused_parameters = False  # DDP: some parameters get no gradient in some steps
     loss_scale_note = ""     # logged at the start where ``loss`` is not on labeled-only's scale
 
@@ -55,6 +57,11 @@ class Method:
         self.cfg = cfg
         self.ignore_index = cfg.data.ignore_index
         self.world_size = world_size
+        self.keeps_ema = self.trains_teacher or cfg.train.ema
+        self.teacher = None  # the EMA of the model (``setup``), where ``keeps_ema``
+        if cfg.eval.model == "ema" and not self.keeps_ema:
+            raise ConfigError(f"eval.model = ema, but method {self.name} keeps no EMA of its weights: set "
+                              f"train.ema=true")
 
     @classmethod
     def unlabeled_draws(cls, cfg) -> int:
@@ -80,12 +87,25 @@ class Method:
         """The transform of an unlabeled image (with its label where ``data.unlabeled_truth``)."""
         return train_pipeline(data_cfg, labeled=data_cfg.unlabeled_truth)
 
+    def setup(self, model) -> None:
+        """Called once with the model on its device, before a resume restores ``load_state_dict``:
+        the EMA teacher starts as a copy of it."""
+        if self.keeps_ema:
+            self.teacher = make_teacher(model)
+
     def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
         """One iteration's losses; see the module docstring for what comes in and goes out."""
         raise NotImplementedError
 
     def after_step(self, model, iteration: int) -> None:
-        """Called after the optimizer's update of step ``iteration``, with the plain model."""
+        """Called after the optimizer's update of step ``iteration``, with the plain model: the
+        EMA teacher follows it (``seg_ssl.models.ema``)."""
+        if self.teacher is not None:
+            update_teacher(self.teacher, model, ema_momentum(iteration, self.cfg.train.ema_momentum))
+
+    def evaluated(self, model):
+        """The network evaluation scores: the model, or its EMA (``eval.model``)."""
+        return self.teacher if self.cfg.eval.model == "ema" else model
 
     def supervised_loss(self, logits, label):
         """The labeled term, one training setting for every method and its labeled-only twin:
@@ -110,11 +130,14 @@ class Method:
         return model.size_divisor
 
     def state_dict(self) -> dict:
-        """The method's own state between steps, saved in checkpoints (plain data)."""
-        return {}
+        """The method's own state between steps, saved in checkpoints (plain data); the teacher's
+        weights under ``ema``."""
+        return {"ema": self.teacher.state_dict()} if self.teacher is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what ``state_dict`` returned."""
+        if self.teacher is not None and "ema" in state:
+            self.teacher.load_state_dict(state["ema"])
 
 
 def warmup_ramp(iteration: int, start: int, rampup_iters: int) -> float:
@@ -211,9 +234,10 @@ class SemiSupervised(Method):
         return None if self.cfg.train.joint_forward else list(sizes)
 
     def state_dict(self) -> dict:
-        return {"mask_rng": self.mask_rng.bit_generator.state}
+        return {**super().state_dict(), "mask_rng": self.mask_rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         if "mask_rng" in state:
             self.mask_rng.bit_generator.state = state["mask_rng"]
 

@@ -215,9 +215,11 @@ class CAC(SemiSupervised):
         return out
 
     def state_dict(self) -> dict:
-        return {"bank": [(f.cpu(), l.cpu()) for f, l in self.bank] if self.bank is not None else []}
+        return {**super().state_dict(),
+                "bank": [(f.cpu(), l.cpu()) for f, l in self.bank] if self.bank is not None else []}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         if self.bank is not None:
             self.bank.clear()
             for f, l in state.get("bank", []):

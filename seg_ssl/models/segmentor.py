@@ -98,20 +98,35 @@ class Segmentor(nn.Module):
         unpadded images: 1."""
         return 1 if self.release else self.output_stride
 
-    def features(self, x: torch.Tensor, fp_dropout: float | None = None) -> torch.Tensor:
+    @property
+    def mask_channels(self) -> list[int]:
+        """The channels of each encoder map the decoder reads, where channel masks act
+        (``features(channel_masks=...)``): one mask per map."""
+        if self.release:
+            return [256, 2048]  # ResNetBackbone's c1 and c4
+        return list(self.encoder.out_channels[1:])  # smp's first map is the input image
+
+    def features(self, x: torch.Tensor, fp_dropout: float | None = None,
+                 channel_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Decoder features at ``feature_stride`` (DeepLabv3+: 256 ch at /4; PSPNet: 512 at /8).
 
         ``fp_dropout`` not None (UniMatch's feature perturbation, 0 included): the decoder also gets
         every encoder map with channels dropped (Dropout2d, active in train and eval mode alike), in
-        the same batch as the clean maps; the result is ``2B`` rows, the clean features first."""
+        the same batch as the clean maps; the result is ``2B`` rows, the clean features first.
+        ``channel_masks`` (one (B, C) tensor per map of ``mask_channels``): each encoder map is
+        multiplied by its mask, channel by channel, before the decoder (UniMatch V2's
+        complementary dropout)."""
         h, w = x.shape[-2:]
         d = self.size_divisor
         if h % d or w % d:
             raise ValueError(f"input {h}x{w} is not divisible by the output stride {d}; pad it "
                              f"(seg_ssl.evaluation.inference pads for you)")
         maps = self.encoder(x)
-        if fp_dropout is not None:  # smp's maps[0] is the input image itself, which no decoder reads
-            first = 0 if self.release else 1
+        first = 0 if self.release else 1  # smp's maps[0] is the input image itself, which no decoder reads
+        if channel_masks is not None:  # one mask per map, or one for every map (DINOv2's taps)
+            masks = channel_masks * (len(maps) - first) if len(channel_masks) == 1 else channel_masks
+            maps = maps[:first] + [m * k.to(m.dtype)[:, :, None, None] for m, k in zip(maps[first:], masks)]
+        if fp_dropout is not None:
             maps = [torch.cat([m, m]) for m in maps[:first]] + [
                 torch.cat([m, F.dropout2d(m, fp_dropout, training=True)]) for m in maps[first:]]
         return self.decoder(maps)
@@ -127,7 +142,7 @@ class Segmentor(nn.Module):
         return F.normalize(self.projector(feats).float(), dim=1)
 
     def forward(self, x: torch.Tensor, output: str = "logits", groups: list[int] | None = None,
-                fp_dropout: float = 0.0):
+                fp_dropout: float = 0.0, channel_masks: list[torch.Tensor] | None = None):
         """The one forward DDP sees (a step makes one call, as DDP wants); ``output`` picks what it
         returns, one type each. Methods call it through the entry functions below, which name it:
 
@@ -139,12 +154,17 @@ class Segmentor(nn.Module):
           at stride 8 (CAC).
 
         ``groups`` (sizes along the batch) runs each group through the network on its own, so that
-        BatchNorm normalises each with its own statistics (labeled and unlabeled images apart)."""
+        BatchNorm normalises each with its own statistics (labeled and unlabeled images apart).
+        ``channel_masks`` (:func:`logits_with_channel_masks`) multiply the encoder maps."""
         if output not in OUTPUTS:
             raise ValueError(f"output {output!r}: expected one of {OUTPUTS}")
         if groups is not None:
-            return cat_outputs([self(part, output, fp_dropout=fp_dropout) for part in x.split(list(groups))])
-        feats = self.features(x, fp_dropout if output == "fp" else None)
+            parts = x.split(list(groups))
+            masks = [m.split(list(groups)) for m in channel_masks] if channel_masks is not None else None
+            return cat_outputs([self(part, output, fp_dropout=fp_dropout,
+                                     channel_masks=[m[i] for m in masks] if masks is not None else None)
+                                for i, part in enumerate(parts)])
+        feats = self.features(x, fp_dropout if output == "fp" else None, channel_masks)
         logits = F.interpolate(self.classify(feats), size=x.shape[-2:], mode="bilinear",
                                align_corners=self.align_corners)
         if output == "fp":
@@ -170,6 +190,13 @@ def logits(model, x: torch.Tensor, groups: list[int] | None = None) -> torch.Ten
 def logits_and_perturbed(model, x: torch.Tensor, fp_dropout: float, groups: list[int] | None = None) -> dict:
     """``{"logits", "logits_fp"}``: clean logits and those of the feature-perturbed stream."""
     return model(x, "fp", groups, fp_dropout)
+
+
+def logits_with_channel_masks(model, x: torch.Tensor, masks: list[torch.Tensor],
+                              groups: list[int] | None = None) -> torch.Tensor:
+    """Logits (B, K, H, W) with every encoder map multiplied by its channel mask ((B, C) per map of
+    ``model.mask_channels``: 1 keeps a channel, 0 drops it, 2 doubles it)."""
+    return model(x, "logits", groups, channel_masks=masks)
 
 
 def logits_and_projection(model, x: torch.Tensor, groups: list[int] | None = None) -> dict:
