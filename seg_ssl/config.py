@@ -23,6 +23,7 @@ import yaml
 
 from seg_ssl.errors import ConfigError
 from seg_ssl.methods import METHODS
+from seg_ssl.models import dinov2
 from seg_ssl.models.pretrained import check_encoder, expected_normalization
 from seg_ssl.schema import NUM, REQUIRED, Field, field as _f
 
@@ -79,9 +80,11 @@ SCHEMA: dict = {
     },
     "model": {
         "arch": _f(str, "deeplabv3plus", choices=["deeplabv3plus", "pspnet", "deeplabv3plus_unimatch",
-                                                  "deeplabv3plus_cps", "deeplabv3plus_cac"],
+                                                  "deeplabv3plus_cps", "deeplabv3plus_cac", dinov2.ARCH],
                    doc="deeplabv3plus/pspnet: smp's, on any encoder; deeplabv3plus_{unimatch,cps,cac}: that "
-                   "release's own network (ResNet-50/101 backbone and head, seg_ssl/models/release.py)"),
+                   "release's own network (ResNet-50/101 backbone and head, seg_ssl/models/release.py); "
+                   "dpt_unimatch_v2: UniMatch V2's DINOv2 ViT/14 (encoder dinov2_small/base/large) and DPT "
+                   "head (seg_ssl/models/dinov2.py, dpt.py)"),
         "encoder": _f(str, "resnet50"),
         "encoder_weights": _f(str, None, nullable=True,
                               doc="null, a local .pth (torchvision or smp state dict), imagenet (smp "
@@ -97,6 +100,8 @@ SCHEMA: dict = {
                          "[12, 24, 36]; DeepLab uses [6, 12, 18] at output stride 16"),
         "dropout": _f(NUM, 0.1, doc="dropout before the classifier"),
         "proj_dim": _f(int, 128, minimum=1),
+        "vit_blocks": _f(int, None, nullable=True, minimum=1, doc="dpt_unimatch_v2: keep the first N ViT "
+                         "blocks (tests, smoke runs; no pretrained weights); null: the size's full depth"),
     },
     "train": {
         "iters": _f(int, REQUIRED, minimum=1),
@@ -349,8 +354,11 @@ def validate(cfg: dict, origin: str = "config", schema: dict | None = None) -> d
     return out
 
 
-def _check_encoder_name(name: str, origin: str) -> None:
-    """smp's encoders, or ``tu-`` plus any timm model: else a one-line error with a did-you-mean."""
+def _check_encoder_name(name: str, origin: str, arch: str = "deeplabv3plus") -> None:
+    """smp's encoders, or ``tu-`` plus any timm model (a DINOv2 size for dpt_unimatch_v2): else a
+    one-line error with a did-you-mean."""
+    if arch == dinov2.ARCH:
+        return dinov2.check_vit(name, None, None, origin + ": ")
     known = smp.encoders.get_encoder_names()
     if name in known:
         return
@@ -358,6 +366,9 @@ def _check_encoder_name(name: str, origin: str) -> None:
         if timm.is_model(name[3:]):
             return
         known = ["tu-" + m for m in timm.list_models()]
+    if name in dinov2.SIZES:
+        raise ConfigError(f"{origin}: model.encoder = {name!r} is a DINOv2 ViT: use it with "
+                          f"model.arch={dinov2.ARCH}")
     hint = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
     raise ConfigError(f"{origin}: model.encoder = {name!r} is not an smp encoder (or tu- and a timm model)"
                       + (f"; did you mean {hint[0]!r}?" if hint else ""))
@@ -367,8 +378,9 @@ def _resolve_encoder_weights(cfg: dict, origin: str) -> None:
     """The encoder exists; packaged encoder weights fit one encoder only; class names and palette
     have one entry per class. data.mean / data.std follow the encoder weights unless the config sets them; a config that
     sets other values than the weights were trained with gets a warning (it may be deliberate)."""
-    _check_encoder_name(cfg["model"]["encoder"], origin)
     m = cfg["model"]
+    _check_encoder_name(m["encoder"], origin, m["arch"])
+    dinov2.check_model_section(m, origin)
     if m["arch"].startswith("deeplabv3plus_") and m["encoder"] not in ("resnet50", "resnet101"):
         raise ConfigError(f"{origin}: model.encoder = {m['encoder']!r}: {m['arch']} is built on resnet50 or "
                           f"resnet101 (any other encoder: model.arch=deeplabv3plus)")

@@ -47,6 +47,28 @@ UM_MODEL = {
     "model.aspp_dropout": (0.0, UM_NET + ": ASPPModule has no dropout"),
     "model.dropout": (0.0, UM_NET + ": bare 1x1 classifier"),
 }
+# UniMatch V2 (LiheYoung/UniMatch-V2 at 70fe066); its labeled-only twins until the method's configs land
+UM2 = "UniMatch V2 release (Yang et al., TPAMI 2025)"
+UM2_VOC = UM2 + " configs/pascal.yaml"
+UM2_CITY = UM2 + " configs/cityscapes.yaml"
+UM2_NET = UM2 + " model/semseg/dpt.py + model/backbone/dinov2.py"
+UM2_OPT = UM2 + " unimatch_v2.py:67-73, 216-219 (supervised.py the same)"
+UM2_MODEL = {
+    "model.arch": ("dpt_unimatch_v2", UM2_NET + ": DINOv2 ViT/14, taps through the final norm, DPTHead"),
+    "model.encoder": ("dinov2_small", UM2 + " configs/*.yaml: backbone: dinov2_small"),
+    "model.vit_blocks": (None, UM2_NET + ": the whole ViT"),
+    "model.dropout": (0.0, UM2_NET + ": scratch.output_conv, no dropout"),
+    "train.optimizer": ("adamw", UM2_OPT + ": AdamW, betas (0.9, 0.999)"),
+    "train.lr": (2e-4, UM2_OPT + ": head = lr 5e-6 x lr_multi 40"),
+    "train.backbone_lr_mult": (0.025, UM2_OPT + ": backbone lr 5e-6 = head / 40"),
+    "train.weight_decay": (0.01, UM2_OPT + ": weight_decay=0.01"),
+    "train.decay_norm_and_bias": (True, UM2_OPT + ": one decay for all parameters, norms and biases too"),
+    "train.poly_power": (0.9, UM2_OPT + ": (1 - iters / total_iters) ** 0.9"),
+    "train.warmup_iters": (0, UM2_OPT + ": no warm-up"),
+    "train.amp": ("none", UM2_OPT + ": fp32, no autocast"),
+    "data.scale_range": ([0.5, 2.0], UM2 + " dataset/semi.py:44 resize(img, mask, (0.5, 2.0))"),
+    "data.hflip": (True, UM2 + " dataset/semi.py:47 hflip p 0.5"),
+}
 
 PUBLISHED = {
     "voc_cac.yaml": {
@@ -155,6 +177,26 @@ PUBLISHED = {
         "unimatch.ohem_min_kept": (100000, UM_CITY + ": 200,000 per GPU batch of 2 (seg_ssl's is per image)"),
         "eval.mode": ("slide", UM_CITY + ": sliding_window"), "eval.window": (800, UM_CITY),
         "eval.stride": (534, UM_CITY + ": int(2/3 x window)"),
+    },
+    "voc_unimatch_v2_sup.yaml": {
+        **UM2_MODEL,
+        "method": ("supervised", UM2 + " supervised.py (the labeled-only runs of tables 1-4)"),
+        "data.crop_size": (518, UM2_VOC + ": crop_size 518"),
+        "data.batch_size": (16, UM2_VOC + ": 4 per GPU x 4 GPUs (the method's; supervised.py doubles it)"),
+        "train.iters": (34680, UM2_VOC + ": 60 epochs x 578 (1/8 of train_aug: 9,259 unlabeled / 16)"),
+    },
+    "cityscapes_unimatch_v2_sup.yaml": {
+        **UM2_MODEL,
+        "method": ("supervised", UM2 + " supervised.py"),
+        "data.crop_size": (798, UM2_CITY + ": crop_size 798"),
+        "data.batch_size": (8, UM2_CITY + ": batch_size 2 per GPU x 4 GPUs"),
+        "train.iters": (58500, UM2_CITY + ": 180 epochs x 325 (1/8: 2,603 unlabeled / 8, drop_last)"),
+        "supervised.ohem": (True, UM2_CITY + ": criterion OHEM (supervised.py builds it from the config)"),
+        "supervised.ohem_thresh": (0.7, UM2_CITY + ": thresh 0.7"),
+        "supervised.ohem_min_kept": (100000, UM2_CITY + ": 200,000 per GPU batch of 2 (per image here)"),
+        "eval.mode": ("slide", UM2 + " supervised.py:47-65 sliding_window for cityscapes"),
+        "eval.window": (798, UM2 + " supervised.py: grid = crop_size"),
+        "eval.stride": (532, UM2 + " supervised.py: int(grid * 2 / 3)"),
     },
 }
 

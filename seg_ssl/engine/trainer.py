@@ -44,6 +44,7 @@ from seg_ssl.errors import ConfigError, DataError, one_line
 from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
 from seg_ssl.evaluation.metrics import evaluation_record, format_table, to_json
 from seg_ssl.methods import METHODS, build_method
+from seg_ssl.models.segmentor import has_unused_parameters
 from seg_ssl.models.weights import load_strict
 from seg_ssl.models.sync_bn import convert_sync_batchnorm
 
@@ -196,7 +197,8 @@ class Trainer:
             model = convert_sync_batchnorm(model, self.device)
         method.model = model
         ddp = (DistributedDataParallel(model, device_ids=[self.info.local_rank] if self.device.type == "cuda" else None,
-                                       find_unused_parameters=method.find_unused_parameters)
+                                       find_unused_parameters=method.find_unused_parameters
+                                       or has_unused_parameters(model))
                if self.info.distributed else model)
         return method, model, ddp
 
