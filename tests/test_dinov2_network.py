@@ -452,6 +452,9 @@ def test_config_checks_name_what_does_not_fit(tmp_path):
             sup_config(*overrides)
     with pytest.raises(ConfigError, match="model.dropout = 0.1: the UniMatch V2 release's classifier has no"):
         build_segmentor(sup_config("model.dropout=0.1", "model.vit_blocks=1").model, 21)
+    with pytest.raises(ConfigError, match="CAC's projector works on features at stride 8; this network's "
+                                          "are at stride 1.75"):
+        build_segmentor(sup_config("model.vit_blocks=1").model, 21, projector=True)
 
 
 def test_converter_takes_ema_or_student_and_names_what_does_not_fit(tmp_path):

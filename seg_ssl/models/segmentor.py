@@ -99,6 +99,9 @@ class Segmentor(nn.Module):
         drop = nn.Dropout(dropout) if arch == "deeplabv3plus_cac" else nn.Dropout2d(dropout)
         self.classifier = (dpt_classifier(feat_channels, num_classes) if self.vit
                            else nn.Sequential(drop, nn.Conv2d(feat_channels, num_classes, 1)))
+        if projector and 8 % self.feature_stride:
+            raise ConfigError(f"model.arch {arch}: CAC's projector works on features at stride 8; this "
+                              f"network's are at stride {self.feature_stride}")
         self.projector = (nn.Sequential(nn.Conv2d(feat_channels, feat_channels, 1), nn.ReLU(inplace=True),
                                         nn.Conv2d(feat_channels, proj_dim, 1)) if projector else None)
         if encoder_weights in PACKAGED:
@@ -125,7 +128,8 @@ class Segmentor(nn.Module):
         return self.vit
 
     def features(self, x: torch.Tensor, fp_dropout: float | None = None) -> torch.Tensor:
-        """Decoder features at ``feature_stride`` (DeepLabv3+: 256 ch at /4; PSPNet: 512 at /8).
+        """Decoder features at ``feature_stride`` (DeepLabv3+: 256 ch at /4; PSPNet: 512 at /8; DPT:
+        64 / 128 / 256 at /1.75, i.e. 8x the token grid).
 
         ``fp_dropout`` not None (UniMatch's feature perturbation, 0 included): the decoder also gets
         every encoder map with channels dropped (Dropout2d, active in train and eval mode alike), in
