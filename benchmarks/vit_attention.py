@@ -5,7 +5,7 @@ attention (``softmax(q k^T / sqrt(d)) v``, the whole tokens x tokens matrix per 
 runs without xFormers: ``dinov2_layers/attention.py``), side by side.
 
     python benchmarks/vit_attention.py                       # DINOv2-S, crop 518, batch 1 + 1, CPU
-    python benchmarks/vit_attention.py --crop 798 --steps 2  # a Cityscapes crop (57 x 57 tokens)
+    python benchmarks/vit_attention.py --rounds 2 --threads 1  # fused, explicit, fused, explicit
 
 The step, composed from the network's calls until the ``unimatch_v2`` method lands (then its real
 training step replaces this one): the EMA teacher's no-grad eval forward of the weak view (1 image),
@@ -16,8 +16,9 @@ costs one multiply per tapped map).
 
 Each setting runs in its own subprocess, so ``ru_maxrss`` (peak resident memory) is its own: the
 table gives the peak and the part above the process after building both models ("step extra").
-Time per step is the median of ``--steps`` steps after one warm-up step. The explicit setting uses
-timm's own non-fused branch (``attn.fused_attn = False``), the same arithmetic as the release's.
+Time per step is the median of ``--steps`` steps after one warm-up step; ``--rounds`` repeats the
+pair in turn (on a shared machine, load that comes and goes then falls on both). The explicit
+setting uses timm's own non-fused branch (``attn.fused_attn = False``), the release's arithmetic.
 """
 import argparse
 import json
@@ -85,6 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     ap.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's default")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    ap.add_argument("--rounds", type=int, default=1, help="run the settings in turn this many times")
     ap.add_argument("--one", choices=SETTINGS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.crop % 14:
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
         print(json.dumps(run_one(args.one, args.size, args.crop, args.steps)))
         return 0
     rows = []
-    for setting in args.settings:
+    for setting in [s for _ in range(args.rounds) for s in args.settings]:
         cmd = [sys.executable, os.path.abspath(__file__), "--one", setting, "--size", args.size, "--crop",
                str(args.crop), "--steps", str(args.steps), "--threads", str(args.threads)]
         out = subprocess.run(cmd, capture_output=True, text=True)
@@ -112,11 +114,12 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['setting']} | {r['seconds']:.2f} | {r['all_seconds']} | {r['peak_mib']:.0f} | "
               f"{r['step_extra_mib']:.0f} | {r['loss']:.4f} |")
-    by = {r["setting"]: r for r in rows}
-    if len(by) == 2:
-        f, e = by["fused"], by["explicit"]
-        print(f"fused vs explicit: {e['seconds'] / f['seconds']:.2f}x faster, step extra memory "
-              f"{f['step_extra_mib']:.0f} vs {e['step_extra_mib']:.0f} MiB")
+    runs = {s: [r for r in rows if r["setting"] == s] for s in SETTINGS}
+    if all(runs.values()):
+        sec = {s: statistics.median(r["seconds"] for r in runs[s]) for s in SETTINGS}
+        mem = {s: max(r["step_extra_mib"] for r in runs[s]) for s in SETTINGS}
+        print(f"fused vs explicit: {sec['explicit'] / sec['fused']:.2f}x faster (median over the rounds), "
+              f"step extra memory {mem['fused']:.0f} vs {mem['explicit']:.0f} MiB")
     return 0
 
 
