@@ -1,5 +1,5 @@
-"""Semi-supervised gain on the embedded digits set: labeled-only vs CPS, CPS+CutMix, CAC, UniMatch
-and FixMatch (lite0 suite).
+"""Semi-supervised gain on the embedded digits set: labeled-only vs CPS, CPS+CutMix, CAC, UniMatch,
+FixMatch and UniMatch V2 (lite0 suite).
 
 For each labeled ratio, method and seed, trains ``tools/train.py`` in a subprocess with the same
 model, labeled batch and iterations, and reads the final val mIoU from its metrics.json. The
@@ -13,7 +13,7 @@ Two suites: ``lite0`` (the benchmark: ImageNet-pretrained EfficientNet-Lite0 on 
 ``configs/digits_lite0_*.yaml``) and ``scratch`` (ResNet-18 from scratch on the default rendering,
 ``configs/digits_{sup,cps,cac,unimatch}.yaml``).
 
-    python benchmarks/ssl_digits.py                 # lite0: 188 (1/16) and 250 labels, 6 methods, 3 seeds (hours)
+    python benchmarks/ssl_digits.py                 # lite0: 188 (1/16) and 250 labels, 7 methods, 3 seeds (hours)
     python benchmarks/ssl_digits.py --quick         # smoke run: 1/16, 1 seed, 60 iterations
     python benchmarks/ssl_digits.py --write-readme  # also put the table into benchmarks/README.md
 """
@@ -49,6 +49,7 @@ SUITES = {
         "CAC": ("configs/digits_lite0_cac.yaml", []),
         "UniMatch": ("configs/digits_lite0_unimatch.yaml", []),
         "FixMatch": ("configs/digits_lite0_fixmatch.yaml", []),
+        "UniMatch V2": ("configs/digits_lite0_unimatch_v2.yaml", []),
     },
     "scratch": {
         "labeled-only": ("configs/digits_sup.yaml", []),

@@ -78,9 +78,11 @@ SCHEMA: dict = {
     },
     "model": {
         "arch": _f(str, "deeplabv3plus", choices=["deeplabv3plus", "pspnet", "deeplabv3plus_unimatch",
-                                                  "deeplabv3plus_cps", "deeplabv3plus_cac"],
+                                                  "deeplabv3plus_cps", "deeplabv3plus_cac", "dpt_unimatch_v2"],
                    doc="deeplabv3plus/pspnet: smp's, on any encoder; deeplabv3plus_{unimatch,cps,cac}: that "
-                   "release's own network (ResNet-50/101 backbone and head, seg_ssl/models/release.py)"),
+                   "release's own network (ResNet-50/101 backbone and head, seg_ssl/models/release.py); "
+                   "dpt_unimatch_v2: UniMatch V2's DINOv2 ViT/14 (encoder dinov2_small/base/large) and DPT "
+                   "head (seg_ssl/models/dinov2.py, dpt.py)"),
         "encoder": _f(str, "resnet50"),
         "encoder_weights": _f(str, None, nullable=True,
                               doc="null, a local .pth (torchvision or smp state dict), imagenet (smp "
@@ -96,6 +98,8 @@ SCHEMA: dict = {
                          "[12, 24, 36]; DeepLab uses [6, 12, 18] at output stride 16"),
         "dropout": _f(NUM, 0.1, doc="dropout before the classifier"),
         "proj_dim": _f(int, 128, minimum=1),
+        "vit_blocks": _f(int, None, nullable=True, minimum=1, doc="dpt_unimatch_v2: keep the first N ViT "
+                         "blocks (tests, smoke runs; no pretrained weights); null: the size's full depth"),
     },
     "train": {
         "iters": _f(int, REQUIRED, minimum=1),

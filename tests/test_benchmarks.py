@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import gpu_check  # noqa: E402
 import ssl_digits  # noqa: E402
 import throughput  # noqa: E402
+import vit_attention  # noqa: E402
 
 SMALL = ["data.labeled_list=splits/1_4/labeled.txt", "data.unlabeled_list=splits/1_4/unlabeled.txt",
          "data.num_workers=0", "data.val_batch_size=8"]
@@ -201,3 +202,14 @@ def test_label_curves_reads_the_evaluations_of_each_run(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out == ["| labeled | 200 | 400 |", "|---|---|---|", "| few | 30.5 | 31.0 |", "| all | 40.0 | 55.2 |"]
     assert png.stat().st_size > 5000
+
+
+def test_vit_attention_benchmark_compares_equal_steps():
+    """benchmarks/vit_attention.py's two settings compute the same step (fused attention against the
+    release's explicit softmax, on a 2-block DINOv2-S at crop 56): the same loss, times and memory
+    reported."""
+    fused, explicit = (vit_attention.run_one(s, "dinov2_small", 56, steps=1, vit_blocks=2)
+                       for s in ("fused", "explicit"))
+    assert math.isclose(fused["loss"], explicit["loss"], rel_tol=1e-5) and fused["tokens"] == 17
+    assert all(r["seconds"] > 0 and r["peak_mib"] >= r["built_mib"] > 0 and len(r["all_seconds"]) == 2
+               for r in (fused, explicit))

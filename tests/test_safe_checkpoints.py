@@ -47,7 +47,8 @@ def planted(digits_root, tmp_path_factory):
     paths = {"seg_ssl": folder / "seg_ssl.pth"}
     torch.save({"model": model.state_dict(), "config": config, "iteration": 1, "extra": Planted(marker)},
                paths["seg_ssl"])
-    for release, key in (("unimatch", "model"), ("cps", "model"), ("cac", "state_dict")):
+    releases = (("unimatch", "model"), ("cps", "model"), ("cac", "state_dict"), ("unimatch_v2", "model_ema"))
+    for release, key in releases:
         paths[release] = folder / f"{release}.pth"
         torch.save({key: {"w": torch.zeros(1)}, "epoch": 1, "best": Planted(marker)}, paths[release])
     return types.SimpleNamespace(marker=marker, cfg=cfg, **{k: str(v) for k, v in paths.items()})
@@ -84,7 +85,7 @@ def entry_points(p, tmp_path, image):
         "train load_from=": (ckpt, "train", CONFIG, f"load_from={ckpt}", f"work_dir={tmp_path / 'a'}", *train),
         "train resume=": (ckpt, "train", CONFIG, f"resume={ckpt}", f"work_dir={tmp_path / 'b'}", *train),
         **{f"convert --from {r}": (getattr(p, r), "convert_checkpoint", "--from", r, getattr(p, r), tmp_path / "c.pth")
-           for r in ("unimatch", "cps", "cac")},
+           for r in ("unimatch", "cps", "cac", "unimatch_v2")},
     }
 
 
@@ -204,6 +205,11 @@ def test_imagenet_weights_are_read_as_plain_data(tmp_path):
     with pytest.raises(ConfigError, match=r"model.encoder_weights .*resnet18.pth holds objects that are not plain "
                                           r"data \(posix.system\)"):
         Segmentor("deeplabv3plus", "resnet18", num_classes=3, encoder_weights=str(path))
+    path = tmp_path / "dinov2_vits14_pretrain.pth"  # the official DINOv2 layout, with a plant
+    torch.save({"cls_token": torch.zeros(1, 1, 384), "meta": Planted(tmp_path / "RAN")}, path)
+    with pytest.raises(ConfigError, match=r"model.encoder_weights .*vits14_pretrain.pth holds objects that are "
+                                          r"not plain data \(posix.system\)"):
+        Segmentor("dpt_unimatch_v2", "dinov2_small", num_classes=3, encoder_weights=str(path), dropout=0.0)
     assert not (tmp_path / "RAN").exists()
 
 

@@ -30,8 +30,9 @@ def load_for_eval(cfg, checkpoint: str, device=torch.device("cpu"), ckpt: dict |
     method = build_method(cfg)
     model = method.build_model()
     ckpt = load_checkpoint(checkpoint) if ckpt is None else ckpt
+    weights = model_state(ckpt, cfg.eval.model, checkpoint)
     try:
-        load_strict(model, model_state(ckpt, cfg.eval.model, checkpoint))
+        load_strict(model, weights)
     except ValueError as e:
         raise ConfigError(f"checkpoint {checkpoint} does not match the config's model: {e}; "
                           f"was it trained with this config?") from None

@@ -40,6 +40,7 @@ from seg_ssl.errors import ConfigError, DataError, one_line
 from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
 from seg_ssl.evaluation.metrics import format_table
 from seg_ssl.methods import METHODS, build_method
+from seg_ssl.models.segmentor import has_unused_parameters
 from seg_ssl.models.sync_bn import convert_sync_batchnorm
 from seg_ssl.models.weights import load_strict
 
@@ -342,7 +343,7 @@ class Trainer:
             model = convert_sync_batchnorm(model, self.device)
         if not self.info.distributed:
             return model, model
-        unused = self.method.find_unused_parameters or getattr(model, "has_unused_parameters", False)
+        unused = self.method.find_unused_parameters or has_unused_parameters(model)
         device_ids = [self.info.local_rank] if self.device.type == "cuda" else None
         return model, DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused)
 

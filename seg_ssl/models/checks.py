@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 
 from seg_ssl.errors import ConfigError
+from seg_ssl.models import dinov2
 from seg_ssl.models.pretrained import check_encoder, expected_normalization
 from seg_ssl.models.release import RELEASES, RESNET_LAYERS
 
@@ -23,13 +24,20 @@ def check_encoder_name(name: str, origin: str) -> None:
         if timm.is_model(name[3:]):
             return
         known = ["tu-" + m for m in timm.list_models()]
+    if name in dinov2.SIZES:
+        raise ConfigError(f"{origin}: model.encoder = {name!r} is a DINOv2 ViT: use it with "
+                          f"model.arch={dinov2.ARCH}")
     hint = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
     raise ConfigError(f"{origin}: model.encoder = {name!r} is not an smp encoder (or tu- and a timm model)"
                       + (f"; did you mean {hint[0]!r}?" if hint else ""))
 
 
 def check_model_section(m: dict, origin: str) -> None:
-    """The encoder exists (a release's network: its ResNet) and packaged weights fit it."""
+    """The encoder exists (a release's network: its ResNet; UniMatch V2's: a DINOv2 size) and
+    packaged weights fit it."""
+    dinov2.check_model_section(m, origin)
+    if m["arch"] == dinov2.ARCH:
+        return
     if m["arch"] in RELEASES:
         if m["encoder"] not in RESNET_LAYERS:
             raise ConfigError(f"{origin}: model.encoder = {m['encoder']!r}: {m['arch']} is built on "

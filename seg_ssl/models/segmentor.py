@@ -1,7 +1,8 @@
 """Segmentor: an encoder + decoder with our own classifier and pixel-projector heads.
 
-The encoder and decoder are smp's (DeepLabv3+ or PSPNet on any smp or timm encoder), or one
-release's own DeepLabv3+ (``seg_ssl.models.release``: UniMatch, CPS, CAC). smp's
+The encoder and decoder are smp's (DeepLabv3+ or PSPNet on any smp or timm encoder), one
+release's own DeepLabv3+ (``seg_ssl.models.release``: UniMatch, CPS, CAC), or UniMatch V2's DINOv2
+ViT/14 with its DPT head (``seg_ssl.models.dinov2``, ``seg_ssl.models.dpt``). smp's
 ``SegmentationModel.forward`` fuses decoder and head; the methods need the decoder features (CAC
 projects them), so we run ``encoder -> decoder`` ourselves and keep smp's weights layout.
 """
@@ -14,6 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from seg_ssl.errors import ConfigError
+from seg_ssl.models import dinov2
+from seg_ssl.models.dpt import DPTHead, dpt_classifier
 from seg_ssl.models.pretrained import PACKAGED, load_packaged_encoder, read_state
 from seg_ssl.models.release import RELEASES, build_release_network
 from seg_ssl.models.weights import load_strict
@@ -24,7 +27,7 @@ class Segmentor(nn.Module):
                  num_classes: int = 21, encoder_weights: str | None = None, encoder_depth: int = 5,
                  output_stride: int = 16, decoder_channels: int = 256, aspp_separable: bool = False,
                  aspp_dropout: float = 0.5, dropout: float = 0.1, projector: bool = False,
-                 proj_dim: int = 128, aspp_rates=None):
+                 proj_dim: int = 128, aspp_rates=None, vit_blocks: int | None = None):
         super().__init__()
         # smp (with timm) takes seconds to import: here, not at the top, so that reading a config,
         # which imports the methods and through them this module, never loads it
@@ -35,7 +38,21 @@ class Segmentor(nn.Module):
             raise ConfigError(f"model.aspp_rates = {aspp_rates!r}: expected three positive integers, e.g. [6, 12, 18]")
         self.align_corners = False
         self.release = arch in RELEASES
-        if self.release:
+        self.vit = arch == dinov2.ARCH
+        if self.vit:
+            dinov2.check_vit(encoder, encoder_weights, vit_blocks)
+            if dropout:
+                raise ConfigError(f"model.dropout = {dropout}: the UniMatch V2 release's classifier has no "
+                                  f"dropout (set model.dropout=0.0 with {arch})")
+            spec = dinov2.SIZES[encoder]
+            net = nn.Module()
+            net.encoder = dinov2.DINOv2Encoder(encoder, vit_blocks)
+            net.decoder = DPTHead(spec.embed_dim, spec.features, spec.out_channels)
+            # the decoder's output sits at 8x the token grid: stride 14 / 8 in pixels
+            feat_channels, self.output_stride = spec.features, dinov2.PATCH
+            self.feature_stride = dinov2.PATCH / 8
+            self.align_corners = True
+        elif self.release:
             net = nn.Module()
             net.encoder, net.decoder = build_release_network(arch, encoder, output_stride, aspp_rates, aspp_dropout)
             feat_channels, self.output_stride, self.feature_stride = 256, output_stride, 4
@@ -70,7 +87,8 @@ class Segmentor(nn.Module):
             feat_channels = 512
             self.feature_stride = self.output_stride
         else:
-            raise ConfigError(f"model.arch {arch!r}: expected deeplabv3plus, pspnet or one of {sorted(RELEASES)}")
+            raise ConfigError(f"model.arch {arch!r}: expected deeplabv3plus, pspnet, {dinov2.ARCH} or one of "
+                              f"{sorted(RELEASES)}")
         self.encoder, self.decoder = net.encoder, net.decoder
         # smp keeps the stages past encoder_depth although forward never runs them: drop them, or
         # DDP would wait for gradients that never come and the optimizer would carry dead weights
@@ -78,13 +96,20 @@ class Segmentor(nn.Module):
         for name in self.pruned:
             delattr(self.encoder, name)
         self.arch, self.num_classes, self.feat_channels = arch, num_classes, feat_channels
-        # the CAC release drops single activations before its classifier (nn.Dropout), the rest channels
+        # the CAC release drops single activations before its classifier (nn.Dropout), the rest channels;
+        # UniMatch V2's is its head's output_conv (3x3, ReLU, 1x1)
         drop = nn.Dropout(dropout) if arch == "deeplabv3plus_cac" else nn.Dropout2d(dropout)
-        self.classifier = nn.Sequential(drop, nn.Conv2d(feat_channels, num_classes, 1))
+        self.classifier = (dpt_classifier(feat_channels, num_classes) if self.vit
+                           else nn.Sequential(drop, nn.Conv2d(feat_channels, num_classes, 1)))
+        if projector and 8 % self.feature_stride:
+            raise ConfigError(f"model.arch {arch}: CAC's projector works on features at stride 8; this "
+                              f"network's are at stride {self.feature_stride}")
         self.projector = (nn.Sequential(nn.Conv2d(feat_channels, feat_channels, 1), nn.ReLU(inplace=True),
                                         nn.Conv2d(feat_channels, proj_dim, 1)) if projector else None)
         if encoder_weights in PACKAGED:
             load_packaged_encoder(self.encoder, encoder_weights, encoder)
+        elif self.vit and encoder_weights is not None:
+            dinov2.load_dinov2_weights(self.encoder, encoder_weights)
         elif encoder_weights == "imagenet" and self.release:
             raise ConfigError(f"model.encoder_weights = imagenet: smp has no weights for {arch}'s backbone; "
                               f"give the release's ImageNet file (a local .pth)")
@@ -93,22 +118,32 @@ class Segmentor(nn.Module):
 
     @property
     def size_divisor(self) -> int:
-        """Input height and width must be multiples of this. The releases' networks take any size
-        (their stride-2 convs round up and the decoder resizes c4 to c1), and the releases evaluate
-        unpadded images: 1."""
+        """Input height and width must be multiples of this. The releases' DeepLabv3+ networks take
+        any size (their stride-2 convs round up and the decoder resizes c4 to c1), and the releases
+        evaluate unpadded images: 1. A ViT/14 takes whole patches: 14."""
         return 1 if self.release else self.output_stride
 
     @property
     def mask_channels(self) -> list[int]:
-        """The channels of each encoder map the decoder reads, where channel masks act
-        (``features(channel_masks=...)``): one mask per map."""
+        """The channels of the channel masks that act where the encoder meets the decoder
+        (``features(channel_masks=...)``): one entry per encoder map, or for DINOv2 one entry whose
+        mask acts on all four tapped blocks (UniMatch V2's complementary dropout)."""
+        if self.vit:
+            return [self.encoder.embed_dim]
         if self.release:
             return [256, 2048]  # ResNetBackbone's c1 and c4
         return list(self.encoder.out_channels[1:])  # smp's first map is the input image
 
+    @property
+    def has_unused_parameters(self) -> bool:
+        """Some parameters never get a gradient (the DPT head's deepest ``resConfUnit1``, kept for the
+        release's keys): DDP must be built with ``find_unused_parameters``."""
+        return self.vit
+
     def features(self, x: torch.Tensor, fp_dropout: float | None = None,
                  channel_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Decoder features at ``feature_stride`` (DeepLabv3+: 256 ch at /4; PSPNet: 512 at /8).
+        """Decoder features at ``feature_stride`` (DeepLabv3+: 256 ch at /4; PSPNet: 512 at /8; DPT:
+        64 / 128 / 256 at /1.75, i.e. 8x the token grid).
 
         ``fp_dropout`` not None (UniMatch's feature perturbation, 0 included): the decoder also gets
         every encoder map with channels dropped (Dropout2d, active in train and eval mode alike), in
@@ -119,10 +154,12 @@ class Segmentor(nn.Module):
         h, w = x.shape[-2:]
         d = self.size_divisor
         if h % d or w % d:
-            raise ValueError(f"input {h}x{w} is not divisible by the output stride {d}; pad it "
+            raise ValueError(f"input {h}x{w} is not divisible by the output stride {d}"
+                             f"{' (the ViT patch)' if self.vit else ''}; pad it "
                              f"(seg_ssl.evaluation.inference pads for you)")
         maps = self.encoder(x)
-        first = 0 if self.release else 1  # smp's maps[0] is the input image itself, which no decoder reads
+        # smp's maps[0] is the input image itself, which no decoder reads
+        first = 0 if self.release or self.vit else 1
         if channel_masks is not None:  # one mask per map, or one for every map (DINOv2's taps)
             masks = channel_masks * (len(maps) - first) if len(channel_masks) == 1 else channel_masks
             maps = maps[:first] + [m * k.to(m.dtype)[:, :, None, None] for m, k in zip(maps[first:], masks)]
@@ -172,6 +209,9 @@ class Segmentor(nn.Module):
             return {"logits": clean, "logits_fp": perturbed}
         if output == "logits":
             return logits
+        if 8 % self.feature_stride:
+            raise NotImplementedError(f"{self.arch}: the projector (CAC) works at stride 8; this network's "
+                                      f"features are at stride {self.feature_stride}")
         if self.feature_stride != 8:  # DeepLabv3+ decodes at stride 4; CAC works at stride 8
             feats = F.avg_pool2d(feats, 8 // self.feature_stride)
         with torch.no_grad():
@@ -204,6 +244,12 @@ def logits_and_projection(model, x: torch.Tensor, groups: list[int] | None = Non
     return model(x, "proj", groups)
 
 
+def has_unused_parameters(model: nn.Module) -> bool:
+    """Whether any Segmentor inside ``model`` has parameters that get no gradient (DDP's
+    ``find_unused_parameters``)."""
+    return any(m.has_unused_parameters for m in model.modules() if isinstance(m, Segmentor))
+
+
 def cat_outputs(outputs: list):
     """Concatenate per-group outputs along the batch: tensors, or dicts of tensors."""
     if isinstance(outputs[0], dict):
@@ -217,7 +263,8 @@ def build_segmentor(m, num_classes: int, projector: bool = False) -> Segmentor:
                      encoder_weights=m.encoder_weights, encoder_depth=m.encoder_depth,
                      output_stride=m.output_stride, decoder_channels=m.decoder_channels,
                      aspp_separable=m.aspp_separable, aspp_dropout=m.aspp_dropout, dropout=m.dropout,
-                     projector=projector, proj_dim=m.proj_dim, aspp_rates=m.aspp_rates)
+                     projector=projector, proj_dim=m.proj_dim, aspp_rates=m.aspp_rates,
+                     vit_blocks=m.vit_blocks)
 
 
 def load_encoder_weights(encoder: nn.Module, path: str, skip=()) -> None:
