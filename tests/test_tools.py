@@ -131,8 +131,15 @@ def test_compare_prints_runs_side_by_side(tmp_path, capsys):
     assert rows["1"] == ["20.00", "40.00", "+20.00"] and rows["mIoU"] == ["55.00", "60.00", "+5.00"]
     # two files of one folder get two columns; files of different runs are titled by run
     assert compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
-    header = capsys.readouterr().out.splitlines()[0].split()
-    assert header[1:3] == [f"{tmp_path.name}/a", f"{tmp_path.name}/b"]
+    printed = capsys.readouterr().out
+    header = printed.splitlines()[0].split()
+    assert header[1:3] == [f"{tmp_path.name}/a", f"{tmp_path.name}/b"] and "note:" not in printed
+    # files scored under different protocols are named below the table
+    (tmp_path / "b.json").write_text(json.dumps({**b, "protocol": {"mode": "pad_cac", "multiple": 8, "scales": [1.0],
+                                                                   "flip": False}}))
+    assert compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--names", "sup", "cac"]) == 0
+    note = capsys.readouterr().out.split("note: ")[1].splitlines()
+    assert note[1:] == ["  sup: not recorded", "  cac: pad_cac (CAC: reflect-padded to a multiple of 8)"]
     assert compare.column_names(["runs/sup/eval.json", "runs/cps/eval.json"]) == ["sup", "cps"]
     assert compare.column_names(["x/run/eval.json", "y/run/eval.json"]) == ["x/run/eval", "y/run/eval"]
     from seg_ssl.config import ConfigError
