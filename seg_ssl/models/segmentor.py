@@ -91,28 +91,40 @@ class Segmentor(nn.Module):
 
     @property
     def size_divisor(self) -> int:
-        """Input height and width must be multiples of this. The releases' networks take any size
-        (their stride-2 convs round up and the decoder resizes c4 to c1), and the releases evaluate
-        unpadded images: 1."""
+        """The encoder's output stride where an input side must be a multiple of it (smp's
+        encoders: ``forward`` pads other sizes up to it), else 1: the releases' networks take any
+        size (their stride-2 convs round up and the decoder resizes c4 to c1)."""
         return 1 if self.release else self.output_stride
 
-    def features(self, x: torch.Tensor, fp_dropout: float | None = None) -> torch.Tensor:
-        """Decoder features at ``feature_stride`` (DeepLabv3+: 256 ch at /4; PSPNet: 512 at /8).
-
-        ``fp_dropout`` not None (UniMatch's feature perturbation, 0 included): the decoder also gets
-        every encoder map with channels dropped (Dropout2d, active in train and eval mode alike), in
-        the same batch as the clean maps; the result is ``2B`` rows, the clean features first."""
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` zero-padded at the bottom/right to multiples of ``size_divisor`` (zero is the
+        mean colour after normalisation), as evaluation pads: then every input size trains and
+        predicts, and the pixels of ``x`` keep their coordinates on every feature map."""
         h, w = x.shape[-2:]
         d = self.size_divisor
-        if h % d or w % d:
-            raise ValueError(f"input {h}x{w} is not divisible by the output stride {d}; pad it "
-                             f"(seg_ssl.evaluation.inference pads for you)")
+        ph, pw = -(-h // d) * d, -(-w // d) * d
+        return x if (ph, pw) == (h, w) else F.pad(x, (0, pw - w, 0, ph - h))
+
+    def _decode(self, x: torch.Tensor, fp_dropout: float | None = None) -> torch.Tensor:
         maps = self.encoder(x)
         if fp_dropout is not None:  # smp's maps[0] is the input image itself, which no decoder reads
             first = 0 if self.release else 1
             maps = [torch.cat([m, m]) for m in maps[:first]] + [
                 torch.cat([m, F.dropout2d(m, fp_dropout, training=True)]) for m in maps[first:]]
         return self.decoder(maps)
+
+    def features(self, x: torch.Tensor, fp_dropout: float | None = None) -> torch.Tensor:
+        """Decoder features at ``feature_stride`` (DeepLabv3+: 256 ch at /4; PSPNet: 512 at /8),
+        ceil(H / stride) x ceil(W / stride) cells (an input padded to the divisor is cut back).
+
+        ``fp_dropout`` not None (UniMatch's feature perturbation, 0 included): the decoder also gets
+        every encoder map with channels dropped (Dropout2d, active in train and eval mode alike), in
+        the same batch as the clean maps; the result is ``2B`` rows, the clean features first."""
+        h, w = x.shape[-2:]
+        s = self.feature_stride
+        padded = self._padded(x)
+        feats = self._decode(padded, fp_dropout)
+        return feats if padded is x else feats[..., :-(-h // s), :-(-w // s)]
 
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
         return self.classifier(feats)
@@ -142,9 +154,13 @@ class Segmentor(nn.Module):
             raise ValueError(f"output {output!r}: expected one of {OUTPUTS}")
         if groups is not None:
             return cat_outputs([self(part, output, fp_dropout=fp_dropout) for part in x.split(list(groups))])
-        feats = self.features(x, fp_dropout if output == "fp" else None)
-        logits = F.interpolate(self.classify(feats), size=x.shape[-2:], mode="bilinear",
+        h, w = x.shape[-2:]
+        padded = self._padded(x)
+        feats = self._decode(padded, fp_dropout if output == "fp" else None)
+        logits = F.interpolate(self.classify(feats), size=padded.shape[-2:], mode="bilinear",
                                align_corners=self.align_corners)
+        if padded is not x:
+            logits = logits[..., :h, :w]
         if output == "fp":
             clean, perturbed = logits.chunk(2)
             return {"logits": clean, "logits_fp": perturbed}
@@ -152,6 +168,10 @@ class Segmentor(nn.Module):
             return logits
         if self.feature_stride != 8:  # DeepLabv3+ decodes at stride 4; CAC works at stride 8
             feats = F.avg_pool2d(feats, 8 // self.feature_stride)
+        # the cells of whole stride-8 blocks of the input, as CAC's validity and overlap boxes count
+        # them (a padded input's extra cells, and an odd side's last partial block, are cut)
+        if feats.shape[-2:] != (h // 8, w // 8):
+            feats = feats[..., :h // 8, :w // 8]
         with torch.no_grad():
             pseudo_logits = self.classifier[-1](feats.detach())
         return {"logits": logits, "proj": self.project(feats), "pseudo_logits": pseudo_logits}
