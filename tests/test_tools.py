@@ -94,7 +94,7 @@ def test_dry_run_derives_cac_sizes_for_any_world_size():
 
 
 @pytest.mark.slow
-def test_eval_and_infer_on_a_checkpoint(digits_root, tmp_path):
+def test_eval_and_infer_on_a_checkpoint(digits_root, tmp_path, capsys):
     from conftest import digits_cfg
     from seg_ssl.config import ConfigError
     from seg_ssl.engine.trainer import Trainer
@@ -107,6 +107,13 @@ def test_eval_and_infer_on_a_checkpoint(digits_root, tmp_path):
     assert evaluate([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common, "--out", str(out)]) == 0
     m = json.loads(out.read_text())
     assert m["mIoU"] == res.metrics["mIoU"] and m["aAcc"] == res.metrics["aAcc"]  # same numbers as the trainer's eval
+    assert m["protocol"] == {"mode": "whole", "scales": [1.0], "flip": False}  # and the protocol that scored them
+    # the same checkpoint re-scored under another protocol says so, in the file and under the table
+    assert evaluate([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common,
+                     "eval.mode=slide_unimatch", "eval.window=48", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["protocol"] == {"mode": "slide_unimatch", "window": 48, "stride": 32,
+                                                       "scales": [1.0], "flip": False}
+    assert "protocol: slide_unimatch (UniMatch V1: windows of 48 from the origin at stride 32" in capsys.readouterr().out
     preds = tmp_path / "preds"
     assert infer([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common, "--input",
                   os.path.join(digits_root, "ImageSets", "Segmentation", "val.txt"), "--limit", "2",
