@@ -29,7 +29,8 @@ RELEASE = {  # the published configs' networks (configs/_base_/models/*_r50.yaml
             "model.aspp_dropout=0.0", "model.dropout=0.0"),
     "cac": ("model.arch=deeplabv3plus_cac", "model.encoder=resnet50", "model.aspp_rates=[6,12,18]"),
 }
-RELEASE_OF = {"supervised": "unimatch", "unimatch": "unimatch", "fixmatch": "unimatch", "cps": "cps", "cac": "cac"}
+RELEASE_OF = {"supervised": "unimatch", "unimatch": "unimatch", "fixmatch": "unimatch", "cps": "cps",
+              "cac": "cac"}
 
 
 def train_at_odd_crop(root, work_dir, method, *network, steps=2):
@@ -72,5 +73,5 @@ def test_pspnet_trains_at_an_odd_crop(digits_root, tmp_path, method):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_trains_at_an_odd_crop_on_its_release_network(digits_root, tmp_path, method):
     # one step: a ResNet-50 step costs seconds on this CPU even at 33 x 33 (its weights, not the pixels)
-    train_at_odd_crop(digits_root, str(tmp_path), method, "model.encoder_depth=5", *RELEASE[RELEASE_OF[method]],
-                      steps=1)
+    network = ("model.encoder_depth=5", *RELEASE[RELEASE_OF[method]])
+    train_at_odd_crop(digits_root, str(tmp_path), method, *network, steps=1)

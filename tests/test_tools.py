@@ -107,13 +107,14 @@ def test_eval_and_infer_on_a_checkpoint(digits_root, tmp_path, capsys):
     assert evaluate([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common, "--out", str(out)]) == 0
     m = json.loads(out.read_text())
     assert m["mIoU"] == res.metrics["mIoU"] and m["aAcc"] == res.metrics["aAcc"]  # same numbers as the trainer's eval
-    assert m["protocol"] == {"mode": "whole", "scales": [1.0], "flip": False}  # and the protocol that scored them
+    assert m["protocol"] == {"mode": "whole", "scales": [1.0], "flip": False}  # the protocol that scored it
     # the same checkpoint re-scored under another protocol says so, in the file and under the table
     assert evaluate([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common,
                      "eval.mode=slide_unimatch", "eval.window=48", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["protocol"] == {"mode": "slide_unimatch", "window": 48, "stride": 32,
                                                        "scales": [1.0], "flip": False}
-    assert "protocol: slide_unimatch (UniMatch V1: windows of 48 from the origin at stride 32" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "protocol: slide_unimatch (UniMatch V1: windows of 48 from the origin at stride 32" in printed
     preds = tmp_path / "preds"
     assert infer([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common, "--input",
                   os.path.join(digits_root, "ImageSets", "Segmentation", "val.txt"), "--limit", "2",
