@@ -27,6 +27,11 @@ from seg_ssl.schema import NUM, REQUIRED, Field, field as _f
 
 
 
+# eval.mode's choices: seg_ssl/evaluation/inference.py implements each (a layer above this file; a test
+# holds the two lists equal)
+EVAL_MODES = ("whole", "slide", "slide_unimatch", "slide_cps", "pad_cac", "resize_unimatch_v2",
+              "slide_unimatch_v2")
+
 # The whole schema. Nested dicts are sections. Defaults are the published VOC settings unless noted.
 SCHEMA: dict = {
     "method": _f(str, "supervised", choices=list(METHODS)),
@@ -143,14 +148,24 @@ SCHEMA: dict = {
     "eval": {
         "model": _f(str, "student", choices=["student", "ema"], doc="the network evaluated (and whose best "
                     "score picks best.pth): the trained weights, or their EMA (UniMatch V2's teacher)"),
-        "mode": _f(str, "whole", choices=["whole", "slide"]),
-        "window": _f(int, None, nullable=True, doc="slide window; null: data.crop_size"),
-        "stride": _f(int, None, nullable=True, doc="slide stride; null: 2/3 of the window"),
+        "mode": _f(str, "whole", choices=list(EVAL_MODES),
+                   doc="how an image is scored (seg_ssl/evaluation/inference.py, docs/release_protocols.md): "
+                   "whole; slide (mmseg: flush windows, logits averaged); each release's own: "
+                   "slide_unimatch (UniMatch V1), slide_cps (CPS), pad_cac (CAC), resize_unimatch_v2 and "
+                   "slide_unimatch_v2 (UniMatch V2)"),
+        "window": _f(int, None, nullable=True, minimum=1,
+                     doc="window of the slide modes; null: data.crop_size"),
+        "stride": _f(int, None, nullable=True, minimum=1,
+                     doc="stride of the slide modes; null: 2/3 of the window, rounded as the release of the "
+                     "mode rounds it (UniMatch down, CPS and slide up)"),
+        "multiple": _f(int, None, nullable=True, minimum=1,
+                       doc="pad_cac pads to a multiple of this (null: 8), resize_unimatch_v2 resizes to the "
+                       "nearest multiple (null: 14)"),
         "scales": _f(list, [1.0]),
         "flip": _f(bool, False, doc="average with the mirrored image's prediction; only where training "
                    "flipped too (data.hflip) and a mirrored object is the same class: not for digits (a "
                    "mirrored 2 reads as a 5), text or left/right classes"),
-        "batch_windows": _f(int, 8, doc="sliding windows per forward"),
+        "batch_windows": _f(int, 8, minimum=1, doc="sliding windows per forward"),
     },
 }
 

@@ -378,15 +378,18 @@ def test_trainer_builds_ddp_with_find_unused_parameters(monkeypatch):
     assert method.find_unused_parameters is False and seen["find_unused_parameters"] is True
 
 
-def test_inputs_are_multiples_of_14_and_evaluation_pads_to_them():
+def test_inputs_are_padded_to_whole_patches_and_the_logits_cut_back():
+    """Sides that are not multiples of the patch (14) are padded with the mean colour at the bottom
+    and right, as every Segmentor pads to its divisor, and the logits are cut back to the input."""
     from seg_ssl.evaluation.inference import infer_whole
     net = Segmentor("dpt_unimatch_v2", "dinov2_small", 21, dropout=0.0, vit_blocks=1).eval()
     assert net.size_divisor == 14
-    with pytest.raises(ValueError, match=r"^input 50x56 is not divisible by the output stride 14 \(the ViT"):
-        net(torch.zeros(1, 3, 50, 56))
+    x = torch.randn(1, 3, 50, 61)
     with torch.no_grad():
-        out = infer_whole(net, torch.randn(1, 3, 50, 61), 14)
-    assert out.shape == (1, 21, 50, 61)
+        out, padded = net(x), net(torch.nn.functional.pad(x, (0, 9, 0, 6)))
+        assert out.shape == (1, 21, 50, 61)
+        torch.testing.assert_close(out, padded[..., :50, :61])
+        torch.testing.assert_close(infer_whole(net, x, 14), out)
 
 
 def test_unimatch_feature_perturbation_drops_every_tapped_map():

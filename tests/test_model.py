@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 
 from seg_ssl.config import ConfigError
@@ -25,8 +26,19 @@ def test_features_logits_and_projections_have_each_architectures_strides(arch, d
     if arch == "pspnet":  # the full dilated ResNet is used: layer4 gets gradients
         net(x).sum().backward()
         assert net.encoder.layer4[0].conv1.weight.grad is not None
-    with pytest.raises(ValueError, match="not divisible by the output stride"):
-        net.features(torch.randn(2, 3, 60, 64))
+    # any other size is zero-padded at the bottom/right to the output stride and cut back: the same
+    # logits as the padded image's, on the input's pixels; features of ceil(side / stride) cells
+    net.eval()
+    odd = torch.randn(1, 3, 29, 35)
+    with torch.no_grad():
+        d = net.size_divisor
+        padded = F.pad(odd, (0, -(-35 // d) * d - 35, 0, -(-29 // d) * d - 29))
+        torch.testing.assert_close(net(odd), net(padded)[..., :29, :35])
+        cells = (-(-29 // stride), -(-35 // stride))
+        torch.testing.assert_close(net.features(odd), net.features(padded)[..., :cells[0], :cells[1]])
+        assert net.features(odd).shape[-2:] == cells
+        proj = net(odd, "proj")  # CAC's stride-8 maps: the whole 8-pixel blocks of the input
+        assert proj["proj"].shape[-2:] == proj["pseudo_logits"].shape[-2:] == (29 // 8, 35 // 8)
 
 
 def test_local_torchvision_weights_load_strictly(tmp_path):

@@ -24,6 +24,10 @@ UM_CITY = "UniMatch release configs/cityscapes.yaml (818609d; its README: output
 CAC_NET = "CAC release models/modeling/{deeplab,aspp,decoder}.py, backbone/resnet.py, models/model.py (a7cd9b4)"
 CPS_NET = "CPS release exp.*/*.res50v3+.CPS*/network.py + furnace/base_model/resnet.py"
 UM_NET = "UniMatch release model/semseg/deeplabv3plus.py (818609d) + model/backbone/resnet.py"
+# the evaluations (seg_ssl/evaluation/inference.py; predictions checked in test_release_protocols.py)
+UM_EVAL = "UniMatch release supervised.py evaluate (7292bac)"
+CPS_EVAL = "CPS release furnace/engine/evaluator.py scale_process + exp.*/config.py 'Eval Config'"
+CAC_EVAL = "CAC release trainer.py _valid_epoch:148-155 (a7cd9b4)"
 
 # Each published config uses its release's network (model.arch builds the stem, dilations and head)
 CAC_MODEL = {
@@ -87,7 +91,8 @@ PUBLISHED = {
         "cac.selected_num": (12800, CAC_VOC + ": 6,400 per GPU x 2 GPUs (seg_ssl's is global)"),
         "cac.step_save": (1, CAC_VOC), "cac.temperature": (0.1, CAC_VOC), "cac.pos_thresh": (0.75, CAC_VOC),
         "cac.weight_unsup": (0.1, CAC_VOC), "cac.stride": (8, CAC_VOC),
-        "eval.mode": ("whole", CAC_VOC), "eval.scales": ([1.0], CAC_VOC), "eval.flip": (False, CAC_VOC),
+        "eval.mode": ("pad_cac", CAC_EVAL + ": reflect pad to a multiple of 8, logits cropped back"),
+        "eval.multiple": (8, CAC_EVAL), "eval.scales": ([1.0], CAC_VOC), "eval.flip": (False, CAC_VOC),
     },
     "cityscapes_cac.yaml": {
         **CAC_MODEL,
@@ -101,7 +106,8 @@ PUBLISHED = {
         "cac.selected_num": (64800, CAC_CITY + ": 16,200 per GPU x 4 GPUs"), "cac.step_save": (0, CAC_CITY),
         "cac.iou_bound": ([0.1, 1.0], CAC_CITY), "cac.temperature": (0.1, CAC_CITY),
         "cac.pos_thresh": (0.75, CAC_CITY), "cac.weight_unsup": (0.1, CAC_CITY),
-        "eval.mode": ("whole", CAC_CITY + ": whole-image evaluation"),
+        "eval.mode": ("pad_cac", CAC_EVAL + ": whole image, reflect pad to a multiple of 8"),
+        "eval.multiple": (8, CAC_EVAL),
     },
     "voc_cps.yaml": {
         **CPS_MODEL,
@@ -118,7 +124,10 @@ PUBLISHED = {
         "cps.mask_prop_range": ([0.25, 0.5], CPS_VOC), "cps.mask_boxes": (3, CPS_VOC),
         "cps.conf_thresh": (0.0, CPS_VOC + ": no threshold"), "train.ohem": (False, CPS_VOC),
         "cps.unsup_start_iter": (0, CPS_VOC), "cps.fg_marginal": (False, CPS_VOC),
-        "eval.mode": ("whole", CPS_VOC + ": every VOC image fits one 512 window"), "cps.eval_branch": ("1", CPS_VOC),
+        "eval.mode": ("slide_cps", CPS_EVAL + ": every VOC image fits one 512 window, centred"),
+        "eval.window": (512, CPS_EVAL + ": eval_crop_size 512"),
+        "eval.stride": (342, CPS_EVAL + ": ceil(512 x eval_stride_rate 2/3)"),
+        "cps.eval_branch": ("1", CPS_VOC),
     },
     "cityscapes_cps.yaml": {
         **CPS_MODEL,
@@ -130,13 +139,15 @@ PUBLISHED = {
         "train.decay_norm_and_bias": (False, CPS_CITY), "train.iters": (44525, CPS_CITY + ": 137 epochs x 325"),
         "cps.cutmix": (True, CPS_CITY), "cps.weight": (5.0, CPS_CITY + ": lambda with CutMix"),
         "train.ohem": (True, CPS_CITY), "train.ohem_thresh": (0.7, CPS_CITY), "train.ohem_min_kept": (50000, CPS_CITY),
-        "eval.mode": ("slide", CPS_CITY), "eval.window": (800, CPS_CITY), "eval.stride": (534, CPS_CITY + ": ceil(2/3 x 800)"),
+        "eval.mode": ("slide_cps", CPS_EVAL + ": flush windows, logits summed"),
+        "eval.window": (800, CPS_EVAL + ": eval_crop_size 800"),
+        "eval.stride": (534, CPS_EVAL + ": ceil(2/3 x 800)"),
         "cps.eval_branch": ("1", CPS_CITY),
     },
     "voc_unimatch.yaml": {
         **UM_MODEL,
         "method": ("unimatch", UM_VOC), "model.encoder": ("resnet50", UM_VOC + ": R50 runs in the release logs"),
-        "data.crop_size": (320, UM_VOC + ": 321, the nearest multiple of the output stride below it"),
+        "data.crop_size": (321, UM_VOC + ": crop_size 321"),
         "data.scale_range": ([0.5, 2.0], UM_VOC), "data.hflip": (True, UM_VOC),
         "data.batch_size": (8, UM_VOC + ": 4 GPUs x 2"), "data.unlabeled_batch_size": (8, UM_VOC),
         "train.optimizer": ("sgd", UM_VOC), "train.momentum": (0.9, UM_VOC), "train.weight_decay": (1e-4, UM_VOC),
@@ -149,12 +160,12 @@ PUBLISHED = {
         "unimatch.box_ratio_range": ([0.3, 1 / 0.3], UM_VOC), "unimatch.color_jitter": (0.8, UM_VOC),
         "unimatch.jitter_strength": ([0.5, 0.5, 0.5, 0.25], UM_VOC), "unimatch.grayscale": (0.2, UM_VOC),
         "unimatch.blur": (0.5, UM_VOC), "train.ohem": (False, UM_VOC), "unimatch.unsup_start_iter": (0, UM_VOC),
-        "eval.mode": ("whole", UM_VOC + ": 'original'"),
+        "eval.mode": ("whole", UM_EVAL + ": 'original', the unpadded image (size divisor 1)"),
     },
     "voc_fixmatch.yaml": {
         **UM_MODEL,
         "method": ("fixmatch", FM_VOC), "model.encoder": ("resnet50", FM_VOC),
-        "data.crop_size": (320, FM_VOC + ": 321 (README: the releases' networks)"),
+        "data.crop_size": (321, FM_VOC + ": crop_size 321"),
         "data.batch_size": (8, FM_VOC + ": 4 GPUs x 2"), "data.unlabeled_batch_size": (8, FM_VOC),
         "train.optimizer": ("sgd", FM_VOC), "train.momentum": (0.9, FM_VOC), "train.weight_decay": (1e-4, FM_VOC),
         "train.lr": (0.01, FM_VOC + ": head = lr 0.001 x lr_multi 10"), "train.backbone_lr_mult": (0.1, FM_VOC),
@@ -163,20 +174,22 @@ PUBLISHED = {
         "fixmatch.box_size_range": ([0.02, 0.4], FM_VOC + ": obtain_cutmix_box"),
         "fixmatch.color_jitter": (0.8, FM_VOC + ": dataset/semi.py"), "fixmatch.grayscale": (0.2, FM_VOC),
         "fixmatch.blur": (0.5, FM_VOC), "fixmatch.unsup_start_iter": (0, FM_VOC),
-        "eval.mode": ("whole", FM_VOC + ": 'original'"),
+        "eval.mode": ("whole", UM_EVAL + ": 'original'"),
     },
     "cityscapes_unimatch.yaml": {
         **UM_MODEL,
         "method": ("unimatch", UM_CITY), "model.encoder": ("resnet50", UM_CITY),
-        "data.crop_size": (800, UM_CITY + ": 801, the nearest multiple of the output stride below it"),
+        "data.crop_size": (801, UM_CITY + ": crop_size 801"),
         "data.batch_size": (8, UM_CITY + ": 4 GPUs x 2"), "data.unlabeled_batch_size": (8, UM_CITY),
         "train.lr": (0.005, UM_CITY), "train.backbone_lr_mult": (1.0, UM_CITY + ": lr_multi 1"),
         "train.weight_decay": (1e-4, UM_CITY), "train.iters": (78000, UM_CITY + ": 240 epochs x 325"),
         "unimatch.conf_thresh": (0.0, UM_CITY), "train.ohem": (True, UM_CITY),
         "train.ohem_thresh": (0.7, UM_CITY),
         "train.ohem_min_kept": (100000, UM_CITY + ": 200,000 per GPU batch of 2 (seg_ssl's is per image)"),
-        "eval.mode": ("slide", UM_CITY + ": sliding_window"), "eval.window": (800, UM_CITY),
-        "eval.stride": (534, UM_CITY + ": int(2/3 x window)"),
+        "eval.mode": ("slide_unimatch", UM_EVAL + ": 'sliding_window' from the origin, cut at the edge, "
+                                                  "softmax summed"),
+        "eval.window": (801, UM_EVAL + ": grid = crop_size"),
+        "eval.stride": (534, UM_EVAL + ": int(grid * 2 / 3)"),
     },
     "voc_unimatch_v2.yaml": {
         **UM2_MODEL,
@@ -192,7 +205,7 @@ PUBLISHED = {
         "unimatch_v2.comp_drop": (True, UM2 + " unimatch_v2.py:179 model(..., comp_drop=True)"),
         "unimatch_v2.comp_drop_kept": (0.5, UM2_NET + ": dropout_prob 0.5 of the pairs kept"),
         "eval.model": ("ema", UM2 + " README: the EMA model's numbers"),
-        "eval.mode": ("whole", UM2 + " supervised.py:70-83 'original' for pascal"),
+        "eval.mode": ("resize_unimatch_v2", UM2 + " supervised.py:70-83 'original': resized to a multiple of 14"),
     },
     "cityscapes_unimatch_v2.yaml": {
         **UM2_MODEL,
@@ -205,7 +218,7 @@ PUBLISHED = {
         "train.ohem_min_kept": (100000, UM2_CITY + ": 200,000 per GPU batch of 2 (per image here)"),
         "unimatch_v2.conf_thresh": (0.95, UM2_CITY + ": conf_thresh 0.95"),
         "eval.model": ("ema", UM2 + " README: the EMA model's numbers"),
-        "eval.mode": ("slide", UM2 + " supervised.py:47-65 sliding_window for cityscapes"),
+        "eval.mode": ("slide_unimatch_v2", UM2 + " supervised.py:47-65 sliding_window, softmax summed"),
         "eval.window": (798, UM2 + " supervised.py: grid = crop_size"),
         "eval.stride": (532, UM2 + " supervised.py: int(grid * 2 / 3)"),
     },

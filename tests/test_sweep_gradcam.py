@@ -56,32 +56,32 @@ def sweep(out, digits_root, *extra):
 @pytest.mark.slow
 def test_sweep_runs_every_cell_records_a_failed_one_writes_reports_and_resumes(digits_root, tmp_path, capsys):
     out = tmp_path / "sw"
-    # two axes, two cells (each a process: mostly imports); a 30-pixel crop is not divisible by the
-    # output stride: that cell fails, is recorded, and the sweep goes on
-    grid = ("--grid", "data.crop_size=30,32", "--grid", "train.lr=0.002", "train.iters=2")
+    # two axes, two cells (each a process: mostly imports); the optimizer refuses a negative weight
+    # decay when the run builds it: that cell fails, is recorded, and the sweep goes on
+    grid = ("--grid", "train.weight_decay=-1,0.0001", "--grid", "train.lr=0.002", "train.iters=2")
     assert sweep(out, digits_root, *grid) == 0
-    rows = {row["data.crop_size"]: row for row in csv.DictReader(open(out / "sweep.csv"))}
-    assert rows.keys() == {"30", "32"} and {row["train.lr"] for row in rows.values()} == {"0.002"}
-    assert rows["30"]["status"] == "failed" and "not divisible by the output stride" in rows["30"]["error"]
-    assert rows["32"]["status"] == "ok"
-    cell = out / cell_name([("data.crop_size", "32"), ("train.lr", "0.002")], 0)
+    rows = {row["train.weight_decay"]: row for row in csv.DictReader(open(out / "sweep.csv"))}
+    assert rows.keys() == {"-1", "0.0001"} and {row["train.lr"] for row in rows.values()} == {"0.002"}
+    assert rows["-1"]["status"] == "failed" and "Invalid weight_decay value: -1.0" in rows["-1"]["error"]
+    assert rows["0.0001"]["status"] == "ok"
+    cell = out / cell_name([("train.weight_decay", "0.0001"), ("train.lr", "0.002")], 0)
     metrics = json.loads((cell / "metrics.json").read_text())  # the row reports the cell's own final evaluation
-    assert metrics["iteration"] == 2 and float(rows["32"]["mIoU"]) == pytest.approx(metrics["mIoU"])
+    assert metrics["iteration"] == 2 and float(rows["0.0001"]["mIoU"]) == pytest.approx(metrics["mIoU"])
     assert (out / "sweep_miou.png").stat().st_size > 5000 and "mIoU mean" in (out / "sweep.md").read_text()
     table = (out / "sweep.md").read_text()  # one seed: no spread (not 0.00)
     assert table.count("| - | 1/1 |") == 1 and table.count("| - | 0/1 |") == 1
-    assert (cell / "config.yaml").is_file() and "crop_size: 32" in (cell / "config.yaml").read_text()
+    assert (cell / "config.yaml").is_file() and "weight_decay: 0.0001" in (cell / "config.yaml").read_text()
     # a finished cell keeps weights and config only (no optimizer state)
     for name in ("latest.pth", "best.pth"):
         ckpt = load_checkpoint(str(cell / name))
-        assert "optimizer" not in ckpt and ckpt["config"]["data"]["crop_size"] == 32 and ckpt["iteration"] == 2
+        assert "optimizer" not in ckpt and ckpt["config"]["train"]["weight_decay"] == 1e-4 and ckpt["iteration"] == 2
     assert json.loads((cell / "result.json").read_text())["checkpoint_mb_saved"] > 0
     # the same command again: the finished cell is skipped, the failed one runs again
     capsys.readouterr()
     assert sweep(out, digits_root, *grid) == 0
     printed = capsys.readouterr().out
-    assert "skip crop_size=32__lr=0.002__seed=0" in printed and "run  crop_size=30__lr=0.002__seed=0" in printed
-    assert "run  crop_size=32" not in printed
+    assert "skip weight_decay=0.0001__lr=0.002__seed=0" in printed
+    assert "run  weight_decay=-1__lr=0.002__seed=0" in printed and "run  weight_decay=0.0001" not in printed
 
 
 @pytest.mark.slow

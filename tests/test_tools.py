@@ -94,7 +94,7 @@ def test_dry_run_derives_cac_sizes_for_any_world_size():
 
 
 @pytest.mark.slow
-def test_eval_and_infer_on_a_checkpoint(digits_root, tmp_path):
+def test_eval_and_infer_on_a_checkpoint(digits_root, tmp_path, capsys):
     from conftest import digits_cfg
     from seg_ssl.config import ConfigError
     from seg_ssl.engine.trainer import Trainer
@@ -107,6 +107,14 @@ def test_eval_and_infer_on_a_checkpoint(digits_root, tmp_path):
     assert evaluate([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common, "--out", str(out)]) == 0
     m = json.loads(out.read_text())
     assert m["mIoU"] == res.metrics["mIoU"] and m["aAcc"] == res.metrics["aAcc"]  # same numbers as the trainer's eval
+    assert m["protocol"] == {"mode": "whole", "scales": [1.0], "flip": False}  # the protocol that scored it
+    # the same checkpoint re-scored under another protocol says so, in the file and under the table
+    assert evaluate([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common,
+                     "eval.mode=slide_unimatch", "eval.window=48", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["protocol"] == {"mode": "slide_unimatch", "window": 48, "stride": 32,
+                                                       "scales": [1.0], "flip": False}
+    printed = capsys.readouterr().out
+    assert "protocol: slide_unimatch (UniMatch V1: windows of 48 from the origin at stride 32" in printed
     preds = tmp_path / "preds"
     assert infer([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common, "--input",
                   os.path.join(digits_root, "ImageSets", "Segmentation", "val.txt"), "--limit", "2",
@@ -131,8 +139,15 @@ def test_compare_prints_runs_side_by_side(tmp_path, capsys):
     assert rows["1"] == ["20.00", "40.00", "+20.00"] and rows["mIoU"] == ["55.00", "60.00", "+5.00"]
     # two files of one folder get two columns; files of different runs are titled by run
     assert compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
-    header = capsys.readouterr().out.splitlines()[0].split()
-    assert header[1:3] == [f"{tmp_path.name}/a", f"{tmp_path.name}/b"]
+    printed = capsys.readouterr().out
+    header = printed.splitlines()[0].split()
+    assert header[1:3] == [f"{tmp_path.name}/a", f"{tmp_path.name}/b"] and "note:" not in printed
+    # files scored under different protocols are named below the table
+    (tmp_path / "b.json").write_text(json.dumps({**b, "protocol": {"mode": "pad_cac", "multiple": 8, "scales": [1.0],
+                                                                   "flip": False}}))
+    assert compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--names", "sup", "cac"]) == 0
+    note = capsys.readouterr().out.split("note: ")[1].splitlines()
+    assert note[1:] == ["  sup: not recorded", "  cac: pad_cac (CAC: reflect-padded to a multiple of 8)"]
     assert compare.column_names(["runs/sup/eval.json", "runs/cps/eval.json"]) == ["sup", "cps"]
     assert compare.column_names(["x/run/eval.json", "y/run/eval.json"]) == ["x/run/eval", "y/run/eval"]
     from seg_ssl.config import ConfigError

@@ -32,7 +32,10 @@ def test_a_run_writes_its_files_and_scores_its_final_model_by_brute_force(digits
     trainer.model.eval()
     assert res.metrics["mIoU"] == pytest.approx(brute_force_miou(trainer.model, trainer.val, 11, batch_size=8),
                                           abs=1e-12)
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["mIoU"] == pytest.approx(res.metrics["mIoU"])
+    scored = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert scored["mIoU"] == pytest.approx(res.metrics["mIoU"])
+    assert scored["protocol"] == {"mode": "whole", "scales": [1.0], "flip": False}  # what scored it
+    assert res.table.splitlines()[-1] == "protocol: whole (whole image)"
     assert os.path.isfile(tmp_path / "run" / "latest.pth")
     assert os.path.isfile(tmp_path / "run" / "best.pth") and os.path.isfile(tmp_path / "run" / "config.yaml")
     assert os.path.isfile(tmp_path / "run" / "metrics.json") and os.path.isfile(tmp_path / "run" / "train.log")

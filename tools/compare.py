@@ -7,7 +7,7 @@
 Each file is what ``tools/eval.py --out`` or a run's ``metrics.json`` holds. The rows are named by
 ``--config``'s class names, else by the names a file holds (``tools/eval.py --out`` writes them), else
 by the resolved ``config.yaml`` beside a run's ``metrics.json``; the last column is the last run
-minus the first.
+minus the first. Files scored under different evaluation protocols are named below the table.
 """
 import argparse
 import json
@@ -76,6 +76,13 @@ def main(argv=None):
         print(format_comparison(runs, classes))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    protocols = {name: m.get("protocol") for name, m in runs.items()}
+    if len({json.dumps(p, sort_keys=True) for p in protocols.values()}) > 1:
+        from seg_ssl.evaluation.protocols import describe
+        print("note: these were scored under different protocols; re-score with tools/eval.py CONFIG CKPT "
+              "eval.mode=... to compare like with like:")
+        for name, p in protocols.items():
+            print(f"  {name}: {describe(p) if p else 'not recorded'}")
     return 0
 
 

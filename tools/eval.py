@@ -6,11 +6,16 @@
     python tools/eval.py --pred-dir P --gt-dir G --num-classes K|--config CONFIG_OR_CKPT [--list LIST.txt]
                          [--ignore-index 255] [--out m.json]
 
-Prints per-class IoU/Acc and aAcc/mIoU/mAcc in percent. --out writes fractions in [0, 1], with
-null for classes absent from both prediction and ground truth, plus the class names and the confusion
-matrix (pixel counts, rows ground truth); OUT_confusion.csv and OUT_confusion.png (each row divided by
-its sum) are written beside it. Per-class rows carry the config's class names wherever a config or
-checkpoint is given.
+Prints per-class IoU/Acc and aAcc/mIoU/mAcc in percent, and the protocol that scored a checkpoint
+(the config's eval section: eval.mode, window, stride ...; docs/release_protocols.md). Another
+protocol re-scores the same checkpoint, e.g. every method under one for a comparison:
+
+    python tools/eval.py configs/cityscapes_unimatch.yaml best.pth eval.mode=slide eval.window=800
+
+--out writes fractions in [0, 1], with null for classes absent from both prediction and ground
+truth, plus the protocol, the class names and the confusion matrix (pixel counts, rows ground
+truth); OUT_confusion.csv and OUT_confusion.png (each row divided by its sum) are written beside
+it. Per-class rows carry the config's class names wherever a config or checkpoint is given.
 """
 import argparse
 import json

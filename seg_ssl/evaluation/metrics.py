@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from seg_ssl.data.classes import class_names as names_of
+from seg_ssl.evaluation.protocols import describe
 
 
 def metrics_from_confusion(cm, unpredicted=None) -> dict:
@@ -52,26 +53,33 @@ def format_table(metrics: dict, class_names: list[str] | None = None) -> str:
     lines.append("-" * (width + 16))
     lines.append(f"aAcc {pct(metrics['aAcc']).strip()}   mIoU {pct(metrics['mIoU']).strip()}   "
                  f"mAcc {pct(metrics['mAcc']).strip()}")
+    if metrics.get("protocol"):
+        lines.append(f"protocol: {describe(metrics['protocol'])}")
     return "\n".join(lines)
 
 
 def to_json(metrics: dict) -> dict:
-    """NaN -> null, as ``tools/eval.py --out`` writes."""
+    """NaN -> null, as ``tools/eval.py --out`` writes; with the ``protocol`` that scored them."""
     def clean(v):
         return None if isinstance(v, float) and math.isnan(v) else v
-    return {"aAcc": clean(metrics["aAcc"]), "mIoU": clean(metrics["mIoU"]),
-            "mAcc": clean(metrics["mAcc"]), "IoU": [clean(v) for v in metrics["IoU"]],
-            "Acc": [clean(v) for v in metrics["Acc"]]}
+    out = {"aAcc": clean(metrics["aAcc"]), "mIoU": clean(metrics["mIoU"]),
+           "mAcc": clean(metrics["mAcc"]), "IoU": [clean(v) for v in metrics["IoU"]],
+           "Acc": [clean(v) for v in metrics["Acc"]]}
+    if metrics.get("protocol"):
+        out["protocol"] = dict(metrics["protocol"])
+    return out
 
 
 def evaluation_record(metrics: dict, iteration: int, class_names: list[str] | None = None) -> dict:
     """One line of ``WORK_DIR/metrics.jsonl``: the iteration, aAcc/mIoU/mAcc, per-class IoU and
     accuracy by class name (null for a class absent from prediction and truth) and the confusion
-    matrix (rows: truth, columns: prediction)."""
+    matrix (rows: truth, columns: prediction), and the protocol that scored it."""
     clean = to_json(metrics)
     names = names_of(class_names, len(clean["IoU"]))
     out = {"iteration": iteration, "aAcc": clean["aAcc"], "mIoU": clean["mIoU"], "mAcc": clean["mAcc"],
            "IoU": dict(zip(names, clean["IoU"])), "Acc": dict(zip(names, clean["Acc"]))}
+    if "protocol" in clean:
+        out["protocol"] = clean["protocol"]
     if "confusion" in metrics:
         out["confusion"] = [[int(v) for v in row] for row in metrics["confusion"].tolist()]
     return out

@@ -129,7 +129,13 @@ class CAC(SemiSupervised):
         if c.stride != 8:
             raise ConfigError(f"cac.stride = {c.stride}: the features are at stride 8")
         if cfg.data.crop_size % 8:
-            raise ConfigError(f"data.crop_size = {cfg.data.crop_size} must be a multiple of 8 for cac")
+            # the stride-8 cells cover the crop's whole 8-pixel blocks from its top-left corner; a
+            # flipped crop's blocks start at its other edge, so its unflipped cells sit crop mod 8
+            # pixels off the other crop's (the release trains at 320 and 720, where they coincide)
+            off = cfg.data.crop_size % 8
+            LOG.warning("cac at data.crop_size %d (not a multiple of 8): the last %d pixel(s) of each side "
+                        "have no feature cell, and the cells of a flipped crop sit %d pixel(s) off those of "
+                        "an unflipped one", cfg.data.crop_size, off, off)
         self.bank = collections.deque(maxlen=c.step_save) if c.step_save > 0 else None
         self._warned = False
 

@@ -8,6 +8,7 @@ projects them), so we run ``encoder -> decoder`` ourselves and keep smp's weight
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -118,9 +119,10 @@ class Segmentor(nn.Module):
 
     @property
     def size_divisor(self) -> int:
-        """Input height and width must be multiples of this. The releases' DeepLabv3+ networks take
-        any size (their stride-2 convs round up and the decoder resizes c4 to c1), and the releases
-        evaluate unpadded images: 1. A ViT/14 takes whole patches: 14."""
+        """The encoder's output stride (a ViT/14's patch: 14) where an input side must be a
+        multiple of it (``forward`` pads other sizes up to it, and evaluation pads as forward does),
+        else 1: the releases' DeepLabv3+ networks take any size (their stride-2 convs round up and
+        the decoder resizes c4 to c1)."""
         return 1 if self.release else self.output_stride
 
     @property
@@ -140,23 +142,17 @@ class Segmentor(nn.Module):
         release's keys): DDP must be built with ``find_unused_parameters``."""
         return self.vit
 
-    def features(self, x: torch.Tensor, fp_dropout: float | None = None,
-                 channel_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Decoder features at ``feature_stride`` (DeepLabv3+: 256 ch at /4; PSPNet: 512 at /8; DPT:
-        64 / 128 / 256 at /1.75, i.e. 8x the token grid).
-
-        ``fp_dropout`` not None (UniMatch's feature perturbation, 0 included): the decoder also gets
-        every encoder map with channels dropped (Dropout2d, active in train and eval mode alike), in
-        the same batch as the clean maps; the result is ``2B`` rows, the clean features first.
-        ``channel_masks`` (one (B, C) tensor per map of ``mask_channels``): each encoder map is
-        multiplied by its mask, channel by channel, before the decoder (UniMatch V2's
-        complementary dropout)."""
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` zero-padded at the bottom/right to multiples of ``size_divisor`` (zero is the
+        mean colour after normalisation), as evaluation pads: then every input size trains and
+        predicts, and the pixels of ``x`` keep their coordinates on every feature map."""
         h, w = x.shape[-2:]
         d = self.size_divisor
-        if h % d or w % d:
-            raise ValueError(f"input {h}x{w} is not divisible by the output stride {d}"
-                             f"{' (the ViT patch)' if self.vit else ''}; pad it "
-                             f"(seg_ssl.evaluation.inference pads for you)")
+        ph, pw = -(-h // d) * d, -(-w // d) * d
+        return x if (ph, pw) == (h, w) else F.pad(x, (0, pw - w, 0, ph - h))
+
+    def _decode(self, x: torch.Tensor, fp_dropout: float | None = None,
+                channel_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
         maps = self.encoder(x)
         # smp's maps[0] is the input image itself, which no decoder reads
         first = 0 if self.release or self.vit else 1
@@ -167,6 +163,24 @@ class Segmentor(nn.Module):
             maps = [torch.cat([m, m]) for m in maps[:first]] + [
                 torch.cat([m, F.dropout2d(m, fp_dropout, training=True)]) for m in maps[first:]]
         return self.decoder(maps)
+
+    def features(self, x: torch.Tensor, fp_dropout: float | None = None,
+                 channel_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Decoder features at ``feature_stride`` (DeepLabv3+: 256 ch at /4; PSPNet: 512 at /8; DPT:
+        64 / 128 / 256 at /1.75, i.e. 8x the token grid), ceil(H / stride) x ceil(W / stride) cells
+        (an input padded to the divisor is cut back).
+
+        ``fp_dropout`` not None (UniMatch's feature perturbation, 0 included): the decoder also gets
+        every encoder map with channels dropped (Dropout2d, active in train and eval mode alike), in
+        the same batch as the clean maps; the result is ``2B`` rows, the clean features first.
+        ``channel_masks`` (one (B, C) tensor per map of ``mask_channels``): each encoder map is
+        multiplied by its mask, channel by channel, before the decoder (UniMatch V2's
+        complementary dropout)."""
+        h, w = x.shape[-2:]
+        s = self.feature_stride
+        padded = self._padded(x)
+        feats = self._decode(padded, fp_dropout, channel_masks)
+        return feats if padded is x else feats[..., :math.ceil(h / s), :math.ceil(w / s)]
 
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
         return self.classifier(feats)
@@ -201,9 +215,13 @@ class Segmentor(nn.Module):
             return cat_outputs([self(part, output, fp_dropout=fp_dropout,
                                      channel_masks=[m[i] for m in masks] if masks is not None else None)
                                 for i, part in enumerate(parts)])
-        feats = self.features(x, fp_dropout if output == "fp" else None, channel_masks)
-        logits = F.interpolate(self.classify(feats), size=x.shape[-2:], mode="bilinear",
+        h, w = x.shape[-2:]
+        padded = self._padded(x)
+        feats = self._decode(padded, fp_dropout if output == "fp" else None, channel_masks)
+        logits = F.interpolate(self.classify(feats), size=padded.shape[-2:], mode="bilinear",
                                align_corners=self.align_corners)
+        if padded is not x:
+            logits = logits[..., :h, :w]
         if output == "fp":
             clean, perturbed = logits.chunk(2)
             return {"logits": clean, "logits_fp": perturbed}
@@ -214,6 +232,10 @@ class Segmentor(nn.Module):
                                       f"features are at stride {self.feature_stride}")
         if self.feature_stride != 8:  # DeepLabv3+ decodes at stride 4; CAC works at stride 8
             feats = F.avg_pool2d(feats, 8 // self.feature_stride)
+        # the cells of whole stride-8 blocks of the input, as CAC's validity and overlap boxes count
+        # them (a padded input's extra cells, and an odd side's last partial block, are cut)
+        if feats.shape[-2:] != (h // 8, w // 8):
+            feats = feats[..., :h // 8, :w // 8]
         with torch.no_grad():
             pseudo_logits = self.classifier[-1](feats.detach())
         return {"logits": logits, "proj": self.project(feats), "pseudo_logits": pseudo_logits}
