@@ -42,13 +42,15 @@ PUBLISHED = {
     "CAC": ("configs/voc_cac.yaml", 2),               # voc_cac.yaml: "2 GPUs x (4 labeled + 4 unlabeled)"
     "UniMatch": ("configs/voc_unimatch.yaml", 4),     # voc_unimatch.yaml: "(2 + 2 on 4 GPUs)"
     "FixMatch": ("configs/voc_fixmatch.yaml", 4),     # voc_fixmatch.yaml: "(2 + 2 on 4 GPUs)"
+    "UniMatch V2": ("configs/voc_unimatch_v2.yaml", 4),  # DINOv2-S + DPT at 518: "4 per GPU x 4 GPUs"
+    "UniMatch V2, B": ("configs/voc_unimatch_v2.yaml", 4, ["model.encoder=dinov2_base"]),  # the README's
 }
 PRECISIONS = ("fp32", "bf16", "fp16")
 AMP = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}
 
 
 def build_trainer(method: str, precision: str, data_root: str, work_dir: str, dry: bool) -> Trainer:
-    config, gpus = PUBLISHED[method]
+    config, gpus, *network = PUBLISHED[method]
     base = load_config(os.path.join(ROOT, config), [f"data.root={ROOT}"])  # only for its batch sizes
     per_gpu = max(2, base.data.batch_size // gpus)  # BatchNorm needs 2+ samples
     overrides = [f"work_dir={work_dir}", "resume=null", f"data.root={data_root}", "model.encoder_weights=null",
@@ -60,7 +62,9 @@ def build_trainer(method: str, precision: str, data_root: str, work_dir: str, dr
         overrides += ["data.crop_size=32", "train.threads=1", "data.num_workers=0"]
         if method == "CAC":
             overrides += ["cac.selected_num=64"]
-    return Trainer(load_config(os.path.join(ROOT, config), overrides))
+        if method.startswith("UniMatch V2"):  # two blocks of the ViT: the paths, not the size
+            overrides += ["model.vit_blocks=2", "data.crop_size=28"]
+    return Trainer(load_config(os.path.join(ROOT, config), [*overrides, *(network[0] if network else [])]))
 
 
 def measure(method: str, precision: str, a, data_root: str, tmp: str, curve: bool) -> dict:

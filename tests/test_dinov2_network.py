@@ -459,9 +459,20 @@ def test_config_checks_name_what_does_not_fit(tmp_path):
             sup_config(*overrides)
     with pytest.raises(ConfigError, match="model.dropout = 0.1: the UniMatch V2 release's classifier has no"):
         build_segmentor(sup_config("model.dropout=0.1", "model.vit_blocks=1").model, 21)
-    with pytest.raises(ConfigError, match="CAC's projector works on features at stride 8; this network's "
-                                          "are at stride 1.75"):
-        build_segmentor(sup_config("model.vit_blocks=1").model, 21, projector=True)
+
+
+def test_cac_sees_the_heads_finest_features_at_the_centre_of_each_stride_8_cell():
+    """The DPT head's features (stride 1.75, 8x the token grid, covering the input exactly) are
+    sampled at the centres of CAC's 8x8-pixel cells: a feature map equal to each position's pixel
+    x coordinate gives 4, 12, 20, ... ; the projector's embeddings and pseudo logits are on that grid."""
+    from seg_ssl.models.segmentor import logits_and_projection
+    net = build_segmentor(sup_config("model.vit_blocks=1").model, 21, projector=True)
+    x_coord = (torch.arange(32.0) * 1.75 + 0.875).view(1, 1, 1, 32).expand(1, 1, 32, 32)  # 56 px, 32 features
+    cells = net.at_stride_8(x_coord, 56, 56)
+    assert cells.shape == (1, 1, 7, 7)
+    torch.testing.assert_close(cells[0, 0], torch.arange(4.0, 56, 8).expand(7, 7))
+    out = logits_and_projection(net, torch.randn(2, 3, 56, 70))
+    assert out["proj"].shape == (2, 128, 7, 8) and out["pseudo_logits"].shape == (2, 21, 7, 8)
 
 
 def test_converter_takes_ema_or_student_and_names_what_does_not_fit(tmp_path):

@@ -67,14 +67,20 @@ def test_resume_is_exact(name, digits_root, tmp_path):
     resumed.close()
 
 
+# UniMatch V2's network at a test's size: a DINOv2-S shaped ViT of 2 blocks with random weights
+DINOV2_NET = ("model.arch=dpt_unimatch_v2", "model.encoder=dinov2_small", "model.vit_blocks=2",
+              "model.encoder_weights=null", "model.dropout=0.0")
+
+
 @pytest.mark.parametrize("name", method_names())
 def test_every_config_of_the_method_passes_dry_run(name, capsys):
-    """Every shipped config that trains the method resolves, and its per-process sizes follow from
-    the global batches and the method's draws (CutMix methods draw the unlabeled batch twice)."""
+    """Every shipped config that trains the method resolves, on its own network and on UniMatch V2's,
+    and its per-process sizes follow from the global batches and the method's draws (CutMix methods
+    draw the unlabeled batch twice)."""
     paths = configs_of(name)
     assert benchmark_config(name) in paths
-    for path in paths:
-        assert load_tool("train").main([path, "--dry-run", "--json"]) in (0, None), path
+    for path, network in [(p, n) for p in paths for n in ((), DINOV2_NET)]:
+        assert load_tool("train").main([path, "--dry-run", "--json", *network]) in (0, None), (path, network)
         out = json.loads(capsys.readouterr().out)
         cfg, sizes = out["config"], out["sizes"]
         assert cfg["method"] == name
@@ -94,6 +100,15 @@ def test_a_smoke_run_reaches_every_loss_term(name, digits_root, tmp_path):
         assert "iterations 1-2 logged" in summary and "from iteration 3 also" in summary, summary
     zero = summary.split("zero at every step: ")[1].split(")")[0].split(", ") if "zero at" in summary else []
     assert set(zero) <= {"pseudo_bg"}, summary  # a fresh model's pseudo labels may hold no background
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_a_smoke_run_on_a_tiny_dinov2_network_reaches_every_loss_term(name, digits_root, tmp_path):
+    cfg = case_cfg(name, digits_root, tmp_path, *smoke_overrides(name), *DINOV2_NET, "data.crop_size=56")
+    summary = run_smoke(cfg)
+    assert summary.startswith(f"smoke run of {name}: 4 iterations;"), summary
+    if METHODS[name].uses_unlabeled:
+        assert "from iteration 3 also" in summary, summary
 
 
 # -- a method added at run time ---------------------------------------------------------------------

@@ -102,9 +102,6 @@ class Segmentor(nn.Module):
         drop = nn.Dropout(dropout) if arch == "deeplabv3plus_cac" else nn.Dropout2d(dropout)
         self.classifier = (dpt_classifier(feat_channels, num_classes) if self.vit
                            else nn.Sequential(drop, nn.Conv2d(feat_channels, num_classes, 1)))
-        if projector and 8 % self.feature_stride:
-            raise ConfigError(f"model.arch {arch}: CAC's projector works on features at stride 8; this "
-                              f"network's are at stride {self.feature_stride}")
         self.projector = (nn.Sequential(nn.Conv2d(feat_channels, feat_channels, 1), nn.ReLU(inplace=True),
                                         nn.Conv2d(feat_channels, proj_dim, 1)) if projector else None)
         if encoder_weights in PACKAGED:
@@ -227,18 +224,30 @@ class Segmentor(nn.Module):
             return {"logits": clean, "logits_fp": perturbed}
         if output == "logits":
             return logits
-        if 8 % self.feature_stride:
-            raise NotImplementedError(f"{self.arch}: the projector (CAC) works at stride 8; this network's "
-                                      f"features are at stride {self.feature_stride}")
-        if self.feature_stride != 8:  # DeepLabv3+ decodes at stride 4; CAC works at stride 8
-            feats = F.avg_pool2d(feats, 8 // self.feature_stride)
+        feats = self.at_stride_8(feats, *padded.shape[-2:])
         # the cells of whole stride-8 blocks of the input, as CAC's validity and overlap boxes count
         # them (a padded input's extra cells, and an odd side's last partial block, are cut)
         if feats.shape[-2:] != (h // 8, w // 8):
             feats = feats[..., :h // 8, :w // 8]
-        with torch.no_grad():
-            pseudo_logits = self.classifier[-1](feats.detach())
+        with torch.no_grad():  # the classifier without its dropout (DPT's has none)
+            head = self.classifier[1:] if isinstance(self.classifier[0], nn.Dropout | nn.Dropout2d) else self.classifier
+            pseudo_logits = head(feats.detach())
         return {"logits": logits, "proj": self.project(feats), "pseudo_logits": pseudo_logits}
+
+    def at_stride_8(self, feats: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Decoder features of a (height, width) input on the grid of 8x8-pixel cells CAC works on:
+        as they are at stride 8 (PSPNet), average-pooled from stride 4 (DeepLabv3+), and from the DPT
+        head's stride 1.75 sampled bilinearly at each cell's centre (the features cover the input
+        exactly: 8 x the token grid)."""
+        s = self.feature_stride
+        if s == 8:
+            return feats
+        if float(s).is_integer() and 8 % int(s) == 0:
+            return F.avg_pool2d(feats, 8 // int(s))
+        ys = (torch.arange(math.ceil(height / 8), device=feats.device) * 8 + 4) / height * 2 - 1
+        xs = (torch.arange(math.ceil(width / 8), device=feats.device) * 8 + 4) / width * 2 - 1
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).to(feats.dtype)
+        return F.grid_sample(feats, grid.expand(feats.shape[0], -1, -1, -1), mode="bilinear", align_corners=False)
 
 
 OUTPUTS = ("logits", "fp", "proj")

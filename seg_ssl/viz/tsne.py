@@ -58,10 +58,7 @@ def overlap_features(model, image: torch.Tensor, label: torch.Tensor, crop: int,
                              "use --space decoder to compare models")
         z = logits_and_projection(model, crops)["proj"]
     else:
-        feats = model.features(crops)
-        if model.feature_stride != 8:
-            feats = F.avg_pool2d(feats, 8 // model.feature_stride)
-        z = F.normalize(feats, dim=1)
+        z = F.normalize(model.at_stride_8(model.features(crops), crop, crop)[..., :crop // 8, :crop // 8], dim=1)
     cls = labs[:, 4::8, 4::8]  # the label at each stride-8 cell's centre
     valid = cls != ignore_index
     box = lambda b: torch.tensor([b], dtype=torch.long)  # noqa: E731
