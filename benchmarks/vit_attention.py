@@ -7,12 +7,11 @@ runs without xFormers: ``dinov2_layers/attention.py``), side by side.
     python benchmarks/vit_attention.py                       # DINOv2-S, crop 518, batch 1 + 1, CPU
     python benchmarks/vit_attention.py --rounds 2 --threads 1  # fused, explicit, fused, explicit
 
-The step, composed from the network's calls until the ``unimatch_v2`` method lands (then its real
-training step replaces this one): the EMA teacher's no-grad eval forward of the weak view (1 image),
-the student's forward of the labeled image (1) and of the two strong views in one batch (2), the
-loss ``(sup + (s1 + s2) / 2) / 2`` against random labels, backward, and an AdamW step (the release's
-optimiser; its two moment buffers count in the memory). Complementary dropout is not applied (it
-costs one multiply per tapped map).
+The step is the ``unimatch_v2`` method's own (``seg_ssl/methods/unimatch_v2.py`` under
+``configs/voc_unimatch_v2.yaml``, random weights): the EMA teacher's no-grad eval forward of the weak
+view (1 image), the student's forward of the labeled image (1) and of both strong views with
+complementary dropout (2, in-batch CutMix), the loss, backward, the AdamW step of the config's
+optimiser (its two moment buffers count in the memory) and the teacher's EMA update.
 
 Each setting runs in its own subprocess, so ``ru_maxrss`` (peak resident memory) is its own: the
 table gives the peak and the part above the process after building both models ("step extra").
@@ -31,9 +30,9 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 SETTINGS = ("fused", "explicit")
 
@@ -42,35 +41,38 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_one(setting: str, size: str, crop: int, steps: int, classes: int = 21,
-            vit_blocks: int | None = None) -> dict:
-    from seg_ssl.models.segmentor import Segmentor
+def run_one(setting: str, size: str, crop: int, steps: int, vit_blocks: int | None = None) -> dict:
+    from seg_ssl.config import load_config
+    from seg_ssl.engine.optim import build_optimizer
+    from seg_ssl.methods import build_method
     torch.manual_seed(0)
-    student = Segmentor("dpt_unimatch_v2", size, classes, dropout=0.0, vit_blocks=vit_blocks)
-    teacher = Segmentor("dpt_unimatch_v2", size, classes, dropout=0.0, vit_blocks=vit_blocks)
-    teacher.load_state_dict(student.state_dict())
-    teacher.eval().requires_grad_(False)
-    for net in (student, teacher):
+    cfg = load_config(os.path.join(ROOT, "configs", "voc_unimatch_v2.yaml"), [
+        "data.root=unused", f"model.encoder={size}", f"model.vit_blocks={vit_blocks or 'null'}",
+        f"data.crop_size={crop}", "data.batch_size=1", "data.unlabeled_batch_size=1",
+        "unimatch_v2.conf_thresh=0.0"])  # every pixel in the loss, as a trained teacher's confident ones
+    method = build_method(cfg)
+    student = method.build_model()
+    method.setup(student)  # the EMA teacher: a copy of the student
+    for net in (student, method.teacher):
         for block in net.encoder.blocks:
             block.attn.fused_attn = setting == "fused"
-    head = [p for n, p in student.named_parameters() if not n.startswith("encoder.")]
-    groups = [{"params": list(student.encoder.parameters()), "lr": 5e-6}, {"params": head, "lr": 2e-4}]
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
+    optimizer = build_optimizer(cfg, student)
     g = torch.Generator().manual_seed(1)
-    weak, labeled, strong = (torch.randn(n, 3, crop, crop, generator=g) for n in (1, 1, 2))
-    label = torch.randint(0, classes, (1, crop, crop), generator=g)
+    classes = cfg.data.num_classes
+    labeled = {"image": torch.randn(1, 3, crop, crop, generator=g),
+               "label": torch.randint(0, classes, (1, crop, crop), generator=g),
+               "valid": torch.ones(1, crop, crop, dtype=torch.bool)}
+    unlabeled = {k: torch.randn(1, 3, crop, crop, generator=g) for k in ("image", "strong1", "strong2")}
+    unlabeled["valid"] = torch.ones(1, crop, crop, dtype=torch.bool)
     built = rss_mib()
     times, loss = [], None
-    for _ in range(steps + 1):  # the first step warms up (allocator, oneDNN primitives)
+    for it in range(steps + 1):  # the first step warms up (allocator, oneDNN primitives)
         t0 = time.perf_counter()
-        with torch.no_grad():
-            pseudo = teacher(weak).argmax(1)
-        sup = F.cross_entropy(student(labeled), label)
-        s1, s2 = student(strong).chunk(2)
-        loss = (sup + (F.cross_entropy(s1, pseudo) + F.cross_entropy(s2, pseudo)) / 2) / 2
+        loss = method.training_step(student, labeled, unlabeled, it)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        method.after_step(student, it)
         times.append(time.perf_counter() - t0)
     peak = rss_mib()
     return {"setting": setting, "size": size, "crop": crop, "tokens": (crop // 14) ** 2 + 1,
