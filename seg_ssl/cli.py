@@ -22,7 +22,7 @@ COMMANDS = {
     "train": "train", "eval": "eval", "infer": "infer", "export": "export", "gradcam": "gradcam",
     "tsne": "tsne", "sweep": "sweep", "compare": "compare", "check-dataset": "check_dataset",
     "make-splits": "make_splits", "convert-checkpoint": "convert_checkpoint",
-    "resave-checkpoint": "resave_checkpoint",
+    "resave-checkpoint": "resave_checkpoint", "demo": "demo",
 }
 
 

@@ -106,3 +106,22 @@ def test_resolved_config_round_trips(tree, tmp_path):
     cfg.dump(str(tmp_path / "saved.yaml"))
     again = load_config(str(tmp_path / "saved.yaml"))
     assert again.to_dict() == cfg.to_dict()
+
+
+def test_a_renamed_key_names_its_new_place_and_a_stored_config_is_moved(tree):
+    from seg_ssl.config import from_dict, resume_conflicts
+    base = "_base_: _base_/a.yaml\n"
+    for old, new in (("eval: {branch: '2'}", "'eval.branch' is now 'cps.eval_branch'"),
+                     ("cps: {ohem: true}", "'cps.ohem' is now 'train.ohem'"),
+                     ("unimatch: {ohem_min_kept: 5}", "'unimatch.ohem_min_kept' is now 'train.ohem_min_kept'")):
+        with pytest.raises(ConfigError, match=new + ": rename it"):
+            load_config(write(tree / "x.yaml", base + old + "\n"))
+    cfg = load_config(write(tree / "x.yaml", base))
+    stored = cfg.to_dict()  # as a checkpoint of an older seg_ssl holds it
+    stored["unimatch"]["ohem"], stored["unimatch"]["ohem_min_kept"] = True, 7
+    del stored["train"]["ohem"], stored["train"]["ohem_min_kept"]
+    moved = from_dict(stored, "checkpoint (its stored config)", stored=True)
+    assert moved.train.ohem is True and moved.train.ohem_min_kept == 7 and "ohem" not in moved.unimatch
+    # resuming such a run under the new keys with the same values is no change of settings
+    same = from_dict(stored, "x", ["train.ohem=true", "train.ohem_min_kept=7"], stored=True).to_dict()
+    assert resume_conflicts(stored, same) == []

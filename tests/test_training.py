@@ -305,3 +305,10 @@ def test_after_step_runs_once_per_update_with_the_steps_iteration(digits_root, t
     assert [(kind, it) for kind, it, _ in seen] == [(k, i) for i in range(3) for k in ("step", "after")]
     for (_, _, before), (_, _, after) in zip(seen[::2], seen[1::2]):
         assert not torch.equal(before, after)  # the update came first
+
+
+def test_the_log_shows_the_method_section_in_use_and_config_yaml_every_section(digits_root, tmp_path):
+    Trainer(digits_cfg(digits_root, str(tmp_path), "train.iters=1", *SMALL_NET)).close()
+    log, record = (tmp_path / "train.log").read_text(), (tmp_path / "config.yaml").read_text()
+    assert "\ncps:" in record and "\nunimatch_v2:" in record  # every section is on record
+    assert "config (resolved" in log and "\ncps:" not in log and "\nunimatch:" not in log

@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""The five-minute demo: labeled-only and a semi-supervised method trained side by side, one CPU core
+each, on the clean digits set (EfficientNet-Lite0 with Google's ImageNet weights from the pip
+package, 188 labeled canvases of 3,000), then scored on the 500 val canvases and compared.
+
+    python tools/demo.py                    # make demo runs this
+    python tools/demo.py --seed 1 --json runs/demo_seed1.json
+
+It says which of its four steps it is on, and how long the whole took. The setting (method,
+iterations, warm-up) is the one measured in benchmarks/README.md ("The demo"): short enough for
+five minutes on two cores, long enough for the semi-supervised gain to show in every seed.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from _common import ConfigError, run_cli
+
+# the demo's setting (benchmarks/README.md, "The demo", measured over seeds 0, 1, 2)
+METHOD = ("CAC", "digits_lite0_cac.yaml")
+ITERS = 800
+WARMUP = 300  # CAC's labeled-only iterations before its contrastive term
+
+
+def elapsed(t0: float) -> str:
+    s = int(time.time() - t0)
+    return f"{s // 60} min {s % 60:02d} s"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/digits_clean", help="built here if missing")
+    p.add_argument("--out", default="runs/demo", help="the two runs' work dirs go under it")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iters", type=int, default=ITERS)
+    p.add_argument("--warmup", type=int, default=WARMUP)
+    p.add_argument("--json", help="also write the result (mIoU of both, the gain, the wall time) here")
+    args = p.parse_args(argv)
+
+    from seg_ssl.shipped import shipped_dir
+    t0 = time.time()
+    tools, configs = shipped_dir("tools"), shipped_dir("configs")
+    print(f"[1/4] the clean digits set in {args.data}", flush=True)
+    if not os.path.isfile(os.path.join(args.data, ".complete")):
+        from seg_ssl.data.digits import RENDERINGS, build_digits
+        build_digits(args.data, 3000, 500, 0, splits=("1/32", "125", "1/16", "250", "1/8"), **RENDERINGS["clean"])
+        with open(os.path.join(args.data, ".complete"), "w") as f:
+            f.write("3000 500 0 clean\n")
+        print(f"      built ({elapsed(t0)})", flush=True)
+    else:
+        print("      already built", flush=True)
+
+    name, config = METHOD
+    runs = {"labeled-only": ("digits_lite0_sup.yaml", os.path.join(args.out, "sup")),
+            name: (config, os.path.join(args.out, name.lower()))}
+    common = [f"data.root={args.data}", f"train.iters={args.iters}", "train.eval_interval=0", "train.threads=1",
+              "train.log_interval=100", "resume=null", f"seed={args.seed}", f"cac.unsup_start_iter={args.warmup}"]
+    print(f"[2/4] training labeled-only and {name} side by side, one core each, {args.iters} iterations "
+          f"(logs: {runs['labeled-only'][1]}/train.log, {runs[name][1]}/train.log)", flush=True)
+    procs = {}
+    for run, (cfg, work) in runs.items():
+        os.makedirs(work, exist_ok=True)
+        log = open(os.path.join(work, "demo_stdout.txt"), "w")
+        procs[run] = (subprocess.Popen([sys.executable, os.path.join(tools, "train.py"), os.path.join(configs, cfg),
+                                        f"work_dir={work}", *common], stdout=log, stderr=subprocess.STDOUT,
+                                       env=dict(os.environ, OMP_NUM_THREADS="1")), log)
+    while any(proc.poll() is None for proc, _ in procs.values()):
+        time.sleep(15)
+        reached = {run: last_iteration(work) for run, (_, work) in runs.items()}
+        print(f"      {elapsed(t0)}: " + ", ".join(f"{run} {it}/{args.iters}" for run, it in reached.items()),
+              flush=True)
+    for run, (proc, log) in procs.items():
+        log.close()
+        if proc.returncode:
+            raise ConfigError(f"the {run} run failed (exit {proc.returncode}): see {runs[run][1]}/demo_stdout.txt")
+
+    print(f"[3/4] predictions of 8 val images by {name} ({runs[name][1]}/predictions)", flush=True)
+    subprocess.run([sys.executable, os.path.join(tools, "infer.py"), os.path.join(runs[name][1], "latest.pth"),
+                    "--input", os.path.join(args.data, "ImageSets", "Segmentation", "val.txt"), "--limit", "8",
+                    "--out", os.path.join(runs[name][1], "predictions")], check=True, stdout=subprocess.DEVNULL)
+    print(f"[4/4] val IoU (%), digits 1/16 labeled (188 images), Lite0 ImageNet, {args.iters} iterations each",
+          flush=True)
+    metrics = [os.path.join(work, "metrics.json") for _, work in runs.values()]
+    subprocess.run([sys.executable, os.path.join(tools, "compare.py"), *metrics, "--names", *runs,
+                    "--config", os.path.join(configs, "digits_lite0_sup.yaml")], check=True)
+    scores = {}
+    for run, path in zip(runs, metrics):
+        with open(path) as f:
+            scores[run] = json.load(f)["mIoU"]
+    gain = 100 * (scores[name] - scores["labeled-only"])
+    print(f"demo finished in {elapsed(t0)}: {name} {gain:+.1f} mIoU over labeled-only (seed {args.seed})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"seed": args.seed, "iters": args.iters, "warmup": args.warmup, "method": name,
+                       "mIoU": scores, "gain": gain, "seconds": round(time.time() - t0, 1)}, f, indent=1)
+    return 0
+
+
+def last_iteration(work_dir: str) -> int:
+    """The last logged iteration of a run (its train.jsonl), 0 before the first log line."""
+    try:
+        with open(os.path.join(work_dir, "train.jsonl")) as f:
+            lines = f.read().strip().splitlines()
+        return json.loads(lines[-1])["iteration"] if lines else 0
+    except (OSError, ValueError):
+        return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
