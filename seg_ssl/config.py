@@ -24,6 +24,7 @@ from seg_ssl.errors import ConfigError
 from seg_ssl.methods import METHODS
 from seg_ssl.models.checks import check_model_section, input_normalization
 from seg_ssl.schema import NUM, REQUIRED, Field, field as _f
+from seg_ssl.shipped import resolve_config_path
 
 
 
@@ -267,7 +268,8 @@ def _schema_field(key: str):
 
 def _read_yaml(path: str) -> dict:
     if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path} (a shipped config may be named without a path: "
+                          f"seg-ssl configs lists them)")
     try:
         with open(path) as f:
             data = yaml.safe_load(f)
@@ -448,7 +450,9 @@ def _resolve_encoder_weights(cfg: dict, origin: str) -> None:
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> "Config":
-    """Load, merge, override and validate; the result is a read-friendly ``Config``."""
+    """Load, merge, override and validate; the result is a read-friendly ``Config``. ``path`` is a
+    file, or the name of a shipped config (``digits_lite0_cac``: ``seg-ssl configs`` lists them)."""
+    path = resolve_config_path(path)
     cfg = from_dict(load_file(path), os.path.relpath(path), overrides)
     if cfg.work_dir is None:
         cfg["work_dir"] = os.path.join("runs", os.path.splitext(os.path.basename(path))[0])

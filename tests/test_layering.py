@@ -1,7 +1,7 @@
 """The package's imports run downwards only, and no two modules import each other (directly or round
 a loop). Layers, bottom up:
 
-    0  errors, schema, safe_load            (leaves: the user errors, the config field type, reading .pth)
+    0  errors, schema, safe_load, shipped   (leaves: user errors, the field type, reading .pth, shipped files)
     1  collectives, models, losses, data    (tensors in, tensors out; data on disk)
     2  methods                              (one file per method, on methods/base.py)
     3  config                               (the schema: common keys + each method's section)
@@ -22,7 +22,7 @@ import pytest
 from conftest import ROOT
 
 LAYERS = [
-    ("errors", "schema", "safe_load"),
+    ("errors", "schema", "safe_load", "shipped"),
     ("collectives", "models", "losses", "data"),
     ("methods",),
     ("config",),

@@ -55,6 +55,8 @@ UM_MODEL = {
 UM2 = "UniMatch V2 release (Yang et al., TPAMI 2025)"
 UM2_VOC = UM2 + " configs/pascal.yaml"
 UM2_CITY = UM2 + " configs/cityscapes.yaml"
+UM2_ADE = UM2 + " configs/ade20k.yaml"
+UM2_COCO = UM2 + " configs/coco.yaml"
 UM2_NET = UM2 + " model/semseg/dpt.py + model/backbone/dinov2.py"
 UM2_OPT = UM2 + " unimatch_v2.py:67-73, 216-219 (supervised.py the same)"
 UM2_MODEL = {
@@ -191,6 +193,28 @@ PUBLISHED = {
         "eval.window": (801, UM_EVAL + ": grid = crop_size"),
         "eval.stride": (534, UM_EVAL + ": int(grid * 2 / 3)"),
     },
+    "ade20k_unimatch_v2.yaml": {
+        **UM2_MODEL,
+        "method": ("unimatch_v2", UM2 + " unimatch_v2.py"),
+        "data.crop_size": (518, UM2_ADE + ": crop_size 518"), "data.num_classes": (150, UM2_ADE + ": nclass 150"),
+        "data.batch_size": (8, UM2_ADE + ": batch_size 2 per GPU x 4 GPUs"),
+        "train.iters": (149220, UM2_ADE + ": 60 epochs x 2,487 (the logs' iterations per epoch at 1/64)"),
+        "train.ohem": (False, UM2_ADE + ": criterion CELoss"),
+        "unimatch_v2.conf_thresh": (0.95, UM2_ADE + ": conf_thresh 0.95"),
+        "eval.model": ("ema", UM2 + " README: the EMA model's numbers"),
+        "eval.mode": ("resize_unimatch_v2", UM2 + " supervised.py:70-83 'original'"),
+    },
+    "coco_unimatch_v2.yaml": {
+        **UM2_MODEL,
+        "method": ("unimatch_v2", UM2 + " unimatch_v2.py"),
+        "data.crop_size": (518, UM2_COCO + ": crop_size 518"), "data.num_classes": (81, UM2_COCO + ": nclass 81"),
+        "data.batch_size": (16, UM2_COCO + ": batch_size 4 per GPU x 4 GPUs"),
+        "train.iters": (147560, UM2_COCO + ": 20 epochs x 7,378 (1/512: 118,055 unlabeled / 16)"),
+        "train.ohem": (False, UM2_COCO + ": criterion CELoss"),
+        "unimatch_v2.conf_thresh": (0.95, UM2_COCO + ": conf_thresh 0.95"),
+        "eval.model": ("ema", UM2 + " README: the EMA model's numbers"),
+        "eval.mode": ("resize_unimatch_v2", UM2 + " supervised.py:70-83 'original'"),
+    },
     "voc_unimatch_v2.yaml": {
         **UM2_MODEL,
         "method": ("unimatch_v2", UM2 + " unimatch_v2.py"),
@@ -241,8 +265,8 @@ def test_published_configs_keep_the_published_settings(name):
 
 
 CONFIGS = os.path.join(ROOT, "configs")
-# published method configs: voc_*/cityscapes_* that train a semi-supervised method
-PUBLISHED_METHOD_CONFIGS = sorted(n for n in os.listdir(CONFIGS) if n.startswith(("voc_", "cityscapes_"))
+# published method configs: voc_*, cityscapes_*, ade20k_*, coco_* that train a semi-supervised method
+PUBLISHED_METHOD_CONFIGS = sorted(n for n in os.listdir(CONFIGS) if n.startswith(("voc_", "cityscapes_", "ade20k_", "coco_"))
                                   and load_file(os.path.join(CONFIGS, n)).get("method", "supervised") != "supervised")
 TWINS = [n for n in PUBLISHED_METHOD_CONFIGS if os.path.isfile(os.path.join(CONFIGS, n.replace(".yaml", "_sup.yaml")))]
 

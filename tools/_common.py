@@ -4,8 +4,11 @@ from __future__ import annotations
 import os
 import sys
 
-# tools/ are run as scripts from a checkout; make the package importable without installing
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# tools/ are run as scripts from a checkout: make its package importable without installing (inside an
+# installed wheel the tools sit in seg_ssl/tools and the package is importable already)
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_CHECKOUT, "seg_ssl")):
+    sys.path.insert(0, _CHECKOUT)
 
 from seg_ssl.errors import ConfigError, UserError, one_line  # noqa: E402,F401 (ConfigError: for the tools)
 
