@@ -92,6 +92,7 @@ def current_rss_mib() -> float:
 def measure_one(a) -> dict:
     """One method in this process: loader alone, step alone, then the real loop."""
     import torch
+
     from seg_ssl.config import load_config
     from seg_ssl.engine.trainer import Trainer, to_device
 
@@ -148,6 +149,7 @@ def measure_one(a) -> dict:
 def measure_eval(a) -> dict:
     """Images per second of whole-image and sliding-window inference of the labeled-only model."""
     import torch
+
     from seg_ssl.config import load_config
     from seg_ssl.engine.trainer import Trainer
     from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs

@@ -25,8 +25,6 @@ from seg_ssl.methods import METHODS
 from seg_ssl.models.checks import check_model_section, input_normalization
 from seg_ssl.schema import NUM, REQUIRED, Field, field as _f
 
-
-
 # eval.mode's choices: seg_ssl/evaluation/inference.py implements each (a layer above this file; a test
 # holds the two lists equal)
 EVAL_MODES = ("whole", "slide", "slide_unimatch", "slide_cps", "pad_cac", "resize_unimatch_v2",

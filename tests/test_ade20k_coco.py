@@ -10,9 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, SMALL_NET, THREADS
-from helpers import cli, load_tool
+from helpers import cli, load_tool, run_tool as run
 from reference_ssl import brute_force_miou
-from helpers import run_tool as run
 
 
 def script(name):

@@ -160,6 +160,7 @@ def test_ssl_digits_report_only_tabulates_finished_runs(tmp_path, capsys, monkey
 
 def test_pseudo_label_quality_against_hand_counts():
     import torch
+
     import pseudo_labels
     # 3 classes (0 background), 4 pixels with true labels [0, 1, 2, 255]
     probs = torch.tensor([[0.6, 0.3, 0.1],    # bg right under both rules
@@ -177,9 +178,9 @@ def test_pseudo_label_quality_against_hand_counts():
 
 
 def test_pseudo_label_script_runs_on_a_checkpoint(digits_root, tmp_path, capsys):
+    import pseudo_labels
     from conftest import digits_cfg
     from seg_ssl.engine.trainer import Trainer
-    import pseudo_labels
     cfg = digits_cfg(digits_root, str(tmp_path), "train.iters=2")
     Trainer(cfg).train()
     cfg_path = tmp_path / "config.yaml"  # the resolved config the run saved

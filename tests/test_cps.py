@@ -11,8 +11,8 @@ from reference_ssl import brute_force_miou
 from seg_ssl.config import ConfigError
 from seg_ssl.data.cutmix import box_masks, mix
 from seg_ssl.engine.trainer import Trainer
-from seg_ssl.losses.pseudo_labels import pseudo_label_stats
 from seg_ssl.losses.ohem import ohem_cross_entropy
+from seg_ssl.losses.pseudo_labels import pseudo_label_stats
 from seg_ssl.methods.cps import CPS, cross_pseudo_loss
 
 

@@ -8,8 +8,15 @@ from PIL import Image
 
 from helpers import ROOT, make_voc, write_list
 from seg_ssl.config import ConfigError, from_dict
-from seg_ssl.data.dataset import (DataError, SegDataset, build_split, check_disjoint, load_image, load_label,
-                                  read_split)
+from seg_ssl.data.dataset import (
+    DataError,
+    SegDataset,
+    build_split,
+    check_disjoint,
+    load_image,
+    load_label,
+    read_split,
+)
 from seg_ssl.data.splits import labeled_count, nested_splits
 from seg_ssl.data.streams import StreamBatchSampler, shard_indices
 from seg_ssl.data.transforms import train_pipeline
@@ -176,7 +183,7 @@ def test_splits_are_nested_reproducible_and_complementary():
 
 
 def test_digits_builder_is_deterministic_and_disjoint(tmp_path):
-    from seg_ssl.data.digits import VAL_SOURCES, TRAIN_SOURCES, build_digits
+    from seg_ssl.data.digits import TRAIN_SOURCES, VAL_SOURCES, build_digits
     assert TRAIN_SOURCES[1] <= VAL_SOURCES[0]  # val handwriting never seen in training
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     counts = build_digits(a, num_train=32, num_val=8, seed=0, splits=("1/16", "1/8"))

@@ -60,6 +60,7 @@ def fixed_batch():
 
 def syncbn_worker(rank, world):
     from torch.nn.parallel import DistributedDataParallel
+
     from seg_ssl.models.sync_bn import convert_sync_batchnorm
     net = convert_sync_batchnorm(small_net(), torch.device("cpu"))
     ddp = DistributedDataParallel(net)
@@ -136,6 +137,7 @@ def torchrun(nproc, config, *overrides, log_dir):
     picks (no probing); --log-dir keeps its files in the test's tmp dir instead of /tmp."""
     import subprocess
     import sys
+
     from conftest import ROOT
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from conftest import ROOT, SMALL_NET, digits_cfg
-from helpers import run_tool
+from helpers import make_voc, run_tool, write_list
 from seg_ssl.data.dataset import DataError, read_split
 from seg_ssl.engine.checkpoint import load_checkpoint
-from helpers import make_voc, write_list
 
 # Small enough that a torchrun launch is mostly imports: 24 labeled 64x64 canvases cut to 32x32, a
 # ResNet-18 stem and two stages, a 16-channel head.
@@ -157,8 +156,9 @@ def test_the_lock_is_not_held_by_the_processes_a_killed_run_forked(tmp_path):
 
 def test_a_second_run_waits_for_the_lock_then_names_the_holder(tmp_path, capsys):
     import threading
-    from seg_ssl.errors import WorkDirBusy
+
     from seg_ssl.engine.workdir import lock_work_dir, unlock_work_dir
+    from seg_ssl.errors import WorkDirBusy
     work = tmp_path / "w"
     work.mkdir()
     holder = run_tool("-c", "import sys; sys.path.insert(0, '.'); from seg_ssl.engine.workdir import lock_work_dir; "
@@ -195,8 +195,9 @@ def _truncate(path):
 
 
 def test_an_unreadable_val_image_stops_the_run_before_training(digits_root, tmp_path, capsys):
-    from seg_ssl.engine.trainer import Trainer
     import shutil
+
+    from seg_ssl.engine.trainer import Trainer
     root = tmp_path / "d"
     shutil.copytree(digits_root, root, symlinks=True)
     _truncate(root / "JPEGImages" / "val_00003.jpg")
@@ -217,6 +218,7 @@ def test_an_unreadable_val_image_stops_the_run_before_training(digits_root, tmp_
 
 def test_an_evaluation_that_fails_keeps_latest_and_the_resumed_run_matches(digits_root, tmp_path):
     import shutil
+
     from seg_ssl.engine.trainer import Trainer
     root = tmp_path / "d"
     shutil.copytree(digits_root, root, symlinks=True)

@@ -7,10 +7,10 @@ import torch.nn as nn
 
 from conftest import digits_cfg
 from helpers import record_steps
+from reference_ssl import ToyNet, ce_terms, hard_targets, toy_batches
 from seg_ssl.data.cutmix import single_box_masks
 from seg_ssl.engine.trainer import Trainer
 from seg_ssl.methods.fixmatch import FixMatch
-from reference_ssl import ToyNet, ce_terms, hard_targets, toy_batches
 
 
 def toy_method(tmp_path, *extra):

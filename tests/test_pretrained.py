@@ -24,6 +24,7 @@ def lite0_state():
 def test_converted_lite0_classifier_names_the_flower_a_daisy():
     import timm
     from sklearn.datasets import load_sample_image
+
     from seg_ssl.models.weights import load_strict
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
     load_strict(model, to_timm_names(lite0_state(), stage_depths("tf_efficientnet_lite0")))  # every key, strictly

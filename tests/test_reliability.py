@@ -7,10 +7,9 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, SMALL_NET, digits_cfg
-from helpers import load_tool, run_tool
+from helpers import load_tool, make_voc, run_tool, write_list
 from seg_ssl.engine.checkpoint import load_checkpoint
 from seg_ssl.engine.trainer import Trainer
-from helpers import make_voc, write_list
 
 
 def write_cfg(tmp_path, root, **data):

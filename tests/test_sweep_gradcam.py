@@ -235,6 +235,7 @@ def test_a_zero_map_says_why():
 
 def test_gradcam_cli_writes_one_titled_png_per_image(digits_root, tmp_path, capsys):
     from PIL import Image
+
     from seg_ssl.methods import build_method
     cfg = digits_cfg(digits_root, str(tmp_path / "w"))
     torch.manual_seed(0)
@@ -250,8 +251,9 @@ def test_gradcam_cli_writes_one_titled_png_per_image(digits_root, tmp_path, caps
 
 
 def test_annotated_figure_has_title_legend_and_colour_bar():
-    from seg_ssl.viz.overlay import annotated_figure
     import matplotlib.pyplot as plt
+
+    from seg_ssl.viz.overlay import annotated_figure
     fig = annotated_figure(np.zeros((64, 64, 3), np.uint8), "img: prediction",
                            legend={"background": (0, 0, 0), "digit_3": (128, 0, 0)})
     ax = fig.axes[0]

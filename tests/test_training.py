@@ -7,10 +7,10 @@ import torch.nn.functional as F
 
 from conftest import SMALL_NET, digits_cfg
 from reference_ssl import brute_force_miou
-from seg_ssl.engine.checkpoint import SaveError, load_checkpoint, save_atomic
-from seg_ssl.engine.schedule import poly_lr
 from seg_ssl.data.dataset import build_split
 from seg_ssl.data.transforms import val_pipeline
+from seg_ssl.engine.checkpoint import SaveError, load_checkpoint, save_atomic
+from seg_ssl.engine.schedule import poly_lr
 from seg_ssl.engine.trainer import Trainer
 
 
@@ -161,6 +161,7 @@ def test_sigterm_saves_latest_and_the_same_command_continues(digits_root, tmp_pa
     import signal
     import subprocess
     import sys
+
     from conftest import ROOT
     work = tmp_path / "pre"
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"), os.path.join(ROOT, "configs", "digits_sup.yaml"),
@@ -244,6 +245,7 @@ def test_ctrl_c_to_the_whole_process_group_stops_cleanly_with_loader_workers(dig
     import signal
     import subprocess
     import sys
+
     from conftest import ROOT
     work = tmp_path / "grp"
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "train.py"),

@@ -6,13 +6,13 @@ import torch
 import torch.nn as nn
 
 from conftest import digits_cfg
+from reference_ssl import ToyNet, ce_terms, hard_targets, log_softmax_at, toy_batches
 from seg_ssl.config import ConfigError
 from seg_ssl.data.cutmix import single_box_masks
 from seg_ssl.data.transforms import WeakStrongPipeline, photometric_ops
 from seg_ssl.losses.pseudo_labels import box_mixed_targets, pseudo_label_accuracy, weak_to_strong_loss
 from seg_ssl.methods.unimatch import UniMatch
 from seg_ssl.models.segmentor import Segmentor, logits_and_perturbed
-from reference_ssl import ToyNet, ce_terms, hard_targets, log_softmax_at, toy_batches
 
 
 def test_weak_to_strong_loss_divides_the_kept_pixels_ce_by_all_valid_pixels():

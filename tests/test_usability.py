@@ -8,7 +8,6 @@ import torch
 from conftest import ROOT, THREADS, digits_cfg
 from helpers import load_tool, run_tool
 
-
 # -- threads ---------------------------------------------------------------------------------------
 
 def test_explicit_thread_settings_win_over_a_config_files_value():
@@ -72,6 +71,7 @@ class Terminal:
 
 def test_progress_bar_and_log_lines_never_share_a_line(digits_root, tmp_path, monkeypatch):
     import sys
+
     from seg_ssl.engine.trainer import Trainer
     term = Terminal()
     monkeypatch.setattr(sys, "stdout", term)
@@ -97,6 +97,7 @@ def test_digits_are_never_flipped_in_training_or_testing(name):
     """A mirrored digit is another shape (2 and 5): no pipeline a digits config builds flips, and
     evaluation does not either."""
     import albumentations as A
+
     from seg_ssl.config import load_config
     from seg_ssl.data.transforms import train_pipeline
     from seg_ssl.methods import METHODS
@@ -139,6 +140,7 @@ def sup_checkpoint(digits_root, tmp_path):
 
 def test_load_reads_the_config_in_the_checkpoint_and_predicts_any_image_form(sup_checkpoint, digits_root):
     from PIL import Image
+
     import seg_ssl
     from seg_ssl.data.transforms import normalize
     from seg_ssl.engine.loading import load_for_eval
@@ -192,6 +194,7 @@ def test_a_checkpoint_without_a_config_is_one_line(tmp_path, capsys):
 
 def test_the_seg_ssl_command_runs_each_tool(sup_checkpoint, tmp_path, capsys):
     import configparser
+
     from seg_ssl import cli
     setup = configparser.ConfigParser()
     setup.read(os.path.join(ROOT, "setup.cfg"))
@@ -209,8 +212,9 @@ def test_the_seg_ssl_command_runs_each_tool(sup_checkpoint, tmp_path, capsys):
 
 def test_export_onnx_is_checked_with_onnxruntime_against_pytorch(sup_checkpoint, tmp_path, capsys):
     ort = pytest.importorskip("onnxruntime")  # the [export] extra; make test installs it
-    import seg_ssl
     from PIL import Image
+
+    import seg_ssl
     path, cfg = sup_checkpoint
     export = load_tool("export").main
     out = tmp_path / "m.onnx"
@@ -265,7 +269,9 @@ def test_export_torchscript_and_weights_only(sup_checkpoint, tmp_path, capsys):
 def test_pred_dir_scores_a_listed_subset_with_class_names_and_saves_the_confusion(tmp_path, capsys):
     import csv
     import json
+
     from PIL import Image
+
     from seg_ssl.config import ConfigError
     from seg_ssl.evaluation.confusion import row_normalised
     (tmp_path / "pred").mkdir()
@@ -332,7 +338,9 @@ def _events(folder):
 
 def test_tensorboard_gets_panels_per_class_iou_config_and_named_pseudo_label_shares(digits_root, tmp_path):
     import io
+
     from PIL import Image
+
     from seg_ssl.engine.tb import panel_indices
     from seg_ssl.engine.trainer import Trainer
     from seg_ssl.viz.overlay import colorize, get_palette
@@ -427,6 +435,7 @@ def test_tsne_figure_explains_its_markers_and_feature_space(tmp_path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     from seg_ssl.viz import tsne
     from seg_ssl.viz.overlay import categorical_palette
     captured = {}

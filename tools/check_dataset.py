@@ -18,6 +18,7 @@ def main(argv=None):
     p.add_argument("--max-lines", type=int, default=50, help="problems printed (all are counted)")
     args = p.parse_intermixed_args(argv)
     from tqdm import tqdm
+
     from seg_ssl.config import load_config
     from seg_ssl.data.check import check_dataset
     from seg_ssl.data.classes import class_names

@@ -33,8 +33,8 @@ def main(argv=None):
     args = p.parse_intermixed_args(argv)
 
     from seg_ssl.config import load_config
-    from seg_ssl.errors import ConfigError
     from seg_ssl.engine.checkpoint import save_atomic
+    from seg_ssl.errors import ConfigError
     from seg_ssl.methods import build_method
     from seg_ssl.models.convert import FORMATS, from_release, num_classes_of, release_state
     from seg_ssl.models.weights import load_strict

@@ -82,8 +82,8 @@ def main(argv=None):
     if is_main:
         print(format_table(metrics, names))
         if args.out:
-            from seg_ssl.evaluation.confusion import save_confusion
             from seg_ssl.data.classes import class_names
+            from seg_ssl.evaluation.confusion import save_confusion
             labels = class_names(names, len(metrics["IoU"]))
             cm = metrics["confusion"].numpy() if hasattr(metrics["confusion"], "numpy") else metrics["confusion"]
             with open(args.out, "w") as f:

@@ -37,9 +37,9 @@ def main(argv=None):
     if args.fp16 and not args.weights_only:
         p.error("--fp16 goes with --weights-only")
 
+    from seg_ssl import export
     from seg_ssl.config import ConfigError
     from seg_ssl.engine.checkpoint import load_checkpoint, save_atomic
-    from seg_ssl import export
 
     cfg, checkpoint = model_config(args)
     if os.path.dirname(args.out):

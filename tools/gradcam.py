@@ -32,11 +32,12 @@ def main(argv=None):
     import cv2
     import matplotlib.pyplot as plt
     import numpy as np
+
     from seg_ssl.data.classes import class_names
     from seg_ssl.data.dataset import load_image
-    from seg_ssl.errors import ConfigError
     from seg_ssl.data.transforms import normalize
     from seg_ssl.engine.loading import load_for_eval
+    from seg_ssl.errors import ConfigError
     from seg_ssl.viz.gradcam import default_layer, earlier_layer, gradcam_map, resolve_layer, zero_map_reason
     from seg_ssl.viz.overlay import annotated_figure, heat_overlay
 

@@ -24,6 +24,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     import torch
+
     from seg_ssl.engine.checkpoint import save_atomic
     from seg_ssl.errors import CheckpointError
     from seg_ssl.safe_load import read_pth, to_plain

@@ -34,8 +34,8 @@ def main(argv=None):
                    help="train cells again from scratch whose earlier run used other settings (the old "
                         "folder is kept as <cell>.old)")
     args = p.parse_intermixed_args(argv)
-    from seg_ssl.errors import ConfigError
     from seg_ssl.engine import sweep
+    from seg_ssl.errors import ConfigError
 
     try:
         axes = sweep.parse_grid(args.grid)

@@ -31,6 +31,7 @@ def main(argv=None):
     cfg = load_config(args.config, args.overrides)
     if args.smoke:
         import os
+
         from seg_ssl.engine.smoke import run_smoke, smoke_overrides
         name = os.path.splitext(os.path.basename(args.config))[0]
         # the command line's overrides come last: they win over the smoke settings
@@ -40,7 +41,9 @@ def main(argv=None):
         return 0
     if args.dry_run:
         import os
+
         import yaml
+
         from seg_ssl.engine.dry_run import derived_sizes, missing_data
         sizes = derived_sizes(cfg, int(os.environ.get("WORLD_SIZE", "1")))
         if args.json:  # for scripts: nothing else on stdout

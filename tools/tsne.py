@@ -40,13 +40,21 @@ def main(argv=None):
     overrides = [c for c, o in zip(args.checkpoints, is_override) if o]
 
     import torch
+
     from seg_ssl.config import ConfigError, from_dict, load_config
     from seg_ssl.data.dataset import build_split
     from seg_ssl.data.transforms import val_pipeline
     from seg_ssl.engine.checkpoint import load_checkpoint
     from seg_ssl.engine.loading import load_for_eval
     from seg_ssl.viz.overlay import categorical_palette
-    from seg_ssl.viz.tsne import FEATURE_SPACES, alignment, plot_tsne, set_overlap_features, uniformity, view_plan
+    from seg_ssl.viz.tsne import (
+        FEATURE_SPACES,
+        alignment,
+        plot_tsne,
+        set_overlap_features,
+        uniformity,
+        view_plan,
+    )
 
     cfg = load_config(args.config, overrides)
     val = build_split(cfg.data, "val", val_pipeline(cfg.data))

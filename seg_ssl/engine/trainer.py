@@ -23,12 +23,17 @@ from seg_ssl.collectives import all_reduce_sum
 from seg_ssl.data.dataset import build_split, check_disjoint, resolve_list, unreadable
 from seg_ssl.data.streams import make_stream, shard_indices
 from seg_ssl.data.transforms import train_pipeline, val_pipeline
-from seg_ssl.engine import dist as du
-from seg_ssl.engine import tb
+from seg_ssl.engine import dist as du, tb
 from seg_ssl.engine.checkpoint import load_checkpoint, model_state
 from seg_ssl.engine.dry_run import derived_sizes
-from seg_ssl.engine.execution import AMP_DTYPES, autocast, channels_last_batch, compile_module, grad_scaler
-from seg_ssl.engine.execution import is_compile_failure
+from seg_ssl.engine.execution import (
+    AMP_DTYPES,
+    autocast,
+    channels_last_batch,
+    compile_module,
+    grad_scaler,
+    is_compile_failure,
+)
 from seg_ssl.engine.interrupts import StopRequested, fault_injection
 from seg_ssl.engine.logbook import LossWindow, progress_bar, setup_logging
 from seg_ssl.engine.optim import build_optimizer, set_lr

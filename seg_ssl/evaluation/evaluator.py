@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from seg_ssl.collectives import all_reduce_sum
 from seg_ssl.data.streams import shard_indices
 from seg_ssl.data.transforms import normalize
-from seg_ssl.collectives import all_reduce_sum
 from seg_ssl.evaluation.confusion import confusion_matrix
 from seg_ssl.evaluation.inference import predict_probs
 from seg_ssl.evaluation.metrics import metrics_from_confusion

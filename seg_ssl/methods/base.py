@@ -34,11 +34,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from seg_ssl.data.classes import first_class_is_background
+from seg_ssl.data.cutmix import halves
 from seg_ssl.data.transforms import WeakStrongPipeline, photometric_ops, train_pipeline
 from seg_ssl.errors import ConfigError
 from seg_ssl.losses.ohem import ohem_cross_entropy
-from seg_ssl.data.classes import first_class_is_background
-from seg_ssl.data.cutmix import halves
 from seg_ssl.losses.pseudo_labels import pseudo_labels
 from seg_ssl.models.ema import ema_momentum, make_teacher, update_teacher
 from seg_ssl.models.segmentor import build_segmentor, logits

@@ -18,8 +18,13 @@ from __future__ import annotations
 import torch
 
 from seg_ssl.data.cutmix import mix, single_box_masks
-from seg_ssl.losses.pseudo_labels import (box_mixed_targets, pseudo_label_accuracy, pseudo_label_stats, pseudo_labels,
-                                          weak_to_strong_loss)
+from seg_ssl.losses.pseudo_labels import (
+    box_mixed_targets,
+    pseudo_label_accuracy,
+    pseudo_label_stats,
+    pseudo_labels,
+    weak_to_strong_loss,
+)
 from seg_ssl.methods.base import FG_MARGINAL, WeakToStrong, pasted_targets, strong_view_fields, warmup_fields
 from seg_ssl.models.segmentor import logits
 from seg_ssl.schema import NUM, field
