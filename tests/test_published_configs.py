@@ -5,7 +5,6 @@ an edit of a config that changes a published setting fails here and has to say w
 writes a setting differently (a global selected_num, the CPS release's effective learning rate),
 the comment gives the conversion.
 """
-import json
 import os
 
 import pytest

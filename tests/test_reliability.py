@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, SMALL_NET, digits_cfg
+from conftest import ROOT, digits_cfg
 from helpers import load_tool, make_voc, run_tool, write_list
 from seg_ssl.engine.checkpoint import load_checkpoint
 from seg_ssl.engine.trainer import Trainer

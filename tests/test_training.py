@@ -3,7 +3,6 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import SMALL_NET, digits_cfg
 from reference_ssl import brute_force_miou

@@ -19,7 +19,6 @@ it. Per-class rows carry the config's class names wherever a config or checkpoin
 """
 import argparse
 import json
-import os
 import sys
 
 from _common import add_model_args, model_config, run_cli

@@ -23,7 +23,7 @@ from seg_ssl.errors import ConfigError
 from seg_ssl.losses.contrastive import directional_contrastive_loss
 from seg_ssl.losses.pseudo_labels import pseudo_label_accuracy
 from seg_ssl.methods.base import SemiSupervised, warmup_fields
-from seg_ssl.models.segmentor import build_segmentor, logits, logits_and_projection
+from seg_ssl.models.segmentor import build_segmentor, logits_and_projection
 from seg_ssl.schema import NUM, field
 
 LOG = logging.getLogger("seg_ssl")
