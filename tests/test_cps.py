@@ -131,9 +131,9 @@ def test_cps_iterations_add_the_cross_term_and_score_branch_1(digits_root, tmp_p
     trainer = Trainer(cfg)
     logs = record_steps(trainer)
     res = trainer.train()
-    assert len(logs) == 3 and all(l["cps"] > 0 for l in logs)
+    assert len(logs) == 3 and all(log["cps"] > 0 for log in logs)
     # warm-up (unsup_start_iter 0) is off: every step has the cross term; the loss adds it at weight 1
-    assert all(l["loss"] == pytest.approx(l["sup1"] + l["sup2"] + l["cps"], rel=1e-5) for l in logs)
+    assert all(log["loss"] == pytest.approx(log["sup1"] + log["sup2"] + log["cps"], rel=1e-5) for log in logs)
     # the final score is branch 1's (eval.branch 1), counted pixel by pixel
     trainer.model.eval()
     assert res.metrics["mIoU"] == pytest.approx(brute_force_miou(trainer.model.branch1, trainer.val, 11, batch_size=8),

@@ -221,12 +221,12 @@ class CAC(SemiSupervised):
         return out
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(),
-                "bank": [(f.cpu(), l.cpu()) for f, l in self.bank] if self.bank is not None else []}
+        bank = [(feats.cpu(), labels.cpu()) for feats, labels in self.bank] if self.bank is not None else []
+        return {**super().state_dict(), "bank": bank}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         if self.bank is not None:
             self.bank.clear()
-            for f, l in state.get("bank", []):
-                self.bank.append((f, l))
+            for feats, labels in state.get("bank", []):
+                self.bank.append((feats, labels))
