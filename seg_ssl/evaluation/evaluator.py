@@ -18,6 +18,8 @@ from seg_ssl.evaluation.inference import predict_probs
 from seg_ssl.evaluation.metrics import metrics_from_confusion
 from seg_ssl.evaluation.protocols import protocol
 
+CPU = torch.device("cpu")
+
 
 def predict_kwargs(cfg) -> dict:
     """Inference settings from a config's ``eval`` section (window defaults to the crop), and the
@@ -31,7 +33,7 @@ def predict_kwargs(cfg) -> dict:
 
 @torch.no_grad()
 def evaluate(predict_fn, dataset, num_classes: int, ignore_index: int = 255, size_divisor: int = 1,
-             device=torch.device("cpu"), rank: int = 0, world_size: int = 1, batch_size: int = 1,
+             device=CPU, rank: int = 0, world_size: int = 1, batch_size: int = 1,
              num_workers: int = 0, progress: bool = False, **predict) -> dict:
     """Metrics (see ``metrics_from_confusion``), the raw ``confusion`` matrix and the ``protocol``
     that scored them (``protocols.protocol``: mode, window, stride ... with defaults resolved)."""
