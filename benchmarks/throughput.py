@@ -160,22 +160,23 @@ def measure_eval(a) -> dict:
     if a.scale == "voc":
         ov += ["model.encoder_weights=null", f"data.crop_size={a.crop}"]
     ov += a.extra
+
+    def run(trainer, cfg, kw):
+        return evaluate(trainer.method.predictor(trainer.model), trainer.val, cfg.data.num_classes,
+                        cfg.data.ignore_index, trainer.method.size_divisor(trainer.model), trainer.device,
+                        0, 1, cfg.data.val_batch_size, **kw)
+
     out = {}
     for mode in ("whole", "slide"):
         cfg = load_config(os.path.join(ROOT, config), ov + [f"eval.mode={mode}"])
         trainer = Trainer(cfg)
         trainer.model.eval()
         kw = predict_kwargs(cfg)
-
-        def run():
-            return evaluate(trainer.method.predictor(trainer.model), trainer.val, cfg.data.num_classes,
-                            cfg.data.ignore_index, trainer.method.size_divisor(trainer.model), trainer.device,
-                            0, 1, cfg.data.val_batch_size, **kw)
         sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
-        run()  # warm-up
+        run(trainer, cfg, kw)  # warm-up
         sync()
         t0 = time.time()
-        run()
+        run(trainer, cfg, kw)
         sync()
         out[mode] = len(trainer.val) / (time.time() - t0)
     return {"scale": a.scale, "whole_img_s": out["whole"], "slide_img_s": out["slide"],

@@ -1,4 +1,5 @@
 """Everyday use after `make demo`: threads, console, API, export, metrics, TensorBoard."""
+import functools
 import os
 
 import numpy as np
@@ -187,7 +188,7 @@ def test_a_checkpoint_without_a_config_is_one_line(tmp_path, capsys):
     for args, message in (([str(tmp_path / "bare.pth")], "holds no config"),
                           ([os.path.join(ROOT, "configs", "digits_sup.yaml")], "is a config: give the checkpoint after it")):
         with pytest.raises(SystemExit) as e:
-            tool.run_cli(lambda: tool.main(args))
+            tool.run_cli(functools.partial(tool.main, args))
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err, err
 
