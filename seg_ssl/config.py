@@ -433,13 +433,13 @@ def _resolve_encoder_weights(cfg: dict, origin: str) -> None:
             "%s: eval.flip is true but data.hflip is false: the model never saw a mirrored image, and "
             "where hflip is off because a mirrored object is another class (digits: 2 and 5), flipping "
             "at test time lowers the score; set eval.flip=false", origin)
-    expected = dict(zip(("mean", "std"), input_normalization(cfg["model"])))
+    expected = dict(zip(("mean", "std"), input_normalization(cfg["model"]), strict=True))
     for key in ("mean", "std"):
         if d[key] is None:
             d[key] = list(expected[key])
         elif len(d[key]) != 3:
             raise ConfigError(f"{origin}: data.{key} = {d[key]!r}: expected 3 values (R, G, B)")
-        elif weights and any(abs(a - b) > 1e-6 for a, b in zip(d[key], expected[key])):
+        elif weights and any(abs(a - b) > 1e-6 for a, b in zip(d[key], expected[key], strict=True)):
             logging.getLogger("seg_ssl").warning(
                 "%s: data.%s = %s, but the encoder weights %s expect %s", origin, key, d[key], weights,
                 expected[key])

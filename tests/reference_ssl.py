@@ -28,7 +28,7 @@ class ToyNet(nn.Module):
         if groups is not None:
             masks = channel_masks[0].split(list(groups)) if channel_masks is not None else [None] * len(groups)
             parts = [self(part, output, fp_dropout=fp_dropout, channel_masks=None if m is None else [m])
-                     for part, m in zip(x.split(list(groups)), masks)]
+                     for part, m in zip(x.split(list(groups)), masks, strict=True)]
             return torch.cat(parts)  # the toy's grouped calls return logits only
         fp_dropout = fp_dropout if output == "fp" else 0.0
         self.calls.append(("train" if self.training else "eval", x.shape[0], fp_dropout))
@@ -54,7 +54,7 @@ def toy_batches(nl=2, nu=2, h=4, w=5, strong=("strong1", "strong2")):
     labeled["label"][0, 0, 0] = 255
     unl = {k: torch.randn(2 * nu, 3, h, w, generator=g) for k in ("image", "strong1", "strong2")}
     unl = {("image" if k == "image" else new): unl[k] for k, new in zip(("image", "strong1", "strong2"),
-                                                                         ("image", *strong)) if new}
+                                                                         ("image", *strong), strict=True) if new}
     unl["valid"] = torch.ones(2 * nu, h, w, dtype=torch.bool)
     unl["valid"][0, -1] = False  # padding in a weak image
     unl["valid"][nu, :, -1] = False  # and in an image the boxes come from
@@ -102,7 +102,7 @@ def brute_force_miou(predict, dataset, num_classes: int, ignore_index: int = 255
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             preds = predict(torch.stack([it["image"] for it in items])).argmax(1).numpy()
-            for pred, item in zip(preds, items):
+            for pred, item in zip(preds, items, strict=True):
                 gt = np.asarray(item["label"])
                 keep = gt != ignore_index
                 for c in range(num_classes):

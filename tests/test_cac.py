@@ -183,8 +183,8 @@ class WrittenOutputs(torch.nn.Module):
         def as_seen(t, flips):
             return torch.where(flips.view(-1, 1, 1, 1), t.flip(-1), t)
         nl = x.shape[0] - 4
-        proj = [torch.zeros(nl, *self.proj[0].shape[1:])] + [as_seen(p, f) for p, f in zip(self.proj, (FLIP1, FLIP2))]
-        pseudo = [torch.zeros(nl, 3, CELLS, CELLS)] + [as_seen(p, f) for p, f in zip(self.pseudo, (FLIP1, FLIP2))]
+        proj = [torch.zeros(nl, *self.proj[0].shape[1:])] + [as_seen(p, f) for p, f in zip(self.proj, (FLIP1, FLIP2), strict=True)]
+        pseudo = [torch.zeros(nl, 3, CELLS, CELLS)] + [as_seen(p, f) for p, f in zip(self.pseudo, (FLIP1, FLIP2), strict=True)]
         return {"logits": self.bias.view(1, -1, 1, 1).expand(x.shape[0], 3, *x.shape[-2:]),
                 "proj": torch.cat(proj), "pseudo_logits": torch.cat(pseudo)}
 
@@ -245,7 +245,7 @@ def test_cac_step_pairs_unflipped_cells_and_sends_the_gradient_to_the_less_confi
     expect = {cell_id(0, s, i, j): cell_id(1, s, i - 1, j) for s in range(2) for i in range(1, CELLS)
               for j in range(CELLS) if cell_valid(1, s, j)}
     ids1, ids2 = f1.argmax(1).tolist(), f2.argmax(1).tolist()
-    assert dict(zip(ids1, ids2)) == expect and len(ids1) == len(expect) == 21
+    assert dict(zip(ids1, ids2, strict=True)) == expect and len(ids1) == len(expect) == 21
 
     def decode(cid):
         crop, rest = divmod(cid, 2 * CELLS * CELLS)
@@ -257,7 +257,7 @@ def test_cac_step_pairs_unflipped_cells_and_sends_the_gradient_to_the_less_confi
         return model.pseudo[crop][s, :, i, j].softmax(0).max(0)
 
     # each pixel's confidence and pseudo label come from its own cell, in each crop
-    for k, (a, b) in enumerate(zip(ids1, ids2)):
+    for k, (a, b) in enumerate(zip(ids1, ids2, strict=True)):
         for (c, y), cid in (((conf1[k], label1[k]), a), ((conf2[k], label2[k]), b)):
             want_c, want_y = conf_label(cid)
             assert float(c) == pytest.approx(float(want_c)) and int(y) == int(want_y)
@@ -267,8 +267,8 @@ def test_cac_step_pairs_unflipped_cells_and_sends_the_gradient_to_the_less_confi
                                      for j in range(CELLS) if cell_valid(c, s, j))
     assert neg_label.tolist() == [int(conf_label(cid)[1]) for cid in neg_ids]
     # the gradient reaches only the less confident cell of a pair, where the other is confident
-    anchors1 = {a for k, (a, b) in enumerate(zip(ids1, ids2)) if conf2[k] > 0.5 and conf1[k] < conf2[k]}
-    anchors2 = {b for k, (a, b) in enumerate(zip(ids1, ids2)) if conf1[k] > 0.5 and conf2[k] < conf1[k]}
+    anchors1 = {a for k, (a, b) in enumerate(zip(ids1, ids2, strict=True)) if conf2[k] > 0.5 and conf1[k] < conf2[k]}
+    anchors2 = {b for k, (a, b) in enumerate(zip(ids1, ids2, strict=True)) if conf1[k] > 0.5 and conf2[k] < conf1[k]}
     assert anchors1 and anchors2
     out["loss"].backward()
     for crop, anchors in ((0, anchors1), (1, anchors2)):

@@ -335,7 +335,7 @@ def test_taps_and_the_tiny_variant():
         ref = release_features(release, x, "dinov2_small", taps=[0, 0, 1, 1])
         logits, ref_logits = net.eval()(x), release_logits(release, x, "dinov2_small", taps=[0, 0, 1, 1])
     assert [m.shape for m in maps] == [(2, 384, 4, 6)] * 4
-    for m, r in zip(maps, ref):
+    for m, r in zip(maps, ref, strict=True):
         torch.testing.assert_close(m, r.permute(0, 2, 1).reshape(m.shape), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4 * ref_logits.abs().max().item())
 

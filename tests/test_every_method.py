@@ -39,7 +39,7 @@ def state_equal(a, b) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(state_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(state_equal(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(state_equal(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 

@@ -304,5 +304,5 @@ def test_after_step_runs_once_per_update_with_the_steps_iteration(digits_root, t
     trainer.train()
     trainer.close()
     assert [(kind, it) for kind, it, _ in seen] == [(k, i) for i in range(3) for k in ("step", "after")]
-    for (_, _, before), (_, _, after) in zip(seen[::2], seen[1::2]):
+    for (_, _, before), (_, _, after) in zip(seen[::2], seen[1::2], strict=True):
         assert not torch.equal(before, after)  # the update came first

@@ -296,7 +296,7 @@ def test_pred_dir_scores_a_listed_subset_with_class_names_and_saves_the_confusio
     m = json.loads(out.read_text())
     assert m["class_names"][:2] == ["background", "digit_0"]
     expect = np.zeros((11, 11), int)
-    for g, p in zip(gt.ravel(), pred.ravel()):
+    for g, p in zip(gt.ravel(), pred.ravel(), strict=True):
         if g != 255:
             expect[g, p] += 2  # two images
     assert np.array_equal(np.array(m["confusion"]), expect)

@@ -33,7 +33,7 @@ def main(argv=None):
     if total:
         print("labeled class frequencies:")
         names = class_names(d.class_names, d.num_classes)
-        for name, n in zip(names, report["class_pixels"].tolist()):
+        for name, n in zip(names, report["class_pixels"].tolist(), strict=True):
             print(f"  {name:<16} {n:>12}  {100.0 * n / total:6.2f}%")
     problems = report["problems"]
     for line in problems[:args.max_lines]:

@@ -36,8 +36,8 @@ def main(argv=None):
     # a checkpoint path may hold "=" (every sweep cell's folder does): an existing file, or anything
     # not of the form dotted.key=value, is a checkpoint
     is_override = [not os.path.isfile(c) and re.match(r"^[A-Za-z_][\w.]*=", c) is not None for c in args.checkpoints]
-    ckpts = [c for c, o in zip(args.checkpoints, is_override) if not o]
-    overrides = [c for c, o in zip(args.checkpoints, is_override) if o]
+    ckpts = [c for c, o in zip(args.checkpoints, is_override, strict=True) if not o]
+    overrides = [c for c, o in zip(args.checkpoints, is_override, strict=True) if o]
 
     import torch
 

@@ -38,7 +38,7 @@ class LossWindow:
         keys = list(self.sums)
         values = torch.stack([torch.as_tensor(self.sums[k], dtype=torch.float32, device=self.device)
                               for k in keys]).tolist()  # one transfer
-        return {k: v / self.counts[k] for k, v in zip(keys, values)}
+        return {k: v / self.counts[k] for k, v in zip(keys, values, strict=True)}
 
     def record(self, avg: dict, iteration: int, lr: float) -> dict:
         """The window as one ``train.jsonl`` line: iteration, lr, mean seconds per iteration and

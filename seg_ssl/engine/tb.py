@@ -95,7 +95,7 @@ def val_panels(predict_fn, dataset, cfg, size_divisor: int, device) -> list[np.n
 def log_eval(writer, res: dict, names, iteration: int, panels: list[np.ndarray]) -> None:
     """Per-class IoU by class name and the image | truth | prediction panels."""
     names = class_names(names, len(res["IoU"]))
-    for name, iou in zip(names, res["IoU"]):
+    for name, iou in zip(names, res["IoU"], strict=True):
         if iou is not None and not math.isnan(iou):
             writer.add_scalar(f"val_IoU/{name}", iou, iteration)
     for k, panel in enumerate(panels):

@@ -30,7 +30,7 @@ def _class_chunks(neg_label: torch.Tensor, chunk: int):
     order = torch.argsort(neg_label, stable=True)
     labels, counts = torch.unique_consecutive(neg_label[order], return_counts=True)
     pieces, start = [], 0
-    for lab, cnt in zip(labels.tolist(), counts.tolist()):
+    for lab, cnt in zip(labels.tolist(), counts.tolist(), strict=True):
         for s in range(start, start + cnt, chunk):
             pieces.append((lab, s, min(s + chunk, start + cnt)))
         start += cnt

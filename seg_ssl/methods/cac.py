@@ -179,8 +179,8 @@ class CAC(SemiSupervised):
         z, p = out["proj"][nl:], out["pseudo_logits"][nl:].float()
         u = unlabeled
         flips = (u["flip1"], u["flip2"])
-        z1, z2 = (unflip(t, f) for t, f in zip((z[:nu], z[nu:]), flips))
-        p1, p2 = (unflip(t, f) for t, f in zip((p[:nu], p[nu:]), flips))
+        z1, z2 = (unflip(t, f) for t, f in zip((z[:nu], z[nu:]), flips, strict=True))
+        p1, p2 = (unflip(t, f) for t, f in zip((p[:nu], p[nu:]), flips, strict=True))
         # a feature cell is valid when none of its pixels is padding
         v1, v2 = (unflip(-F.max_pool2d(-u[k].float()[:, None], 8)[:, 0], f) > 0.5
                   for k, f in (("valid1", flips[0]), ("valid2", flips[1])))

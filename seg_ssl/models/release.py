@@ -55,7 +55,7 @@ class ResNetBackbone(nn.Module):
             if len(layer4_dilations) != len(self.layer4):
                 raise ValueError(f"layer4_dilations = {layer4_dilations!r}: one dilation per layer4 block "
                                  f"({len(self.layer4)})")
-            for block, d in zip(self.layer4, layer4_dilations):
+            for block, d in zip(self.layer4, layer4_dilations, strict=True):
                 block.conv2.dilation, block.conv2.padding = (d, d), (d, d)
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):

@@ -155,7 +155,7 @@ class Segmentor(nn.Module):
         first = 0 if self.release or self.vit else 1
         if channel_masks is not None:  # one mask per map, or one for every map (DINOv2's taps)
             masks = channel_masks * (len(maps) - first) if len(channel_masks) == 1 else channel_masks
-            maps = maps[:first] + [m * k.to(m.dtype)[:, :, None, None] for m, k in zip(maps[first:], masks)]
+            maps = maps[:first] + [m * k.to(m.dtype)[:, :, None, None] for m, k in zip(maps[first:], masks, strict=True)]
         if fp_dropout is not None:
             maps = [torch.cat([m, m]) for m in maps[:first]] + [
                 torch.cat([m, F.dropout2d(m, fp_dropout, training=True)]) for m in maps[first:]]

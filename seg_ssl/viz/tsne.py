@@ -82,7 +82,7 @@ def set_overlap_features(model, val, plan, iou_bound, ignore_index: int = 255, s
     rng = np.random.default_rng(seed)
     parts = [overlap_features(model, val[i]["image"], val[i]["label"], crop, iou_bound, rng, ignore_index, space)
              for i, crop in plan]
-    f1, f2, y = (torch.cat(t) for t in zip(*parts))
+    f1, f2, y = (torch.cat(t) for t in zip(*parts, strict=True))
     if f1.shape[0] > max_points:
         keep = torch.randperm(f1.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]
         f1, f2, y = f1[keep], f2[keep], y[keep]
@@ -103,7 +103,7 @@ def plot_tsne(panels: list, class_names, palette: np.ndarray, out_path: str, see
     from sklearn.manifold import TSNE
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
-    for ax, (title, f1, f2, y) in zip(axes[0], panels):
+    for ax, (title, f1, f2, y) in zip(axes[0], panels, strict=True):
         x = torch.cat([f1, f2]).float().numpy()
         emb = TSNE(n_components=2, init="pca", random_state=seed,
                    perplexity=min(30.0, max(2.0, (len(x) - 1) / 3))).fit_transform(x)
