@@ -88,7 +88,8 @@ def val_panels(predict_fn, dataset, cfg, size_divisor: int, device) -> list[np.n
                              **predict_kwargs(cfg)).argmax(1)[0].cpu().numpy()
         image = ((x * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
         gap = np.full((image.shape[0], 2, 3), 255, np.uint8)
-        out.append(np.concatenate([image, gap, colorize(item["label"].numpy(), lut), gap, colorize(pred, lut)], 1))
+        out.append(np.concatenate([image, gap, colorize(item["label"].numpy(), lut), gap,
+                                   colorize(pred, lut)], 1))
     return out
 
 

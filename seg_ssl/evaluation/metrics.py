@@ -77,7 +77,8 @@ def evaluation_record(metrics: dict, iteration: int, class_names: list[str] | No
     clean = to_json(metrics)
     names = names_of(class_names, len(clean["IoU"]))
     out = {"iteration": iteration, "aAcc": clean["aAcc"], "mIoU": clean["mIoU"], "mAcc": clean["mAcc"],
-           "IoU": dict(zip(names, clean["IoU"], strict=True)), "Acc": dict(zip(names, clean["Acc"], strict=True))}
+           "IoU": dict(zip(names, clean["IoU"], strict=True)),
+           "Acc": dict(zip(names, clean["Acc"], strict=True))}
     if "protocol" in clean:
         out["protocol"] = clean["protocol"]
     if "confusion" in metrics:
@@ -108,7 +109,8 @@ def format_comparison(runs: dict, class_names: list[str] | None = None) -> str:
             cells.append(f"{d:>+8.2f}" if d is not None else f"{'':>8}")
         return f"{label:<{width}}  " + "  ".join(cells)
 
-    head = f"{'IoU':<{width}}  " + "  ".join(f"{n:>{col}}" for n in names) + (f"  {'diff':>8}" if delta else "")
+    head = (f"{'IoU':<{width}}  " + "  ".join(f"{n:>{col}}" for n in names)
+            + (f"  {'diff':>8}" if delta else ""))
     lines = [head, "-" * len(head)]
     for c in range(k):
         lines.append(row(classes[c], [pct(runs[n]["IoU"][c]) for n in names]))

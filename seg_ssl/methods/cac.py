@@ -173,7 +173,8 @@ class CAC(SemiSupervised):
         nl, nu = labeled["image"].shape[0], unlabeled["image1"].shape[0]
         # the release runs the labeled batch and each crop batch through the network apart
         # (BatchNorm statistics per batch); train.joint_forward shares them instead
-        out = logits_and_projection(model, torch.cat([labeled["image"], unlabeled["image1"], unlabeled["image2"]]),
+        images = torch.cat([labeled["image"], unlabeled["image1"], unlabeled["image2"]])
+        out = logits_and_projection(model, images,
                                     groups=None if self.cfg.train.joint_forward else [nl, nu, nu])
         sup = self.supervised_loss(out["logits"][:nl], labeled["label"])
         z, p = out["proj"][nl:], out["pseudo_logits"][nl:].float()

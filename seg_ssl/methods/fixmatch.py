@@ -58,7 +58,8 @@ class FixMatch(WeakToStrong):
         loss_s = weak_to_strong_loss(logits_s, t, cf, v, c.conf_thresh)
         kept = target.masked_fill(~(valid & (conf >= c.conf_thresh)), self.ignore_index)
         out = {"loss": (sup + lam * loss_s) / 2, "sup": sup.detach(), "strong": loss_s.detach(),
-               **pseudo_label_stats(kept, valid, self.cfg.data.num_classes, self.ignore_index, self.background)}
+               **pseudo_label_stats(kept, valid, self.cfg.data.num_classes, self.ignore_index,
+                                    self.background)}
         if "label" in own:  # hidden truth of the unlabeled images (benchmarks): how right are the targets?
             out.update(pseudo_label_accuracy(target, own["label"], valid, kept != self.ignore_index,
                                              self.ignore_index, self.background))
