@@ -155,8 +155,8 @@ def measure_eval(a) -> dict:
     from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
 
     config, _ = CONFIGS[a.scale]["labeled-only"]
-    ov = [f"work_dir={a.work_dir}", "resume=null", f"train.threads={a.threads}", f"data.num_workers={a.workers}",
-          f"data.root={a.data_root}"]
+    ov = [f"work_dir={a.work_dir}", "resume=null", f"train.threads={a.threads}",
+          f"data.num_workers={a.workers}", f"data.root={a.data_root}"]
     if a.scale == "voc":
         ov += ["model.encoder_weights=null", f"data.crop_size={a.crop}"]
     ov += a.extra
@@ -232,8 +232,9 @@ def main(argv=None) -> int:
                 rows.append(spawn(common + ["--one", method, "--settings", setting, "--work-dir",
                                             os.path.join(tmp, f"{method}_{setting}")]))
                 r = rows[-1]
-                print(f"{method:<13} {setting:<21} loader {r['loader_s']:.3f} s/batch, step {r['step_s']:.3f} s, "
-                      f"train {r['train_s']:.3f} s/it, peak {r['peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
+                print(f"{method:<13} {setting:<21} loader {r['loader_s']:.3f} s/batch, step "
+                      f"{r['step_s']:.3f} s, train {r['train_s']:.3f} s/it, peak {r['peak_mib']:.0f} MiB",
+                      file=sys.stderr, flush=True)
         ev = None if a.no_eval else spawn(common + ["--eval-only", "--work-dir", os.path.join(tmp, "eval")])
 
     import torch
@@ -248,8 +249,8 @@ def main(argv=None) -> int:
     for r in rows:
         ratio = f"{r['step_s'] / fp32_step[r['method']]:.2f}x" if r["method"] in fp32_step else ""
         print(f"| {r['method']} | {r['setting']} | {r['crop']} | {r['batch']} | {r['train_s']:.3f} | "
-              f"{1 / r['train_s']:.2f} | {r['step_s']:.3f} | {ratio} | {r['loader_s']:.3f} | {r['peak_mib']:.0f} | "
-              f"{r['training_mib']:.0f} |")
+              f"{1 / r['train_s']:.2f} | {r['step_s']:.3f} | {ratio} | {r['loader_s']:.3f} | "
+              f"{r['peak_mib']:.0f} | {r['training_mib']:.0f} |")
     if ev:
         print(f"\nevaluation ({ev['val_images']} val images): whole {ev['whole_img_s']:.1f} img/s, "
               f"slide {ev['slide_img_s']:.1f} img/s")

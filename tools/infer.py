@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Predict masks for an image, a folder or a split list (.txt of ids): writes NAME.png (class ids), NAME_color.png and
-NAME_overlay.png to --out (the image with each predicted region outlined in its class colour, beside the
-prediction in full colours, and a legend).
+"""Predict masks for an image, a folder or a split list (.txt of ids): writes NAME.png (class ids),
+NAME_color.png and NAME_overlay.png to --out (the image with each predicted region outlined in its
+class colour, beside the prediction in full colours, and a legend).
 
     python tools/infer.py [CONFIG] CHECKPOINT --input IMG|DIR|LIST.txt --out DIR [--limit N] [key=value ...]
 
