@@ -1,5 +1,5 @@
 # make demo: install into .venv, build the digits set, train and evaluate on the CPU.
-# make test: install into .venv and run the test suite.
+# make test: install into .venv, lint (ruff check .) and run the test suite.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -57,11 +57,14 @@ demo-scratch: $(STAMP) data/digits/.complete
 # make test: every test but the slow ones (`-m slow`: each starts processes, tools, torchrun or
 # sweeps, and spends most of its time importing torch in them): ~3 min on 2 cores.
 # make test-all: the whole suite, slow ones first (~9 min on 2 cores); CI runs it (.ci/run).
+# Both run `ruff check .` first (pyproject.toml's [tool.ruff]): any finding fails them.
 PYTEST_ARGS ?= -n auto --maxprocesses 4 --dist load
 test: $(STAMP)
+	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 test-all: $(STAMP)
+	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

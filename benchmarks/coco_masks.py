@@ -60,7 +60,7 @@ def make(root: str, n: int, seed: int = 0):
                 seg, iscrowd = (crowd(rng), 1) if k == 6 else ([polygon(rng).ravel().round(2).tolist()], 0)
                 anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(rng.choice(THING_IDS)),
                              "segmentation": seg, "iscrowd": iscrowd, "area": 1.0, "bbox": [0, 0, 1, 1]})
-        cats = [{"id": c, "name": name} for c, name in zip(THING_IDS, NAMES)]
+        cats = [{"id": c, "name": name} for c, name in zip(THING_IDS, NAMES, strict=True)]
         with open(os.path.join(root, "annotations", f"instances_{set_name}.json"), "w") as f:
             json.dump({"images": images, "annotations": anns, "categories": cats}, f)
 

@@ -22,7 +22,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--out", default="runs/bench_demo", help="each seed's runs under OUT/seedN")
     p.add_argument("--store", default=None, help="a JSON file the results are added to (by seed)")
-    p.add_argument("--extra", nargs="*", default=[], help="arguments for tools/demo.py (--iters N --warmup W)")
+    p.add_argument("--extra", nargs="*", default=[],
+                   help="arguments for tools/demo.py (--iters N --warmup W)")
     a = p.parse_args(argv)
     stored = {}
     if a.store and os.path.isfile(a.store):
@@ -44,8 +45,9 @@ def main(argv=None) -> int:
         print(f"| {r['seed']} | {100 * r['mIoU']['labeled-only']:.1f} | {100 * r['mIoU']['CAC']:.1f} | "
               f"{r['gain']:+.1f} | {r['seconds'] / 60:.1f} min |")
     gains = [r["gain"] for r in rows]
-    print(f"gain {statistics.mean(gains):+.1f} mean, {min(gains):+.1f} lowest; wall {max(r['seconds'] for r in rows) / 60:.1f} "
-          f"min longest")
+    longest = max(r["seconds"] for r in rows) / 60
+    print(f"gain {statistics.mean(gains):+.1f} mean, {min(gains):+.1f} lowest; "
+          f"wall {longest:.1f} min longest")
     return 0
 
 

@@ -53,9 +53,9 @@ def build_trainer(method: str, precision: str, data_root: str, work_dir: str, dr
     config, gpus, *network = PUBLISHED[method]
     base = load_config(os.path.join(ROOT, config), [f"data.root={ROOT}"])  # only for its batch sizes
     per_gpu = max(2, base.data.batch_size // gpus)  # BatchNorm needs 2+ samples
-    overrides = [f"work_dir={work_dir}", "resume=null", f"data.root={data_root}", "model.encoder_weights=null",
-                 f"train.amp={AMP[precision]}", "train.eval_interval=0", "data.num_workers=2",
-                 f"data.batch_size={per_gpu}", f"data.unlabeled_batch_size={per_gpu}",
+    overrides = [f"work_dir={work_dir}", "resume=null", f"data.root={data_root}",
+                 "model.encoder_weights=null", f"train.amp={AMP[precision]}", "train.eval_interval=0",
+                 "data.num_workers=2", f"data.batch_size={per_gpu}", f"data.unlabeled_batch_size={per_gpu}",
                  "data.labeled_list=splits/1_8/labeled.txt", "data.unlabeled_list=splits/1_8/unlabeled.txt",
                  "data.val_list=ImageSets/Segmentation/val.txt"]
     if dry:  # tiny: a CPU runs every path in seconds
@@ -75,8 +75,9 @@ def measure(method: str, precision: str, a, data_root: str, tmp: str, curve: boo
         cuda = trainer.device.type == "cuda"
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         lab, unl = trainer.batch_streams()
-        batches = [(to_device(next(lab), trainer.device), to_device(next(unl), trainer.device) if unl is not None
-                    else None) for _ in range(min(4, a.warmup + a.steps))]
+        batches = [(to_device(next(lab), trainer.device),
+                    to_device(next(unl), trainer.device) if unl is not None else None)
+                   for _ in range(min(4, a.warmup + a.steps))]
         trainer.progress.iteration = 10 ** 6  # past every warm-up: every term of the method runs
         for i in range(a.warmup):
             trainer.step(*batches[i % len(batches)])
@@ -114,7 +115,8 @@ def loss_curve(trainer: Trainer, lab, unl, iters: int) -> dict:
     for _ in range(iters):
         losses = trainer.step(to_device(next(lab), trainer.device),
                               to_device(next(unl), trainer.device) if unl is not None else None)
-        sup.append(sum(float(v) for k, v in losses.items() if k in ("sup", "sup1", "sup2")))  # CPS: one per network
+        # CPS: one per network
+        sup.append(sum(float(v) for k, v in losses.items() if k in ("sup", "sup1", "sup2")))
     k = max(1, len(sup) // 5)
     first, last = statistics.mean(sup[:k]), statistics.mean(sup[-k:])
     return {"first": first, "last": last, "falls": last < first}
@@ -148,7 +150,8 @@ def main(argv=None) -> int:
         fake_voc(data_root, n=16 if a.dry else 48, size=(100, 125) if a.dry else (375, 500))
         for method in a.methods:
             for precision in a.precisions:
-                rows.append(measure(method, precision, a, data_root, tmp, curve=precision == a.loss_precision))
+                rows.append(measure(method, precision, a, data_root, tmp,
+                                    curve=precision == a.loss_precision))
                 r = rows[-1]
                 print(f"{method} {precision}: {r['step_s']:.3f} s/step, {r['img_s']:.1f} img/s, "
                       f"peak {r['peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
@@ -166,9 +169,11 @@ def main(argv=None) -> int:
     lines += [f"| {r['method']} | {r['crop']} | {r['batch']} | {r['precision']} | {r['step_s']:.3f} | "
               f"{r['img_s']:.1f} | {r['peak_mib']:.0f} |" for r in rows]
     k = max(1, a.loss_iters // 5)
-    lines += ["", f"| method | labeled loss, first {k} of {a.loss_iters} its ({a.loss_precision}) | last {k} its "
+    lines += ["",
+              f"| method | labeled loss, first {k} of {a.loss_iters} its ({a.loss_precision}) | last {k} its "
               f"| falls |", "|---|---|---|---|"]
-    lines += [f"| {m} | {c['first']:.4f} | {c['last']:.4f} | {'yes' if c['falls'] else 'NO'} |" for m, c in curves.items()]
+    lines += [f"| {m} | {c['first']:.4f} | {c['last']:.4f} | {'yes' if c['falls'] else 'NO'} |"
+              for m, c in curves.items()]
     table = "\n".join(lines)
     print(table)
     if a.out:

@@ -73,11 +73,13 @@ def main(argv=None) -> int:
             labels.append(torch.stack([torch.as_tensor(s["label"]) for s in items]).long())
     q = quality(torch.cat(probs), torch.cat(labels), d.ignore_index)
     print(f"{n} images of {d.labeled_list}")
-    print("| pseudo labels | pixel acc | foreground labelled background | class right where labelled foreground |")
+    print("| pseudo labels | pixel acc | foreground labelled background | class right where labelled "
+          "foreground |")
     print("|---|---|---|---|")
     for rule in ("argmax", "fg_marginal"):
         r = q[rule]
-        print(f"| {rule} | {100 * r['pixel_acc']:.1f} | {100 * r['fg_as_bg']:.1f} | {100 * r['class_acc']:.1f} |")
+        print(f"| {rule} | {100 * r['pixel_acc']:.1f} | {100 * r['fg_as_bg']:.1f} | "
+              f"{100 * r['class_acc']:.1f} |")
     print("\n| p(class given foreground) >= | kept | class right |\n|---|---|---|")
     for r in q["by_threshold"]:
         print(f"| {r['threshold']:.1f} | {100 * r['kept']:.1f} | {100 * r['class_acc']:.1f} |")

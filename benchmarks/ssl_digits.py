@@ -13,7 +13,8 @@ Two suites: ``lite0`` (the benchmark: ImageNet-pretrained EfficientNet-Lite0 on 
 ``configs/digits_lite0_*.yaml``) and ``scratch`` (ResNet-18 from scratch on the default rendering,
 ``configs/digits_{sup,cps,cac,unimatch}.yaml``).
 
-    python benchmarks/ssl_digits.py                 # lite0: 188 (1/16) and 250 labels, 7 methods, 3 seeds (hours)
+    python benchmarks/ssl_digits.py                 # lite0: 188 (1/16) and 250 labels, 7 methods,
+                                                    # 3 seeds (hours)
     python benchmarks/ssl_digits.py --quick         # smoke run: 1/16, 1 seed, 60 iterations
     python benchmarks/ssl_digits.py --write-readme  # also put the table into benchmarks/README.md
 """
@@ -170,7 +171,8 @@ def table(results: dict, ratios: list[str], seeds: list[int], base_iters: int) -
             miou = mean_std([x["mIoU"] for x in runs], show_n=len(runs) != len(seeds))
             iters = runs[0]["iteration"]
             suffix = f" ({iters} it)" if iters != base_iters else ""
-            base = [results[("labeled-only", r, s)]["mIoU"] for s in seeds if ("labeled-only", r, s) in results]
+            base = [results[("labeled-only", r, s)]["mIoU"] for s in seeds
+                    if ("labeled-only", r, s) in results]
             gain = (f"{statistics.mean(x['mIoU'] for x in runs) - statistics.mean(base):+.1f}"
                     if base and name != "labeled-only" else "")
             cells += [miou + suffix, gain, pseudo_label_cell(runs),
@@ -213,7 +215,8 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="runs at once (each with --threads)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work-root", default=None, help="default: runs/bench_ssl_digits_SUITE")
-    p.add_argument("--data-root", default=None, help="default: data/digits_clean (lite0), data/digits (scratch)")
+    p.add_argument("--data-root", default=None,
+                   help="default: data/digits_clean (lite0), data/digits (scratch)")
     p.add_argument("--no-equal-wall", action="store_true", help="skip the equal-wall-time baseline")
     p.add_argument("--equal-wall-iters", type=int, default=None,
                    help="iterations of that baseline (default: from the measured wall times; give it when "
@@ -340,7 +343,8 @@ def report(a, results: dict, base_iters: int) -> int:
                      f"wall: each run's own wall time, mean over seeds; {base_iters} iterations unless "
                      f"noted; gain: difference of the means from labeled-only; pseudo labels right: "
                      f"share of true digit pixels the pseudo labels give the right class, first logged "
-                     f"window after the warm-up -> last. Reproduce: `{cmd} --write-readme`.\n\n{text}", a.suite)
+                     f"window after the warm-up -> last. Reproduce: `{cmd} --write-readme`.\n\n{text}",
+                     a.suite)
     return 0
 
 

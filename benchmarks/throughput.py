@@ -92,6 +92,7 @@ def current_rss_mib() -> float:
 def measure_one(a) -> dict:
     """One method in this process: loader alone, step alone, then the real loop."""
     import torch
+
     from seg_ssl.config import load_config
     from seg_ssl.engine.trainer import Trainer, to_device
 
@@ -148,32 +149,34 @@ def measure_one(a) -> dict:
 def measure_eval(a) -> dict:
     """Images per second of whole-image and sliding-window inference of the labeled-only model."""
     import torch
+
     from seg_ssl.config import load_config
     from seg_ssl.engine.trainer import Trainer
     from seg_ssl.evaluation.evaluator import evaluate, predict_kwargs
 
     config, _ = CONFIGS[a.scale]["labeled-only"]
-    ov = [f"work_dir={a.work_dir}", "resume=null", f"train.threads={a.threads}", f"data.num_workers={a.workers}",
-          f"data.root={a.data_root}"]
+    ov = [f"work_dir={a.work_dir}", "resume=null", f"train.threads={a.threads}",
+          f"data.num_workers={a.workers}", f"data.root={a.data_root}"]
     if a.scale == "voc":
         ov += ["model.encoder_weights=null", f"data.crop_size={a.crop}"]
     ov += a.extra
+
+    def run(trainer, cfg, kw):
+        return evaluate(trainer.method.predictor(trainer.model), trainer.val, cfg.data.num_classes,
+                        cfg.data.ignore_index, trainer.method.size_divisor(trainer.model), trainer.device,
+                        0, 1, cfg.data.val_batch_size, **kw)
+
     out = {}
     for mode in ("whole", "slide"):
         cfg = load_config(os.path.join(ROOT, config), ov + [f"eval.mode={mode}"])
         trainer = Trainer(cfg)
         trainer.model.eval()
         kw = predict_kwargs(cfg)
-
-        def run():
-            return evaluate(trainer.method.predictor(trainer.model), trainer.val, cfg.data.num_classes,
-                            cfg.data.ignore_index, trainer.method.size_divisor(trainer.model), trainer.device,
-                            0, 1, cfg.data.val_batch_size, **kw)
         sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
-        run()  # warm-up
+        run(trainer, cfg, kw)  # warm-up
         sync()
         t0 = time.time()
-        run()
+        run(trainer, cfg, kw)
         sync()
         out[mode] = len(trainer.val) / (time.time() - t0)
     return {"scale": a.scale, "whole_img_s": out["whole"], "slide_img_s": out["slide"],
@@ -229,8 +232,9 @@ def main(argv=None) -> int:
                 rows.append(spawn(common + ["--one", method, "--settings", setting, "--work-dir",
                                             os.path.join(tmp, f"{method}_{setting}")]))
                 r = rows[-1]
-                print(f"{method:<13} {setting:<21} loader {r['loader_s']:.3f} s/batch, step {r['step_s']:.3f} s, "
-                      f"train {r['train_s']:.3f} s/it, peak {r['peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
+                print(f"{method:<13} {setting:<21} loader {r['loader_s']:.3f} s/batch, step "
+                      f"{r['step_s']:.3f} s, train {r['train_s']:.3f} s/it, peak {r['peak_mib']:.0f} MiB",
+                      file=sys.stderr, flush=True)
         ev = None if a.no_eval else spawn(common + ["--eval-only", "--work-dir", os.path.join(tmp, "eval")])
 
     import torch
@@ -245,8 +249,8 @@ def main(argv=None) -> int:
     for r in rows:
         ratio = f"{r['step_s'] / fp32_step[r['method']]:.2f}x" if r["method"] in fp32_step else ""
         print(f"| {r['method']} | {r['setting']} | {r['crop']} | {r['batch']} | {r['train_s']:.3f} | "
-              f"{1 / r['train_s']:.2f} | {r['step_s']:.3f} | {ratio} | {r['loader_s']:.3f} | {r['peak_mib']:.0f} | "
-              f"{r['training_mib']:.0f} |")
+              f"{1 / r['train_s']:.2f} | {r['step_s']:.3f} | {ratio} | {r['loader_s']:.3f} | "
+              f"{r['peak_mib']:.0f} | {r['training_mib']:.0f} |")
     if ev:
         print(f"\nevaluation ({ev['val_images']} val images): whole {ev['whole_img_s']:.1f} img/s, "
               f"slide {ev['slide_img_s']:.1f} img/s")

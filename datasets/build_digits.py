@@ -29,20 +29,24 @@ def main():
     args = p.parse_args()
     from seg_ssl.data.digits import RENDERINGS, build_digits
     from seg_ssl.data.splits import labeled_count, split_name
-    splits = (args.splits or ("1/32,125,1/16,250,1/8" if args.rendering == "clean" else "1/16,1/8")).split(",")
+    default_splits = "1/32,125,1/16,250,1/8" if args.rendering == "clean" else "1/16,1/8"
+    splits = (args.splits or default_splits).split(",")
     for spec in splits:
         try:
             labeled_count(spec, args.train)
         except ValueError as e:
             p.error(f"--splits: {e}")
     marker = os.path.join(args.out, ".complete")
-    stamp = f"{args.train} {args.val} {args.seed}" + ("" if args.rendering == "default" else f" {args.rendering}")
-    have_splits = all(os.path.isfile(os.path.join(args.out, "splits", split_name(s), "labeled.txt")) for s in splits)
+    stamp = (f"{args.train} {args.val} {args.seed}"
+             + ("" if args.rendering == "default" else f" {args.rendering}"))
+    have_splits = all(os.path.isfile(os.path.join(args.out, "splits", split_name(s), "labeled.txt"))
+                      for s in splits)
     if not args.force and have_splits and os.path.isfile(marker) and open(marker).read().strip() == stamp:
         print(f"{args.out} is already built ({stamp}); --force rebuilds")
         return
     t0 = time.time()
-    counts = build_digits(args.out, args.train, args.val, args.seed, splits=splits, **RENDERINGS[args.rendering])
+    counts = build_digits(args.out, args.train, args.val, args.seed, splits=splits,
+                          **RENDERINGS[args.rendering])
     with open(marker, "w") as f:
         f.write(stamp + "\n")
     print(f"wrote {args.out} in {time.time() - t0:.1f}s: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -88,6 +88,7 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=4, help="processes; 0: convert in this one")
     args = p.parse_args(argv)
     from tqdm import tqdm
+
     from seg_ssl.data.splits import write_split, write_text_atomic
 
     for folder in ("images/training", "annotations/training", "images/validation", "annotations/validation"):

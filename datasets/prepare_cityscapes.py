@@ -57,7 +57,8 @@ def main():
         rows, unlabeled = [], []
         for img in imgs:
             rel = os.path.relpath(img, args.root)
-            lab = rel.replace("leftImg8bit/", "gtFine/", 1).replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+            lab = rel.replace("leftImg8bit/", "gtFine/", 1).replace("_leftImg8bit.png",
+                                                                    "_gtFine_labelTrainIds.png")
             if os.path.isfile(os.path.join(args.root, lab)):
                 rows.append(f"{rel} {lab}")
             else:  # no polygons JSON, so no label: listing it would fail the first run that draws it
@@ -66,8 +67,9 @@ def main():
         write_text_atomic(os.path.join(args.root, "lists", f"{split}.txt"), "\n".join(rows) + "\n")
         print(f"lists/{split}.txt: {len(rows)} images")
         if unlabeled:
-            print(f"warning: {len(unlabeled)} {split} image(s) have no gtFine polygons JSON and are not listed: "
-                  f"{', '.join(unlabeled[:3])}{' ...' if len(unlabeled) > 3 else ''}", file=sys.stderr)
+            print(f"warning: {len(unlabeled)} {split} image(s) have no gtFine polygons JSON and are not "
+                  f"listed: {', '.join(unlabeled[:3])}{' ...' if len(unlabeled) > 3 else ''}",
+                  file=sys.stderr)
     for name, (lab, unl) in nested_splits(lines["train"], args.splits.split(","), args.seed).items():
         write_split(os.path.join(args.root, "splits", name), lab, unl)
         print(f"splits/{name}: {len(lab)} labeled, {len(unl)} unlabeled")

@@ -116,6 +116,7 @@ def load_index(path: str):
     """pycocotools' index of one instances JSON, its categories checked against the 80 thing ids."""
     import contextlib
     import io
+
     from pycocotools.coco import COCO
     with contextlib.redirect_stdout(io.StringIO()):  # its "loading annotations..." lines
         coco = COCO(path)
@@ -175,6 +176,7 @@ def main(argv=None):
     except ImportError:
         sys.exit("error: pycocotools is not installed; pip install -e .[coco]")
     from tqdm import tqdm
+
     from seg_ssl.data.splits import write_split, write_text_atomic
 
     jsons = {s: os.path.join(args.root, "annotations", f"instances_{s}.json") for s in SETS}

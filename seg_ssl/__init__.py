@@ -1,4 +1,5 @@
-"""seg_ssl: semi-supervised semantic segmentation (labeled-only, CAC, CPS, UniMatch, FixMatch, UniMatch V2) on one trainer."""
+"""seg_ssl: semi-supervised semantic segmentation (labeled-only, CAC, CPS, UniMatch, FixMatch,
+UniMatch V2) on one trainer."""
 __version__ = "0.2.0"
 
 

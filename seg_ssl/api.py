@@ -116,7 +116,6 @@ class SegModel:
 def load(checkpoint: str, config: str | None = None, overrides=(), device=None) -> SegModel:
     """A checkpoint written by the trainer (or ``tools/export.py --weights-only``), ready to predict.
     Its stored config is used unless ``config`` (a file) is given."""
-    from seg_ssl.config import ConfigError
     from seg_ssl.engine.checkpoint import load_checkpoint
     ckpt = load_checkpoint(checkpoint)
     if config:

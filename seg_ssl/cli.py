@@ -31,7 +31,8 @@ def tools_dir() -> str:
 
 
 def usage() -> str:
-    return "usage: seg-ssl {" + ",".join([*COMMANDS, "configs"]) + "} [args ...]  (seg-ssl COMMAND --help for each)"
+    commands = ",".join([*COMMANDS, "configs"])
+    return f"usage: seg-ssl {{{commands}}} [args ...]  (seg-ssl COMMAND --help for each)"
 
 
 def list_configs() -> str:

@@ -32,4 +32,4 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
     padded[:t.shape[0]] = t.detach()
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
-    return torch.cat([p[:c] for p, c in zip(parts, counts)], 0)
+    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)], 0)

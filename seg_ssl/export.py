@@ -31,7 +31,8 @@ def weights_only(ckpt: dict, fp16: bool = False) -> dict:
         state["method"] = {"ema": ckpt["method"]["ema"]}
     if fp16:
         def half(weights):
-            return {k: v.half() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in weights.items()}
+            return {k: v.half() if torch.is_tensor(v) and v.is_floating_point() else v
+                    for k, v in weights.items()}
         state["model"] = half(state["model"])
         if "method" in state:
             state["method"] = {"ema": half(state["method"]["ema"])}

@@ -72,13 +72,15 @@ def read_pth(path: str, what: str = "checkpoint", allow=()):
             refused = sorted(set(re.findall(r"GLOBAL (\S+) was not an allowed global", message))
                              | set(re.findall(r"but got <class '([^']+)'>", message)))
         if refused or "Weights only load failed" in message:
-            names = ", ".join(refused[:5]) + (", ..." if len(refused) > 5 else "") if refused else "unknown types"
+            names = (", ".join(refused[:5]) + (", ..." if len(refused) > 5 else "") if refused
+                     else "unknown types")
             raise CheckpointError(
                 f"{what} {path} holds objects that are not plain data ({names}): refused, nothing in "
                 f"it was run. Only for a file from a source you trust: seg-ssl resave-checkpoint --trust "
                 f"{path} OUT.pth writes a plain copy") from None
         first = message.strip().splitlines()[0] if message.strip() else type(e).__name__
-        raise CheckpointError(f"{what} {path} cannot be read as a torch file ({type(e).__name__}: {first})") from None
+        raise CheckpointError(f"{what} {path} cannot be read as a torch file "
+                              f"({type(e).__name__}: {first})") from None
 
 
 def to_plain(obj, where: str = "the file"):
@@ -89,7 +91,8 @@ def to_plain(obj, where: str = "the file"):
     import argparse
     from collections import OrderedDict
 
-    if obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.Tensor, torch.dtype, torch.device)):
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.Tensor, torch.dtype,
+                                       torch.device)):
         return obj
     if isinstance(obj, np.generic) and obj.dtype.kind in "biuf":
         return obj.item()
@@ -104,5 +107,6 @@ def to_plain(obj, where: str = "the file"):
     if isinstance(obj, (list, tuple)):
         items = [to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
         return items if isinstance(obj, list) else tuple(items)
-    raise CheckpointError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}, which has no plain-data "
-                          f"form (a whole model or optimizer object: save its state_dict() instead)")
+    raise CheckpointError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}, which has no "
+                          "plain-data form (a whole model or optimizer object: save its state_dict() "
+                          "instead)")

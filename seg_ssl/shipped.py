@@ -30,7 +30,8 @@ def resolve_config_path(path: str) -> str:
     if os.path.isfile(path):
         return path
     name = os.path.basename(path)
-    candidate = os.path.join(shipped_dir("configs"), name if name.endswith((".yaml", ".yml")) else name + ".yaml")
+    file = name if name.endswith((".yaml", ".yml")) else name + ".yaml"
+    candidate = os.path.join(shipped_dir("configs"), file)
     if os.path.isfile(candidate) and os.path.dirname(path) in ("", "configs"):
         return candidate
     return path

@@ -23,7 +23,8 @@ def run_tool(*args, cwd=ROOT, env=None, popen=False):
     or with ``popen`` the running Popen (text pipes on stdin and stdout)."""
     cmd, env = [sys.executable, *args], dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
     if popen:
-        return subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        return subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                env=env)
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
 
 

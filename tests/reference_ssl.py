@@ -26,9 +26,10 @@ class ToyNet(nn.Module):
 
     def forward(self, x, output="logits", groups=None, fp_dropout=0.0, channel_masks=None):
         if groups is not None:
-            masks = channel_masks[0].split(list(groups)) if channel_masks is not None else [None] * len(groups)
+            masks = (channel_masks[0].split(list(groups)) if channel_masks is not None
+                     else [None] * len(groups))
             parts = [self(part, output, fp_dropout=fp_dropout, channel_masks=None if m is None else [m])
-                     for part, m in zip(x.split(list(groups)), masks)]
+                     for part, m in zip(x.split(list(groups)), masks, strict=True)]
             return torch.cat(parts)  # the toy's grouped calls return logits only
         fp_dropout = fp_dropout if output == "fp" else 0.0
         self.calls.append(("train" if self.training else "eval", x.shape[0], fp_dropout))
@@ -50,11 +51,12 @@ def toy_batches(nl=2, nu=2, h=4, w=5, strong=("strong1", "strong2")):
     """A labeled batch (one ignored pixel) and an unlabeled one of 2 x nu images (the second half
     are the images CutMix boxes come from) with the strong views named ``strong``, and padding."""
     g = torch.Generator().manual_seed(2)
-    labeled = {"image": torch.randn(nl, 3, h, w, generator=g), "label": torch.randint(0, 3, (nl, h, w), generator=g)}
+    labeled = {"image": torch.randn(nl, 3, h, w, generator=g),
+               "label": torch.randint(0, 3, (nl, h, w), generator=g)}
     labeled["label"][0, 0, 0] = 255
     unl = {k: torch.randn(2 * nu, 3, h, w, generator=g) for k in ("image", "strong1", "strong2")}
-    unl = {("image" if k == "image" else new): unl[k] for k, new in zip(("image", "strong1", "strong2"),
-                                                                         ("image", *strong)) if new}
+    unl = {("image" if k == "image" else new): unl[k]
+           for k, new in zip(("image", "strong1", "strong2"), ("image", *strong), strict=True) if new}
     unl["valid"] = torch.ones(2 * nu, h, w, dtype=torch.bool)
     unl["valid"][0, -1] = False  # padding in a weak image
     unl["valid"][nu, :, -1] = False  # and in an image the boxes come from
@@ -91,7 +93,8 @@ def hard_targets(prob, fg_marginal):
     return torch.where(bg, prob[:, 0], p_fg / (1 - prob[:, 0])), torch.where(bg, 0, k + 1)
 
 
-def brute_force_miou(predict, dataset, num_classes: int, ignore_index: int = 255, batch_size: int = 1) -> float:
+def brute_force_miou(predict, dataset, num_classes: int, ignore_index: int = 255,
+                     batch_size: int = 1) -> float:
     """mIoU counted class by class over every pixel of ``dataset`` (the definition, no confusion
     matrix): IoU_c = |pred = c and gt = c| / |pred = c or gt = c| over non-ignored pixels, summed over
     the whole set; classes absent from both are left out of the mean. Images are predicted in
@@ -102,7 +105,7 @@ def brute_force_miou(predict, dataset, num_classes: int, ignore_index: int = 255
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             preds = predict(torch.stack([it["image"] for it in items])).argmax(1).numpy()
-            for pred, item in zip(preds, items):
+            for pred, item in zip(preds, items, strict=True):
                 gt = np.asarray(item["label"])
                 keep = gt != ignore_index
                 for c in range(num_classes):

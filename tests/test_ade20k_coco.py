@@ -10,9 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, SMALL_NET, THREADS
-from helpers import cli, load_tool
+from helpers import cli, load_tool, run_tool as run
 from reference_ssl import brute_force_miou
-from helpers import run_tool as run
 
 
 def script(name):
@@ -130,7 +129,8 @@ def test_ade20k_splits_on_20210_names_are_v2s():
         lab, unl = splits[name]
         assert (len(lab), len(unl)) == (n, 20210 - n)
         assert lab == order[:n] and unl == order[n:]
-    for small, large in zip(list(counts), list(counts)[1:]):  # nested: each a prefix of the next
+    # nested: each a prefix of the next
+    for small, large in zip(list(counts), list(counts)[1:], strict=False):
         assert splits[large][0][:counts[small]] == splits[small][0]
     for (name, which, lineno), stem in V2_LINES.items():
         assert splits[name][which == "unlabeled"][lineno - 1] == \

@@ -27,12 +27,14 @@ def test_gpu_check_dry_runs_every_published_network_on_the_cpu(tmp_path):
     import subprocess
     table = tmp_path / "table.md"
     assert gpu_check.main(["--dry", "--precisions", "fp32", "--out", str(table)]) == 0
-    rows = [ln.split(" | ") for ln in table.read_text().splitlines() if ln.startswith("| ") and "---" not in ln]
+    rows = [ln.split(" | ") for ln in table.read_text().splitlines()
+            if ln.startswith("| ") and "---" not in ln]
     timed = [r for r in rows if r[0] != "| method" and len(r) == 7]
     assert [r[0][2:] for r in timed] == list(gpu_check.PUBLISHED)
     crops = {r[0][2:]: (int(r[1]), r[2]) for r in timed}
     # the published per-GPU batches: CAC 4 + 4 (2 GPUs), the UniMatch family 2 + 2 (4 GPUs)
-    assert crops["CAC"] == (32, "4+4") and crops["UniMatch"] == (32, "2+2") and crops["labeled-only"][1] == "2+0"
+    assert (crops["CAC"] == (32, "4+4") and crops["UniMatch"] == (32, "2+2")
+            and crops["labeled-only"][1] == "2+0")
     assert all(r[3] == "fp32" and float(r[4]) > 0 and float(r[5]) > 0 for r in timed)
     curves = [r for r in rows if r[0] != "| method" and len(r) == 4]  # the loss continued from the timed run
     assert [r[0][2:] for r in curves] == list(gpu_check.PUBLISHED) and all(float(r[1]) > 0 for r in curves)
@@ -46,19 +48,21 @@ def test_gpu_check_dry_runs_every_published_network_on_the_cpu(tmp_path):
 def test_ssl_digits_runs_resumes_and_adds_the_equal_wall_baseline(digits_root, tmp_path, capsys):
     # one seed, 3 runs (each a process: most of its time is imports); the table's mean and spread
     # over seeds are tested on stored results below
-    args = ["--suite", "scratch", "--ratios", "1_4", "--methods", "labeled-only", "CAC", "--seeds", "3", "--iters", "4",
-            "--jobs", "2", "--threads", "1", "--work-root", str(tmp_path / "runs"), "--data-root", digits_root,
-            "--store", str(tmp_path / "store.json"),
-            "--extra", "cac.unsup_start_iter=2", "data.num_workers=0", "data.val_batch_size=8", "train.log_interval=1",
-            *SMALL_NET]
+    args = ["--suite", "scratch", "--ratios", "1_4", "--methods", "labeled-only", "CAC", "--seeds", "3",
+            "--iters", "4", "--jobs", "2", "--threads", "1", "--work-root", str(tmp_path / "runs"),
+            "--data-root", digits_root, "--store", str(tmp_path / "store.json"),
+            "--extra", "cac.unsup_start_iter=2", "data.num_workers=0", "data.val_batch_size=8",
+            "train.log_interval=1", *SMALL_NET]
     assert ssl_digits.main(args) == 0
     results = json.loads((tmp_path / "runs" / "results.json").read_text())
-    sup, cac, wall = (results[f"{name} 1_4 3"] for name in ("labeled-only", "CAC", "labeled-only, equal wall time"))
+    sup, cac, wall = (results[f"{name} 1_4 3"] for name in ("labeled-only", "CAC",
+                                                            "labeled-only, equal wall time"))
     assert sup["iteration"] == cac["iteration"] == 4
     # the equal-wall baseline trains labeled-only for as long as the slower CAC ran, in iterations
     assert wall["iteration"] == math.ceil(4 * max(sup["wall_s"], cac["wall_s"]) / sup["wall_s"])
     assert "seed=3" in sup["command"] and "seed=3" in cac["command"] and "seed=3" in wall["command"]
-    # the semi-supervised runs log their pseudo labels' accuracy against the hidden truth; labeled-only has none
+    # the semi-supervised runs log their pseudo labels' accuracy against the hidden truth; labeled-only
+    # has none
     assert "data.unlabeled_truth=true" in cac["command"] and "unlabeled_truth" not in sup["command"]
     assert [p[0] for p in cac["pseudo_labels"]] == [3, 4] and sup["pseudo_labels"] == []
     assert all(0 <= v <= 100 for p in cac["pseudo_labels"] for v in p[1:] if v is not None)
@@ -73,7 +77,8 @@ def test_ssl_digits_runs_resumes_and_adds_the_equal_wall_baseline(digits_root, t
     stored = json.loads((tmp_path / "store.json").read_text())
     assert sorted((r["name"], r["seed"]) for r in stored) == sorted(
         (n, 3) for n in ("labeled-only", "CAC", ssl_digits.EQUAL_WALL))
-    other = args[:args.index("--work-root") + 1] + [str(tmp_path / "other")] + args[args.index("--work-root") + 2:]
+    at = args.index("--work-root")
+    other = args[:at + 1] + [str(tmp_path / "other")] + args[at + 2:]
     assert ssl_digits.main(other) == 0
     assert not list((tmp_path / "other").rglob("bench_result.json"))
 
@@ -85,7 +90,8 @@ def test_ssl_digits_table_and_readme_block(tmp_path, monkeypatch):
                                   "pseudo_labels": [[50, 90.0, 40.0], [60, 91.0, None], [300, 95.0, 61.0]]}}
     text = ssl_digits.table(results, ["1_16"], [0, 1], base_iters=100)
     rows = [line for line in text.splitlines() if line.startswith("| labeled-only") or line.startswith("| B")]
-    assert rows[0] == "| labeled-only | 11.0 ± 1.4 |  |  | 2.0 min |"  # mean and sample std of 10 and 12; mean wall
+    # mean and sample std of 10 and 12; mean wall
+    assert rows[0] == "| labeled-only | 11.0 ± 1.4 |  |  | 2.0 min |"
     # one of the two seeds; gain over the baseline's mean; object pixels named right, first -> last
     assert rows[1] == "| B | 20.0 (n=1) (300 it) | +9.0 | 40 -> 61 | 2.0 min |"
     readme = tmp_path / "README.md"
@@ -104,13 +110,15 @@ def test_throughput_measures_every_part(digits_root, tmp_path):
     out = tmp_path / "t.json"
     # one method (each is a process of its own, as is the evaluation); labeled-only runs at VOC scale below
     assert throughput.main(["--methods", "CPS+CutMix", "--steps", "2", "--warmup", "1", "--threads", "1",
-                            "--workers", "0", "--data-root", digits_root, "--json", str(out), "--extra", *SMALL,
-                            "data.crop_size=32", "data.batch_size=2", "data.unlabeled_batch_size=2"]) == 0
+                            "--workers", "0", "--data-root", digits_root, "--json", str(out), "--extra",
+                            *SMALL, "data.crop_size=32", "data.batch_size=2",
+                            "data.unlabeled_batch_size=2"]) == 0
     res = json.loads(out.read_text())
     (cps,) = res["rows"]
     assert cps["setting"] == "fp32" and cps["train_s"] > 0 and cps["step_s"] > 0 and cps["loader_s"] > 0
     assert 0 < cps["training_mib"] < cps["peak_mib"] and cps["batch"] == "2+2" and cps["crop"] == 32
-    assert res["eval"]["val_images"] == 24 and res["eval"]["whole_img_s"] > 0 and res["eval"]["slide_img_s"] > 0
+    ev = res["eval"]
+    assert ev["val_images"] == 24 and ev["whole_img_s"] > 0 and ev["slide_img_s"] > 0
 
 
 @pytest.mark.slow
@@ -120,7 +128,8 @@ def test_throughput_voc_scale_runs_on_a_synthetic_voc_set(tmp_path):
                             "--warmup", "0", "--threads", "1", "--workers", "0", "--no-eval",
                             "--settings", "channels_last", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())["rows"]
-    assert row["crop"] == 64 and row["batch"] == "2+0" and row["train_s"] > 0 and row["setting"] == "channels_last"
+    assert (row["crop"] == 64 and row["batch"] == "2+0" and row["train_s"] > 0
+            and row["setting"] == "channels_last")
 
 
 def test_ssl_digits_report_only_tabulates_finished_runs(tmp_path, capsys, monkeypatch):
@@ -160,6 +169,7 @@ def test_ssl_digits_report_only_tabulates_finished_runs(tmp_path, capsys, monkey
 
 def test_pseudo_label_quality_against_hand_counts():
     import torch
+
     import pseudo_labels
     # 3 classes (0 background), 4 pixels with true labels [0, 1, 2, 255]
     probs = torch.tensor([[0.6, 0.3, 0.1],    # bg right under both rules
@@ -177,13 +187,14 @@ def test_pseudo_label_quality_against_hand_counts():
 
 
 def test_pseudo_label_script_runs_on_a_checkpoint(digits_root, tmp_path, capsys):
+    import pseudo_labels
     from conftest import digits_cfg
     from seg_ssl.engine.trainer import Trainer
-    import pseudo_labels
     cfg = digits_cfg(digits_root, str(tmp_path), "train.iters=2")
     Trainer(cfg).train()
     cfg_path = tmp_path / "config.yaml"  # the resolved config the run saved
-    assert pseudo_labels.main([str(cfg_path), str(tmp_path / "latest.pth"), "--limit", "10", "--batch", "4"]) == 0
+    assert pseudo_labels.main([str(cfg_path), str(tmp_path / "latest.pth"),
+                               "--limit", "10", "--batch", "4"]) == 0
     out = capsys.readouterr().out
     assert "10 images of splits/1_4/unlabeled.txt" in out and "| fg_marginal |" in out
 
@@ -200,7 +211,8 @@ def test_label_curves_reads_the_evaluations_of_each_run(tmp_path, capsys):
     assert label_curves.main(["configs/digits_sup.yaml", "--report-only", "--work-root", str(tmp_path),
                               "--lists", "few=a.txt", "all=b.txt", "--png", str(png)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out == ["| labeled | 200 | 400 |", "|---|---|---|", "| few | 30.5 | 31.0 |", "| all | 40.0 | 55.2 |"]
+    assert out == ["| labeled | 200 | 400 |", "|---|---|---|", "| few | 30.5 | 31.0 |",
+                   "| all | 40.0 | 55.2 |"]
     assert png.stat().st_size > 5000
 
 

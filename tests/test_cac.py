@@ -93,8 +93,8 @@ def test_crop_pairs_carry_the_hidden_truth_through_the_same_geometry(tmp_path):
 def test_cac_trains_its_warm_up_then_every_term_with_a_bank(digits_root, tmp_path):
     cfg = digits_cfg(digits_root, str(tmp_path / "cac"), "method=cac", "data.crop_size=48",
                      "model.proj_dim=32", "cac.scale_range=[1.0,1.5]",
-                     "cac.unsup_start_iter=2", "cac.pos_thresh=0.0", "cac.selected_num=100", "cac.hflip=false",
-                     "cac.weight_unsup=0.5", "train.iters=6", "data.unlabeled_truth=true")
+                     "cac.unsup_start_iter=2", "cac.pos_thresh=0.0", "cac.selected_num=100",
+                     "cac.hflip=false", "cac.weight_unsup=0.5", "train.iters=6", "data.unlabeled_truth=true")
     trainer = Trainer(cfg)
     logs = record_steps(trainer)
     trainer.train()
@@ -132,7 +132,8 @@ def test_tsne_tool_on_baseline_and_cac_checkpoints(digits_root, tmp_path, capsys
     lines = [ln for ln in printed.splitlines() if "alignment" in ln]
     assert len(lines) == 2 and out.stat().st_size > 10_000
     # one feature space for both: the decoder's (the labeled-only model has no projector)
-    assert "feature space: decoder features (stride 8, L2-normalised), the same for every checkpoint" in printed
+    assert ("feature space: decoder features (stride 8, L2-normalised), the same for every checkpoint"
+            in printed)
     # crops as large as the 64 x 64 images would be one and the same view: smaller views are used
     assert "note: data.crop_size 64 covers whole images (64x64)" in printed and "views of 48 px" in printed
     assert all(float(ln.split("alignment ")[1].split(",")[0]) > 0 for ln in lines)
@@ -183,8 +184,10 @@ class WrittenOutputs(torch.nn.Module):
         def as_seen(t, flips):
             return torch.where(flips.view(-1, 1, 1, 1), t.flip(-1), t)
         nl = x.shape[0] - 4
-        proj = [torch.zeros(nl, *self.proj[0].shape[1:])] + [as_seen(p, f) for p, f in zip(self.proj, (FLIP1, FLIP2))]
-        pseudo = [torch.zeros(nl, 3, CELLS, CELLS)] + [as_seen(p, f) for p, f in zip(self.pseudo, (FLIP1, FLIP2))]
+        proj = [torch.zeros(nl, *self.proj[0].shape[1:])] + [as_seen(p, f) for p, f in
+                                                             zip(self.proj, (FLIP1, FLIP2), strict=True)]
+        pseudo = [torch.zeros(nl, 3, CELLS, CELLS)] + [as_seen(p, f) for p, f in
+                                                       zip(self.pseudo, (FLIP1, FLIP2), strict=True)]
         return {"logits": self.bias.view(1, -1, 1, 1).expand(x.shape[0], 3, *x.shape[-2:]),
                 "proj": torch.cat(proj), "pseudo_logits": torch.cat(pseudo)}
 
@@ -215,9 +218,10 @@ def crop_batch():
 
 def cac_method(digits_root, tmp_path, *extra):
     from seg_ssl.methods.cac import CAC
-    return CAC(digits_cfg(digits_root, str(tmp_path), "method=cac", "data.num_classes=3", "data.class_names=null",
-                          "data.crop_size=32", "cac.unsup_start_iter=0", "cac.weight_unsup=1.0",
-                          "cac.pos_thresh=0.5", "cac.selected_num=1000", "cac.step_save=0", *extra))
+    return CAC(digits_cfg(digits_root, str(tmp_path), "method=cac", "data.num_classes=3",
+                          "data.class_names=null", "data.crop_size=32", "cac.unsup_start_iter=0",
+                          "cac.weight_unsup=1.0", "cac.pos_thresh=0.5", "cac.selected_num=1000",
+                          "cac.step_save=0", *extra))
 
 
 def recorded_loss_calls(monkeypatch):
@@ -245,7 +249,7 @@ def test_cac_step_pairs_unflipped_cells_and_sends_the_gradient_to_the_less_confi
     expect = {cell_id(0, s, i, j): cell_id(1, s, i - 1, j) for s in range(2) for i in range(1, CELLS)
               for j in range(CELLS) if cell_valid(1, s, j)}
     ids1, ids2 = f1.argmax(1).tolist(), f2.argmax(1).tolist()
-    assert dict(zip(ids1, ids2)) == expect and len(ids1) == len(expect) == 21
+    assert dict(zip(ids1, ids2, strict=True)) == expect and len(ids1) == len(expect) == 21
 
     def decode(cid):
         crop, rest = divmod(cid, 2 * CELLS * CELLS)
@@ -257,18 +261,20 @@ def test_cac_step_pairs_unflipped_cells_and_sends_the_gradient_to_the_less_confi
         return model.pseudo[crop][s, :, i, j].softmax(0).max(0)
 
     # each pixel's confidence and pseudo label come from its own cell, in each crop
-    for k, (a, b) in enumerate(zip(ids1, ids2)):
+    for k, (a, b) in enumerate(zip(ids1, ids2, strict=True)):
         for (c, y), cid in (((conf1[k], label1[k]), a), ((conf2[k], label2[k]), b)):
             want_c, want_y = conf_label(cid)
             assert float(c) == pytest.approx(float(want_c)) and int(y) == int(want_y)
     # negatives: every valid cell of both crops once (no padding), each with its own cell's label
     neg_ids = neg.argmax(1).tolist()
-    assert sorted(neg_ids) == sorted(cell_id(c, s, i, j) for c in (0, 1) for s in range(2) for i in range(CELLS)
-                                     for j in range(CELLS) if cell_valid(c, s, j))
+    assert sorted(neg_ids) == sorted(cell_id(c, s, i, j) for c in (0, 1) for s in range(2)
+                                     for i in range(CELLS) for j in range(CELLS) if cell_valid(c, s, j))
     assert neg_label.tolist() == [int(conf_label(cid)[1]) for cid in neg_ids]
     # the gradient reaches only the less confident cell of a pair, where the other is confident
-    anchors1 = {a for k, (a, b) in enumerate(zip(ids1, ids2)) if conf2[k] > 0.5 and conf1[k] < conf2[k]}
-    anchors2 = {b for k, (a, b) in enumerate(zip(ids1, ids2)) if conf1[k] > 0.5 and conf2[k] < conf1[k]}
+    anchors1 = {a for k, (a, b) in enumerate(zip(ids1, ids2, strict=True))
+                if conf2[k] > 0.5 and conf1[k] < conf2[k]}
+    anchors2 = {b for k, (a, b) in enumerate(zip(ids1, ids2, strict=True))
+                if conf1[k] > 0.5 and conf2[k] < conf1[k]}
     assert anchors1 and anchors2
     out["loss"].backward()
     for crop, anchors in ((0, anchors1), (1, anchors2)):
@@ -292,7 +298,8 @@ def test_cac_bank_keeps_the_negatives_of_the_last_step_save_steps(digits_root, t
 
 
 @pytest.mark.parametrize("world, per_crop", [(1, 8), (4, 2)])
-def test_cac_samples_selected_num_over_the_world_per_process(digits_root, tmp_path, monkeypatch, world, per_crop):
+def test_cac_samples_selected_num_over_the_world_per_process(digits_root, tmp_path, monkeypatch, world,
+                                                             per_crop):
     method = cac_method(digits_root, tmp_path, "cac.selected_num=8")
     method.world_size = world
     calls = recorded_loss_calls(monkeypatch)

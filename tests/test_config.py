@@ -15,9 +15,11 @@ def write(path, text):
 @pytest.fixture
 def tree(tmp_path):
     (tmp_path / "_base_").mkdir()
-    write(tmp_path / "_base_" / "a.yaml", "data: {root: /a, num_classes: 3, labeled_list: l.txt, val_list: v.txt,"
+    write(tmp_path / "_base_" / "a.yaml",
+          "data: {root: /a, num_classes: 3, labeled_list: l.txt, val_list: v.txt,"
           " crop_size: 100}\ntrain: {iters: 10, lr: 0.5}\n")
-    write(tmp_path / "_base_" / "b.yaml", "data: {crop_size: 200}\ntrain: {lr: 0.25}\nmodel: {encoder: resnet18}\n")
+    write(tmp_path / "_base_" / "b.yaml",
+          "data: {crop_size: 200}\ntrain: {lr: 0.25}\nmodel: {encoder: resnet18}\n")
     return tmp_path
 
 
@@ -63,9 +65,11 @@ def test_overrides_are_yaml_scalars(tree):
     (["train.iters=-3"], "train.iters = -3 must be at least 1"),
     (["data.batch_size=0"], "data.batch_size = 0 must be at least 1"),
     (["data.num_classes=0"], "data.num_classes = 0 must be at least 1"),
-    (["data.class_names=[a,b]"], "data.class_names has 2 entries for data.num_classes = 3: give one per class"),
-    (["model.encoder=resnet999"], "model.encoder = 'resnet999' is not an smp encoder (or tu- and a timm model); "
-                                  "did you mean 'resnet50'?"),
+    (["data.class_names=[a,b]"],
+     "data.class_names has 2 entries for data.num_classes = 3: give one per class"),
+    (["model.encoder=resnet999"],
+     "model.encoder = 'resnet999' is not an smp encoder (or tu- and a timm model); "
+     "did you mean 'resnet50'?"),
     (["model.encoder=tu-tf_efficientnet_lite9"], "did you mean 'tu-tf_efficientnet_lite4'?"),
 ])
 def test_bad_keys_and_types_name_the_key(tree, override, message):
@@ -77,7 +81,8 @@ def test_bad_keys_and_types_name_the_key(tree, override, message):
 
 def test_a_missing_required_key_is_named(tree):
     with pytest.raises(ConfigError, match="missing required key 'train.iters'"):
-        load_config(write(tree / "x.yaml", "data: {root: /a, num_classes: 3, labeled_list: l, val_list: v}\n"))
+        load_config(write(tree / "x.yaml",
+                          "data: {root: /a, num_classes: 3, labeled_list: l, val_list: v}\n"))
 
 
 def test_missing_file_cycle_and_bad_yaml(tree):
@@ -91,7 +96,8 @@ def test_missing_file_cycle_and_bad_yaml(tree):
         load_config(write(tree / "bad.yaml", "data: [unclosed\n"))
 
 
-@pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".yaml")))
+@pytest.mark.parametrize("name",
+                         sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".yaml")))
 def test_every_shipped_config_validates(name):
     cfg = load_config(os.path.join(ROOT, "configs", name))
     assert cfg.train.iters > 0 and cfg.data.num_classes in (11, 19, 21, 81, 150)
@@ -113,7 +119,8 @@ def test_a_renamed_key_names_its_new_place_and_a_stored_config_is_moved(tree):
     base = "_base_: _base_/a.yaml\n"
     for old, new in (("eval: {branch: '2'}", "'eval.branch' is now 'cps.eval_branch'"),
                      ("cps: {ohem: true}", "'cps.ohem' is now 'train.ohem'"),
-                     ("unimatch: {ohem_min_kept: 5}", "'unimatch.ohem_min_kept' is now 'train.ohem_min_kept'")):
+                     ("unimatch: {ohem_min_kept: 5}",
+                      "'unimatch.ohem_min_kept' is now 'train.ohem_min_kept'")):
         with pytest.raises(ConfigError, match=new + ": rename it"):
             load_config(write(tree / "x.yaml", base + old + "\n"))
     cfg = load_config(write(tree / "x.yaml", base))

@@ -41,7 +41,7 @@ def test_matches_the_formula_values_and_gradients(temperature):
     ref = reference(f1, f2, c1, c2, l1, l2, neg.detach(), nl, t=temperature)
     g_ref = torch.autograd.grad(ref, [f1, f2])
     torch.testing.assert_close(ours, ref.float(), rtol=1e-5, atol=1e-5)
-    for a, b in zip(g_ours, g_ref):  # float32 rounding grows like 1/t
+    for a, b in zip(g_ours, g_ref, strict=True):  # float32 rounding grows like 1/t
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
 
 

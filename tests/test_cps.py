@@ -11,8 +11,8 @@ from reference_ssl import brute_force_miou
 from seg_ssl.config import ConfigError
 from seg_ssl.data.cutmix import box_masks, mix
 from seg_ssl.engine.trainer import Trainer
-from seg_ssl.losses.pseudo_labels import pseudo_label_stats
 from seg_ssl.losses.ohem import ohem_cross_entropy
+from seg_ssl.losses.pseudo_labels import pseudo_label_stats
 from seg_ssl.methods.cps import CPS, cross_pseudo_loss
 
 
@@ -131,12 +131,13 @@ def test_cps_iterations_add_the_cross_term_and_score_branch_1(digits_root, tmp_p
     trainer = Trainer(cfg)
     logs = record_steps(trainer)
     res = trainer.train()
-    assert len(logs) == 3 and all(l["cps"] > 0 for l in logs)
+    assert len(logs) == 3 and all(log["cps"] > 0 for log in logs)
     # warm-up (unsup_start_iter 0) is off: every step has the cross term; the loss adds it at weight 1
-    assert all(l["loss"] == pytest.approx(l["sup1"] + l["sup2"] + l["cps"], rel=1e-5) for l in logs)
+    assert all(log["loss"] == pytest.approx(log["sup1"] + log["sup2"] + log["cps"], rel=1e-5) for log in logs)
     # the final score is branch 1's (eval.branch 1), counted pixel by pixel
     trainer.model.eval()
-    assert res.metrics["mIoU"] == pytest.approx(brute_force_miou(trainer.model.branch1, trainer.val, 11, batch_size=8),
+    assert res.metrics["mIoU"] == pytest.approx(brute_force_miou(trainer.model.branch1, trainer.val, 11,
+                                                                 batch_size=8),
                                         abs=1e-12)
 
 
@@ -162,7 +163,8 @@ def test_fg_marginal_calls_a_pixel_foreground_where_the_foreground_mass_wins():
     probs = torch.tensor([[0.4, 0.2, 0.2, 0.2], [0.7, 0.1, 0.1, 0.1], [0.1, 0.2, 0.1, 0.6]])
     teacher = probs.log().T.reshape(1, 4, 1, 3)
 
-    def certain_of(k):  # a student certain of class k everywhere: CE 40 where the label is not k, ~0 where it is
+    def certain_of(k):
+        # a student certain of class k everywhere: CE 40 where the label is not k, ~0 where it is
         s = torch.full((1, 4, 1, 3), -20.0)
         s[:, k] = 20.0
         return s
@@ -185,10 +187,12 @@ def test_fg_marginal_calls_a_pixel_foreground_where_the_foreground_mass_wins():
 
 def test_fg_marginal_refuses_a_dataset_without_background(digits_root, tmp_path):
     names = "[road," + ",".join(f"c{i}" for i in range(1, 11)) + "]"
-    cfg = digits_cfg(digits_root, str(tmp_path), "method=cps", "cps.fg_marginal=true", f"data.class_names={names}")
+    cfg = digits_cfg(digits_root, str(tmp_path), "method=cps", "cps.fg_marginal=true",
+                     f"data.class_names={names}")
     with pytest.raises(ConfigError, match=r"cps.fg_marginal needs class 0 to be background; .*'road'"):
         CPS(cfg)
-    cfg = digits_cfg(digits_root, str(tmp_path), "method=cps", "cps.fg_marginal=true")  # digits: class 0 is background
+    # digits: class 0 is background
+    cfg = digits_cfg(digits_root, str(tmp_path), "method=cps", "cps.fg_marginal=true")
     assert CPS(cfg).c.fg_marginal
 
 
@@ -319,18 +323,20 @@ def test_plain_cps_step_crosses_the_branches_on_labeled_and_unlabeled_images(dig
     labeled, unlabeled = cps_batch(nu=2)
     out = method.training_step(model, labeled, unlabeled, 0)
     x = torch.cat([labeled["image"], unlabeled["image"]])
-    valid = torch.cat([labeled["valid"], unlabeled["valid"]])  # ignored label pixels get pseudo labels, padding not
+    # ignored label pixels get pseudo labels, padding not
+    valid = torch.cat([labeled["valid"], unlabeled["valid"]])
     with torch.no_grad():
         s1, s2 = model.branch1(x), model.branch2(x)
     expect = ce_on(s1, s2.argmax(1), valid) + ce_on(s2, s1.argmax(1), valid)
     assert float(out["cps"]) == pytest.approx(float(expect), rel=1e-5)
     dropped = valid & torch.cat([labeled["label"] != 255, unlabeled["valid"]])  # without the border row
-    assert float(out["cps"]) != pytest.approx(float(ce_on(s1, s2.argmax(1), dropped) + ce_on(s2, s1.argmax(1), dropped)),
-                                              rel=1e-5)
+    assert float(out["cps"]) != pytest.approx(float(ce_on(s1, s2.argmax(1), dropped)
+                                                    + ce_on(s2, s1.argmax(1), dropped)), rel=1e-5)
 
 
 def test_cutmix_draws_twice_the_unlabeled_batch_of_distinct_images(digits_root, tmp_path):
-    cfg = digits_cfg(digits_root, str(tmp_path), "method=cps", "cps.cutmix=true", "data.unlabeled_batch_size=4")
+    cfg = digits_cfg(digits_root, str(tmp_path), "method=cps", "cps.cutmix=true",
+                     "data.unlabeled_batch_size=4")
     trainer = Trainer(cfg)
     _, unl = trainer.batch_streams()
     for _ in range(3):
@@ -370,5 +376,6 @@ def test_eval_branch_picks_what_is_scored(digits_root, tmp_path, branch):
     method = cps_method(digits_root, tmp_path, f"cps.eval_branch={branch}")
     model = TwoBranch(Constant([0.7, 0.1, 0.1, 0.1]), Constant([0.1, 0.1, 0.2, 0.6]))
     probs = method.predictor(model)(torch.zeros(2, 3, 4, 4)).softmax(1)[0, :, 0, 0]
-    expect = {"1": [0.7, 0.1, 0.1, 0.1], "2": [0.1, 0.1, 0.2, 0.6], "ensemble": [0.4, 0.1, 0.15, 0.35]}[branch]
+    expect = {"1": [0.7, 0.1, 0.1, 0.1], "2": [0.1, 0.1, 0.2, 0.6],
+              "ensemble": [0.4, 0.1, 0.15, 0.35]}[branch]
     assert probs.tolist() == pytest.approx(expect, abs=1e-6)

@@ -8,8 +8,15 @@ from PIL import Image
 
 from helpers import ROOT, make_voc, write_list
 from seg_ssl.config import ConfigError, from_dict
-from seg_ssl.data.dataset import (DataError, SegDataset, build_split, check_disjoint, load_image, load_label,
-                                  read_split)
+from seg_ssl.data.dataset import (
+    DataError,
+    SegDataset,
+    build_split,
+    check_disjoint,
+    load_image,
+    load_label,
+    read_split,
+)
 from seg_ssl.data.splits import labeled_count, nested_splits
 from seg_ssl.data.streams import StreamBatchSampler, shard_indices
 from seg_ssl.data.transforms import train_pipeline
@@ -73,7 +80,8 @@ def test_bad_lists_and_files_are_named(tmp_path):
         read_split(os.path.join(root, "dup.txt"), root, "JPEGImages", "SegmentationClassAug", ".jpg", ".png")
     write_list(root, "empty.txt", [""])
     with pytest.raises(DataError, match="split list is empty"):
-        read_split(os.path.join(root, "empty.txt"), root, "JPEGImages", "SegmentationClassAug", ".jpg", ".png")
+        read_split(os.path.join(root, "empty.txt"), root, "JPEGImages", "SegmentationClassAug", ".jpg",
+                   ".png")
     with pytest.raises(DataError, match="data.root '/no/such' is not a directory"):
         build_split(data_cfg("/no/such").data, "labeled")
     write_list(root, "lab.txt", ["a", "zzz"])
@@ -84,11 +92,13 @@ def test_bad_lists_and_files_are_named(tmp_path):
     write_list(root, "lab.txt", ["a", "b"])
     lab = build_split(data_cfg(root).data, "labeled")
     # label with values outside the classes
-    Image.fromarray(np.full((30, 40), 9, np.uint8), mode="L").save(os.path.join(root, "SegmentationClassAug", "b.png"))
+    Image.fromarray(np.full((30, 40), 9, np.uint8), mode="L").save(os.path.join(root, "SegmentationClassAug",
+                                                                                "b.png"))
     with pytest.raises(DataError, match=r"b.png has values \[9\] outside 0..3 and 255"):
         load_label(os.path.join(root, "SegmentationClassAug", "b.png"), 4)
     # label of another size
-    Image.fromarray(np.zeros((10, 10), np.uint8), mode="L").save(os.path.join(root, "SegmentationClassAug", "a.png"))
+    Image.fromarray(np.zeros((10, 10), np.uint8), mode="L").save(os.path.join(root, "SegmentationClassAug",
+                                                                              "a.png"))
     with pytest.raises(DataError, match="is 40x30 but label .* is 10x10"):
         lab[0]
     # truncated image
@@ -176,7 +186,7 @@ def test_splits_are_nested_reproducible_and_complementary():
 
 
 def test_digits_builder_is_deterministic_and_disjoint(tmp_path):
-    from seg_ssl.data.digits import VAL_SOURCES, TRAIN_SOURCES, build_digits
+    from seg_ssl.data.digits import TRAIN_SOURCES, VAL_SOURCES, build_digits
     assert TRAIN_SOURCES[1] <= VAL_SOURCES[0]  # val handwriting never seen in training
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     counts = build_digits(a, num_train=32, num_val=8, seed=0, splits=("1/16", "1/8"))
@@ -210,14 +220,15 @@ def test_build_digits_cli_writes_the_benchmark_splits(tmp_path, monkeypatch, cap
     import runpy
     import sys
     out = tmp_path / "dc"
-    monkeypatch.setattr(sys, "argv", ["build_digits.py", "--rendering", "clean", "--train", "320", "--val", "4",
-                                      "--out", str(out)])
+    monkeypatch.setattr(sys, "argv", ["build_digits.py", "--rendering", "clean", "--train", "320", "--val",
+                                      "4", "--out", str(out)])
     script = os.path.join(ROOT, "datasets", "build_digits.py")
     runpy.run_path(script, run_name="__main__")
     names = ("1_32", "1_16", "1_8", "125", "250")
     lists = {k: (out / "splits" / k / "labeled.txt").read_text().split() for k in names}
     assert [len(v) for v in lists.values()] == [10, 20, 40, 125, 250]
-    assert set(lists["1_32"]) <= set(lists["1_16"]) <= set(lists["1_8"]) <= set(lists["125"]) <= set(lists["250"])
+    assert (set(lists["1_32"]) <= set(lists["1_16"]) <= set(lists["1_8"]) <= set(lists["125"])
+            <= set(lists["250"]))
     assert (out / ".complete").read_text().strip() == "320 4 0 clean"
     shutil.rmtree(out / "splits" / "250")  # a folder built before the 250 list existed
     runpy.run_path(script, run_name="__main__")

@@ -212,7 +212,8 @@ def test_converted_v2_checkpoint_gives_the_release_networks_logits(size, tmp_pat
     save_v2_checkpoint(src, state, student={k: v + 1 for k, v in state.items()})
     over = [f"model.encoder={size}"]
     tool = load_tool("convert_checkpoint")
-    assert tool.main(["--from", "unimatch_v2", str(src), str(dst), *over]) == 0  # voc_unimatch_v2.yaml: 21 classes
+    # voc_unimatch_v2.yaml: 21 classes
+    assert tool.main(["--from", "unimatch_v2", str(src), str(dst), *over]) == 0
     os.remove(src)
     loaded = load_for_eval(load_config(V2, over), str(dst))  # eval.model=ema, as the published config
     predict, divisor = loaded.predict, loaded.size_divisor
@@ -335,7 +336,7 @@ def test_taps_and_the_tiny_variant():
         ref = release_features(release, x, "dinov2_small", taps=[0, 0, 1, 1])
         logits, ref_logits = net.eval()(x), release_logits(release, x, "dinov2_small", taps=[0, 0, 1, 1])
     assert [m.shape for m in maps] == [(2, 384, 4, 6)] * 4
-    for m, r in zip(maps, ref):
+    for m, r in zip(maps, ref, strict=True):
         torch.testing.assert_close(m, r.permute(0, 2, 1).reshape(m.shape), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4 * ref_logits.abs().max().item())
 
@@ -493,8 +494,9 @@ def test_converter_takes_ema_or_student_and_names_what_does_not_fit(tmp_path):
         assert saved["weights"] == saved["config"]["eval"]["model"] == ("student" if flag else "ema")
     # the student's weights under a config that scores the EMA: one line saying what to set
     from seg_ssl.errors import CheckpointError
-    with pytest.raises(CheckpointError, match=r"out.pth holds no ema weights \(eval.model=ema\); its model is "
-                                              r"the student's: set eval.model=student"):
+    with pytest.raises(CheckpointError,
+                       match=r"out.pth holds no ema weights \(eval.model=ema\); its model is "
+                             r"the student's: set eval.model=student"):
         load_for_eval(load_config(V2, ["model.vit_blocks=1"]), str(dst))
     # supervised.py's checkpoint has no EMA: said, and --student converts it
     save_v2_checkpoint(src, ema, labeled_only=True)

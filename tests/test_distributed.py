@@ -49,8 +49,8 @@ def test_cac_gather_returns_all_ranks_negatives(tmp_path):
 def small_net():
     from seg_ssl.models.segmentor import Segmentor
     torch.manual_seed(0)
-    return Segmentor("deeplabv3plus", "resnet18", num_classes=5, encoder_depth=4, decoder_channels=16, aspp_dropout=0.0,
-                     dropout=0.0)  # no dropout: its masks differ between processes
+    return Segmentor("deeplabv3plus", "resnet18", num_classes=5, encoder_depth=4, decoder_channels=16,
+                     aspp_dropout=0.0, dropout=0.0)  # no dropout: its masks differ between processes
 
 
 def fixed_batch():
@@ -60,6 +60,7 @@ def fixed_batch():
 
 def syncbn_worker(rank, world):
     from torch.nn.parallel import DistributedDataParallel
+
     from seg_ssl.models.sync_bn import convert_sync_batchnorm
     net = convert_sync_batchnorm(small_net(), torch.device("cpu"))
     ddp = DistributedDataParallel(net)
@@ -136,12 +137,14 @@ def torchrun(nproc, config, *overrides, log_dir):
     picks (no probing); --log-dir keeps its files in the test's tmp dir instead of /tmp."""
     import subprocess
     import sys
+
     from conftest import ROOT
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                 f"--log-dir={log_dir}"] if nproc > 1 else [sys.executable]
-    return subprocess.run(launcher + [os.path.join(ROOT, "tools", "train.py"), os.path.join(ROOT, "configs", config),
-                                      *overrides], capture_output=True, text=True, env=env, cwd=ROOT)
+    return subprocess.run(launcher + [os.path.join(ROOT, "tools", "train.py"),
+                                      os.path.join(ROOT, "configs", config), *overrides], capture_output=True,
+                          text=True, env=env, cwd=ROOT)
 
 
 @pytest.mark.slow
@@ -155,7 +158,8 @@ def torchrun(nproc, config, *overrides, log_dir):
     ("digits_unimatch.yaml", ("unimatch.unsup_start_iter=1", "unimatch.conf_thresh=0.0"),
      ("train.channels_last=true", "train.compile=default", "train.compile_backend=eager")),
 ])
-def test_two_process_runs_complete_and_resume_with_any_world_size(digits_root, tmp_path, config, extra, ddp_options):
+def test_two_process_runs_complete_and_resume_with_any_world_size(digits_root, tmp_path, config, extra,
+                                                                  ddp_options):
     from conftest import SMALL_NET, digits_cfg
     from seg_ssl.engine.checkpoint import load_checkpoint
     from seg_ssl.engine.trainer import Trainer

@@ -6,6 +6,7 @@ import os
 import re
 
 import pytest
+
 from conftest import ROOT
 
 README_MAX_LINES = 200

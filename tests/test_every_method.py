@@ -39,7 +39,7 @@ def state_equal(a, b) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(state_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(state_equal(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(state_equal(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -127,7 +127,8 @@ register_method(FixMatchCopy)
 every_method.CONFIG_DIRS.append({configs!r})
 """
 SUITES = ("test_resume_is_exact", "test_every_config_of_the_method_passes_dry_run",
-          "test_a_smoke_run_reaches_every_loss_term", "test_bf16_autocast_on_the_cpu_keeps_losses_and_confidences_in_float32")
+          "test_a_smoke_run_reaches_every_loss_term",
+          "test_bf16_autocast_on_the_cpu_keeps_losses_and_confidences_in_float32")
 
 
 @pytest.mark.slow
@@ -142,9 +143,10 @@ def test_a_method_registered_at_run_time_is_covered_without_editing_a_test(tmp_p
     (tmp_path / "fixmatch_copy_plugin.py").write_text(PLUGIN.format(configs=str(configs)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.path.join(ROOT, "tests"), ROOT]),
                HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "fixmatch_copy_plugin", "-p", "no:cacheprovider",
-                        "-v", "-k", "fixmatch_copy and not channels_last", "tests/test_every_method.py",
-                        "tests/test_speed_options.py"], cwd=ROOT, env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "fixmatch_copy_plugin", "-p",
+                        "no:cacheprovider", "-v", "-k", "fixmatch_copy and not channels_last",
+                        "tests/test_every_method.py", "tests/test_speed_options.py"], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     for suite in SUITES:
         assert f"{suite}[fixmatch_copy] PASSED" in r.stdout, (suite, r.stdout[-3000:])

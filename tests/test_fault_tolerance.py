@@ -11,15 +11,14 @@ import pytest
 import torch
 
 from conftest import ROOT, SMALL_NET, digits_cfg
-from helpers import run_tool
+from helpers import make_voc, run_tool, write_list
 from seg_ssl.data.dataset import DataError, read_split
 from seg_ssl.engine.checkpoint import load_checkpoint
-from helpers import make_voc, write_list
 
 # Small enough that a torchrun launch is mostly imports: 24 labeled 64x64 canvases cut to 32x32, a
 # ResNet-18 stem and two stages, a 16-channel head.
-TINY = ["data.labeled_list=splits/1_4/labeled.txt", "data.unlabeled_list=null", "data.batch_size=4", *SMALL_NET,
-        "data.num_workers=1", "data.val_batch_size=8", "train.iters=6", "train.ckpt_interval=2",
+TINY = ["data.labeled_list=splits/1_4/labeled.txt", "data.unlabeled_list=null", "data.batch_size=4",
+        *SMALL_NET, "data.num_workers=1", "data.val_batch_size=8", "train.iters=6", "train.ckpt_interval=2",
         "train.log_interval=1", "train.eval_interval=0", "train.threads=1", "dist.timeout_s=60"]
 
 
@@ -33,10 +32,11 @@ def elastic_run(work, digits_root, log_dir, kill):
     probed). ``kill`` ("RANK:ITERATION,...") makes that rank SIGKILL itself after that iteration,
     the k-th pair on attempt k (the trainer's SEG_SSL_TEST_KILL hook). The timeout turns a hang into
     a failure."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", SEG_SSL_TEST_KILL=kill)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               SEG_SSL_TEST_KILL=kill)
     restarts = len(kill.split(","))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", f"--max-restarts={restarts}",
-           f"--log-dir={log_dir}", os.path.join(ROOT, "tools", "train.py"),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           f"--max-restarts={restarts}", f"--log-dir={log_dir}", os.path.join(ROOT, "tools", "train.py"),
            os.path.join(ROOT, "configs", "digits_sup.yaml"), *overrides(digits_root, work)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 
@@ -101,9 +101,10 @@ def test_a_peer_that_never_comes_is_one_line_naming_the_rank(digits_root, tmp_pa
     # rank 1 of 2 meets at a store the test hosts on a port the OS picks; rank 0 never comes
     store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     env = {"RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RESTART_COUNT": "3"}
-    r = run_tool("tools/train.py", "configs/digits_sup.yaml", f"data.root={digits_root}", f"work_dir={tmp_path / 'w'}",
-                 *TINY[:-1], "dist.timeout_s=2", env=env)
+           "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True",
+           "TORCHELASTIC_RESTART_COUNT": "3"}
+    r = run_tool("tools/train.py", "configs/digits_sup.yaml", f"data.root={digits_root}",
+                 f"work_dir={tmp_path / 'w'}", *TINY[:-1], "dist.timeout_s=2", env=env)
     assert r.returncode == 2, r.stderr
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: rank 1 of 2: joining the process group at 127.0.0.1:{store.port} "
@@ -114,18 +115,20 @@ def test_a_peer_that_never_comes_is_one_line_naming_the_rank(digits_root, tmp_pa
 def test_a_failed_collective_names_the_rank_and_what_it_waited_for():
     from seg_ssl.engine.dist import DistInfo, DistributedError, waiting_for
     info = DistInfo(rank=1, world_size=2, timeout_s=30)
-    gloo = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
-            "[127.0.0.1]:8070. This is typically caused by a remote worker crashing. GLHF!")
+    gloo = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by "
+            "peer [127.0.0.1]:8070. This is typically caused by a remote worker crashing. GLHF!")
     with pytest.raises(DistributedError) as e:
         with waiting_for("training step (gradient all-reduce)", info, 7):
             raise RuntimeError(gloo)
     assert str(e.value) == ("rank 1 of 2: training step (gradient all-reduce) at iteration 7 failed (another "
                             "process died: Connection closed by peer [127.0.0.1]:8070); the same command (or "
                             "torchrun --max-restarts) continues from latest.pth")
-    with pytest.raises(DistributedError, match=r"^rank 1 of 2: agreeing on a stop signal failed \(no answer within "
-                                               r"dist.timeout_s=30: Timed out waiting 30000ms"):
+    with pytest.raises(DistributedError,
+                       match=r"^rank 1 of 2: agreeing on a stop signal failed \(no answer within "
+                             r"dist.timeout_s=30: Timed out waiting 30000ms"):
         with waiting_for("agreeing on a stop signal", info):
-            raise RuntimeError("[../gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 30000ms for recv")
+            raise RuntimeError("[../gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 30000ms for "
+                               "recv")
     with pytest.raises(RuntimeError, match="shape mismatch"):  # not a communication failure: left alone
         with waiting_for("training step", info):
             raise RuntimeError("shape mismatch")
@@ -140,9 +143,10 @@ def test_the_lock_is_not_held_by_the_processes_a_killed_run_forked(tmp_path):
     from seg_ssl.engine.workdir import lock_work_dir, unlock_work_dir
     work = tmp_path / "w"
     work.mkdir()
-    code = ("import os, signal, sys, time; sys.path.insert(0, '.'); from seg_ssl.engine.workdir import lock_work_dir; "
-            f"lock_work_dir({str(work)!r}); child = os.fork()\n"
-            "if child == 0:\n    os.close(1); time.sleep(600); os._exit(0)\n"  # lets go of the pipe, not the lock file
+    code = ("import os, signal, sys, time; sys.path.insert(0, '.'); from seg_ssl.engine.workdir import "
+            f"lock_work_dir; lock_work_dir({str(work)!r}); child = os.fork()\n"
+            # the child lets go of the pipe, not the lock file
+            "if child == 0:\n    os.close(1); time.sleep(600); os._exit(0)\n"
             "print(child, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
     run = run_tool("-c", code, popen=True)
     child = int(run.stdout.readline())
@@ -157,16 +161,20 @@ def test_the_lock_is_not_held_by_the_processes_a_killed_run_forked(tmp_path):
 
 def test_a_second_run_waits_for_the_lock_then_names_the_holder(tmp_path, capsys):
     import threading
-    from seg_ssl.errors import WorkDirBusy
+
     from seg_ssl.engine.workdir import lock_work_dir, unlock_work_dir
+    from seg_ssl.errors import WorkDirBusy
     work = tmp_path / "w"
     work.mkdir()
-    holder = run_tool("-c", "import sys; sys.path.insert(0, '.'); from seg_ssl.engine.workdir import lock_work_dir; "
-                      f"lock_work_dir({str(work)!r}); print('locked', flush=True); sys.stdin.read()", popen=True)
+    holder = run_tool("-c",
+                      "import sys; sys.path.insert(0, '.'); from seg_ssl.engine.workdir import "
+                      f"lock_work_dir; lock_work_dir({str(work)!r}); print('locked', flush=True); "
+                      "sys.stdin.read()", popen=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(WorkDirBusy, match=rf"^work_dir {work} is in use by another run \(pid {holder.pid}\) "
-                                              r"\(waited 0.3 s\): wait for it to end"):
+        with pytest.raises(WorkDirBusy,
+                           match=rf"^work_dir {work} is in use by another run \(pid {holder.pid}\) "
+                                 r"\(waited 0.3 s\): wait for it to end"):
             lock_work_dir(str(work), wait_s=0.3)
         # a run that starts while the holder is exiting gets the lock once it has gone
         done = threading.Event()
@@ -195,21 +203,24 @@ def _truncate(path):
 
 
 def test_an_unreadable_val_image_stops_the_run_before_training(digits_root, tmp_path, capsys):
-    from seg_ssl.engine.trainer import Trainer
     import shutil
+
+    from seg_ssl.engine.trainer import Trainer
     root = tmp_path / "d"
     shutil.copytree(digits_root, root, symlinks=True)
     _truncate(root / "JPEGImages" / "val_00003.jpg")
     with pytest.raises(DataError) as e:
         Trainer(digits_cfg(str(root), str(tmp_path / "w"), "train.iters=2"))
     msg = str(e.value)
-    assert msg.startswith(f"data.val_list {root}/ImageSets/Segmentation/val.txt: 1 val file(s) cannot be used, "
-                          f"e.g. cannot read image {root}/JPEGImages/val_00003.jpg: image file is truncated"), msg
+    assert msg.startswith(f"data.val_list {root}/ImageSets/Segmentation/val.txt: 1 val file(s) cannot be "
+                          f"used, e.g. cannot read image {root}/JPEGImages/val_00003.jpg: image file is "
+                          "truncated"), msg
     assert msg.endswith("; run tools/check_dataset.py CONFIG for every problem"), msg
     assert "\n" not in msg and not (tmp_path / "w" / "latest.pth").exists()
     # tools/check_dataset.py decodes every listed file too, val included
     from helpers import load_tool
-    assert load_tool("check_dataset").main([os.path.join(ROOT, "configs", "digits_sup.yaml"), f"data.root={root}",
+    assert load_tool("check_dataset").main([os.path.join(ROOT, "configs", "digits_sup.yaml"),
+                                            f"data.root={root}",
                                             "data.labeled_list=splits/1_4/labeled.txt"]) == 1
     assert f"problem: cannot read image {root}/JPEGImages/val_00003.jpg: image file is truncated" in \
         capsys.readouterr().out
@@ -217,6 +228,7 @@ def test_an_unreadable_val_image_stops_the_run_before_training(digits_root, tmp_
 
 def test_an_evaluation_that_fails_keeps_latest_and_the_resumed_run_matches(digits_root, tmp_path):
     import shutil
+
     from seg_ssl.engine.trainer import Trainer
     root = tmp_path / "d"
     shutil.copytree(digits_root, root, symlinks=True)
@@ -231,9 +243,9 @@ def test_an_evaluation_that_fails_keeps_latest_and_the_resumed_run_matches(digit
     with pytest.raises(DataError) as e:
         trainer.train()
     trainer.close()
-    assert re.fullmatch(r"cannot read image .*val_00003.jpg: image file is truncated.*; evaluation at iteration 2 "
-                        r"failed; latest.pth \(iteration 2\) is saved: fix the cause and run the same command to "
-                        r"continue \(it evaluates again first\)", str(e.value)), str(e.value)
+    assert re.fullmatch(r"cannot read image .*val_00003.jpg: image file is truncated.*; evaluation at "
+                        r"iteration 2 failed; latest.pth \(iteration 2\) is saved: fix the cause and run the "
+                        r"same command to continue \(it evaluates again first\)", str(e.value)), str(e.value)
     saved = load_checkpoint(str(tmp_path / "w" / "latest.pth"))
     assert saved["iteration"] == 2 and saved["eval_pending"]
     open(root / "JPEGImages" / "val_00003.jpg", "wb").write(good)
@@ -252,7 +264,8 @@ def test_an_evaluation_that_fails_keeps_latest_and_the_resumed_run_matches(digit
 # split lists written by other tools
 
 def _split(root, name, **kw):
-    return read_split(os.path.join(root, name), root, "JPEGImages", "SegmentationClassAug", ".jpg", ".png", **kw)
+    return read_split(os.path.join(root, name), root, "JPEGImages", "SegmentationClassAug", ".jpg", ".png",
+                      **kw)
 
 
 def test_a_byte_order_mark_crlf_and_trailing_blanks_are_read_as_plain_ids(tmp_path):
@@ -267,7 +280,8 @@ def test_a_byte_order_mark_crlf_and_trailing_blanks_are_read_as_plain_ids(tmp_pa
     assert _split(root, "pairs.txt")[0].image == os.path.join(root, "JPEGImages", "a.jpg")
     with open(os.path.join(root, "latin1.txt"), "wb") as f:
         f.write("caf\xe9\n".encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin1.txt is not UTF-8 text \(invalid continuation byte at byte 3\)"):
+    with pytest.raises(DataError,
+                       match=r"latin1.txt is not UTF-8 text \(invalid continuation byte at byte 3\)"):
         _split(root, "latin1.txt")
 
 
@@ -277,13 +291,14 @@ def test_an_id_with_a_space_is_one_line_showing_how_to_write_a_pair(tmp_path):
     with pytest.raises(DataError) as e:
         _split(root, "lab.txt")
     assert str(e.value) == (f"{root}/lab.txt:2: 'train 00008': ids cannot contain spaces; a line is one id "
-                            "(2007_000032) or an image and its label relative to the root, separated by a space "
-                            "(JPEGImages/2007_000032.jpg SegmentationClassAug/2007_000032.png)")
+                            "(2007_000032) or an image and its label relative to the root, separated by a "
+                            "space (JPEGImages/2007_000032.jpg SegmentationClassAug/2007_000032.png)")
     problems = []  # tools/check_dataset.py: reported with the rest, the list still read
     assert [s.id for s in _split(root, "lab.txt", problems=problems)] == ["a"]
     assert problems == [str(e.value)]
     write_list(root, "three.txt", ["a b c"])
-    with pytest.raises(DataError, match="expected 'id' or 'image label', got 'a b c' \\(ids cannot contain spaces;"):
+    with pytest.raises(DataError,
+                       match="expected 'id' or 'image label', got 'a b c' \\(ids cannot contain spaces;"):
         _split(root, "three.txt")
     write_list(root, "pair.txt", ["JPEGImages/a.jpg SegmentationClassAug/a.png", "x.jpg x.png"])
     assert [s.id for s in _split(root, "pair.txt")] == ["a", "x"]  # paths, not an id with a space

@@ -7,15 +7,16 @@ import torch.nn as nn
 
 from conftest import digits_cfg
 from helpers import record_steps
+from reference_ssl import ToyNet, ce_terms, hard_targets, toy_batches
 from seg_ssl.data.cutmix import single_box_masks
 from seg_ssl.engine.trainer import Trainer
 from seg_ssl.methods.fixmatch import FixMatch
-from reference_ssl import ToyNet, ce_terms, hard_targets, toy_batches
 
 
 def toy_method(tmp_path, *extra):
     """FixMatch with a box in every strong view; its box generator is seeded with 5."""
-    return FixMatch(digits_cfg("unused", str(tmp_path), "method=fixmatch", "fixmatch.cutmix_p=1.0", "seed=5", *extra))
+    return FixMatch(digits_cfg("unused", str(tmp_path), "method=fixmatch", "fixmatch.cutmix_p=1.0", "seed=5",
+                               *extra))
 
 
 @pytest.mark.parametrize("joint_forward,fg_marginal", [(False, False), (True, False), (False, True)])
@@ -23,7 +24,8 @@ def test_step_is_the_released_formula(tmp_path, joint_forward, fg_marginal):
     """loss = (CE(labeled) + sum over kept pixels of CE(strong, target) / valid pixels) / 2, the
     strong view mixed with the second image's strong view inside the box, whose targets, confidences
     and valid pixels are that image's weak prediction, made in eval mode."""
-    method = toy_method(tmp_path, "fixmatch.conf_thresh=0.5", f"train.joint_forward={str(joint_forward).lower()}",
+    method = toy_method(tmp_path, "fixmatch.conf_thresh=0.5",
+                        f"train.joint_forward={str(joint_forward).lower()}",
                         f"fixmatch.fg_marginal={str(fg_marginal).lower()}")
     net = ToyNet()
     labeled, unl = toy_batches(strong=("strong", None))  # FixMatch's pipeline makes one strong view
@@ -61,8 +63,9 @@ def test_warm_up_is_the_labeled_term_on_the_same_scale(tmp_path):
 
 
 def test_trains_through_the_trainer_with_one_strong_view(digits_root, tmp_path):
-    cfg = digits_cfg(digits_root, str(tmp_path), "method=fixmatch", "train.iters=2", "fixmatch.conf_thresh=0.0",
-                     "data.batch_size=2", "data.unlabeled_batch_size=2", "model.decoder_channels=16")
+    cfg = digits_cfg(digits_root, str(tmp_path), "method=fixmatch", "train.iters=2",
+                     "fixmatch.conf_thresh=0.0", "data.batch_size=2", "data.unlabeled_batch_size=2",
+                     "model.decoder_channels=16")
     trainer = Trainer(cfg)
     first = next(trainer.batch_streams()[1])
     assert "strong" in first and "strong2" not in first  # one strong view

@@ -24,7 +24,8 @@ def test_window_starts_cover_and_end_flush():
     assert window_starts(40, 40, 30) == [0] and window_starts(10, 40, 30) == [0]
     for length, win, stride in [(97, 32, 21), (1024, 800, 534), (2048, 800, 534)]:
         starts = window_starts(length, win, stride)
-        assert starts[-1] + win == length and all(b - a <= stride for a, b in zip(starts, starts[1:]))
+        assert starts[-1] + win == length and all(b - a <= stride
+                                                  for a, b in zip(starts, starts[1:], strict=False))
 
 
 def test_modes_agree_for_a_pointwise_model():

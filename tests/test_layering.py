@@ -59,8 +59,8 @@ def package_imports(package_dir: str) -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 found.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                             for a in node.names)
+                found.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
+                             else node.module for a in node.names)
         graph[name] = {m for m in found if m.split(".")[0] == "seg_ssl" and m != name}
     return graph
 

@@ -11,7 +11,7 @@ def brute_force(pred, label, k, ignore=255):
     """Per-class TP/FP/FN by explicit loops over pixels."""
     tp, fp, fn = [0] * k, [0] * k, [0] * k
     correct = total = 0
-    for p, g in zip(pred.ravel().tolist(), label.ravel().tolist()):
+    for p, g in zip(pred.ravel().tolist(), label.ravel().tolist(), strict=True):
         if g == ignore:
             continue
         total += 1

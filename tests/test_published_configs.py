@@ -5,7 +5,6 @@ an edit of a config that changes a published setting fails here and has to say w
 writes a setting differently (a global selected_num, the CPS release's effective learning rate),
 the comment gives the conversion.
 """
-import json
 import os
 
 import pytest
@@ -21,7 +20,8 @@ UM_VOC = "UniMatch release configs/pascal.yaml + unimatch.py (Yang et al., CVPR 
 FM_VOC = "UniMatch release fixmatch.py + configs/pascal.yaml (the FixMatch rows of Yang et al., CVPR 2023)"
 UM_CITY = "UniMatch release configs/cityscapes.yaml (818609d; its README: output stride changed from 8 to 16)"
 # the networks (seg_ssl/models/release.py; logits checked against them in test_release_networks.py)
-CAC_NET = "CAC release models/modeling/{deeplab,aspp,decoder}.py, backbone/resnet.py, models/model.py (a7cd9b4)"
+CAC_NET = ("CAC release models/modeling/{deeplab,aspp,decoder}.py, backbone/resnet.py, models/model.py "
+           "(a7cd9b4)")
 CPS_NET = "CPS release exp.*/*.res50v3+.CPS*/network.py + furnace/base_model/resnet.py"
 UM_NET = "UniMatch release model/semseg/deeplabv3plus.py (818609d) + model/backbone/resnet.py"
 # the evaluations (seg_ssl/evaluation/inference.py; predictions checked in test_release_protocols.py)
@@ -31,7 +31,8 @@ CAC_EVAL = "CAC release trainer.py _valid_epoch:148-155 (a7cd9b4)"
 
 # Each published config uses its release's network (model.arch builds the stem, dilations and head)
 CAC_MODEL = {
-    "model.arch": ("deeplabv3plus_cac", CAC_NET + ": 7x7 stem, layer4 multi-grid 2/4/8, its ASPP and decoder"),
+    "model.arch": ("deeplabv3plus_cac",
+                   CAC_NET + ": 7x7 stem, layer4 multi-grid 2/4/8, its ASPP and decoder"),
     "model.output_stride": (16, CAC_NET + ": DeepLab(output_stride=16), model.py passes none"),
     "model.aspp_rates": ([6, 12, 18], CAC_NET + ": aspp.py dilations [1, 6, 12, 18] at OS 16"),
     "model.aspp_dropout": (0.5, CAC_NET + ": aspp.py nn.Dropout(0.5)"),
@@ -39,10 +40,12 @@ CAC_MODEL = {
     "model.proj_dim": (128, CAC_NET + ": model.py project, 256 -> 256 -> 128"),
 }
 CPS_MODEL = {
-    "model.arch": ("deeplabv3plus_cps", CPS_NET + ": resnet50 deep_stem, layer4 dilated 2/4/8, its ASPP and Head"),
+    "model.arch": ("deeplabv3plus_cps",
+                   CPS_NET + ": resnet50 deep_stem, layer4 dilated 2/4/8, its ASPP and Head"),
     "model.output_stride": (16, CPS_NET + ": only layer4 is dilated"),
     "model.aspp_rates": ([6, 12, 18], CPS_NET + ": Head: ASPP(2048, 256, [6, 12, 18])"),
-    "model.aspp_dropout": (0.0, CPS_NET + ": no dropout"), "model.dropout": (0.0, CPS_NET + ": bare 1x1 classifier"),
+    "model.aspp_dropout": (0.0, CPS_NET + ": no dropout"),
+    "model.dropout": (0.0, CPS_NET + ": bare 1x1 classifier"),
 }
 UM_MODEL = {
     "model.arch": ("deeplabv3plus_unimatch", UM_NET + ": deep stem, ASPPModule, reduce, fuse"),
@@ -82,8 +85,8 @@ PUBLISHED = {
         "method": ("cac", CAC_VOC),
         "model.encoder": ("resnet50", CAC_VOC),
         "data.crop_size": (320, CAC_VOC), "data.base_size": (400, CAC_VOC),
-        "data.scale_range": ([0.5, 2.0], CAC_VOC + ": labeled"), "data.batch_size": (8, CAC_VOC + ": 2 GPUs x 4"),
-        "data.unlabeled_batch_size": (8, CAC_VOC),
+        "data.scale_range": ([0.5, 2.0], CAC_VOC + ": labeled"),
+        "data.batch_size": (8, CAC_VOC + ": 2 GPUs x 4"), "data.unlabeled_batch_size": (8, CAC_VOC),
         "train.optimizer": ("sgd", CAC_VOC), "train.lr": (0.01, CAC_VOC), "train.momentum": (0.9, CAC_VOC),
         "train.weight_decay": (1e-4, CAC_VOC), "train.backbone_lr_mult": (0.1, CAC_VOC + ": backbone lr/10"),
         "train.poly_power": (0.9, CAC_VOC), "train.warmup_iters": (0, CAC_VOC),
@@ -102,7 +105,8 @@ PUBLISHED = {
         "data.crop_size": (720, CAC_CITY), "data.base_size": (2048, CAC_CITY),
         "data.scale_range": ([0.5, 2.0], CAC_CITY), "data.color_jitter": (0.8, CAC_CITY + ": labeled jitter"),
         "data.batch_size": (8, CAC_CITY + ": 4 GPUs x 2"), "data.unlabeled_batch_size": (8, CAC_CITY),
-        "train.lr": (0.1, CAC_CITY), "train.backbone_lr_mult": (0.1, CAC_CITY), "train.weight_decay": (1e-4, CAC_CITY),
+        "train.lr": (0.1, CAC_CITY), "train.backbone_lr_mult": (0.1, CAC_CITY),
+        "train.weight_decay": (1e-4, CAC_CITY),
         "train.iters": (92560, CAC_CITY + ": 80 x 1,157 (hard-coded)"),
         "cac.unsup_start_iter": (5785, CAC_CITY), "cac.scale_range": ([0.8, 2.0], CAC_CITY),
         "cac.selected_num": (64800, CAC_CITY + ": 16,200 per GPU x 4 GPUs"), "cac.step_save": (0, CAC_CITY),
@@ -114,18 +118,19 @@ PUBLISHED = {
     "voc_cps.yaml": {
         **CPS_MODEL,
         "method": ("cps", CPS_VOC), "model.encoder": ("resnet50", CPS_VOC),
-        "data.crop_size": (512, CPS_VOC), "data.scale_range": ([0.5, 2.0], CPS_VOC), "data.hflip": (True, CPS_VOC),
-        "data.batch_size": (8, CPS_VOC + ": 4 GPUs x 2"), "data.unlabeled_batch_size": (8, CPS_VOC),
-        "train.optimizer": ("sgd", CPS_VOC), "train.momentum": (0.9, CPS_VOC), "train.poly_power": (0.9, CPS_VOC),
+        "data.crop_size": (512, CPS_VOC), "data.scale_range": ([0.5, 2.0], CPS_VOC),
+        "data.hflip": (True, CPS_VOC), "data.batch_size": (8, CPS_VOC + ": 4 GPUs x 2"),
+        "data.unlabeled_batch_size": (8, CPS_VOC), "train.optimizer": ("sgd", CPS_VOC),
+        "train.momentum": (0.9, CPS_VOC), "train.poly_power": (0.9, CPS_VOC),
         "train.lr": (0.0025, CPS_VOC + ": 0.01 / 4 GPUs, the effective step (losses divided by W, then DDP)"),
         "train.weight_decay": (4e-4, CPS_VOC + ": 1e-4 x 4 GPUs, same effective step"),
         "train.backbone_lr_mult": (1.0, CPS_VOC + ": head and backbone share the lr"),
         "train.decay_norm_and_bias": (False, CPS_VOC + ": group_weight"),
-        "train.iters": (39338, CPS_VOC + ": 34 epochs x 1,157"),
-        "cps.cutmix": (True, CPS_VOC), "cps.weight": (1.0, CPS_VOC + ": lambda with CutMix"),
-        "cps.mask_prop_range": ([0.25, 0.5], CPS_VOC), "cps.mask_boxes": (3, CPS_VOC),
-        "cps.conf_thresh": (0.0, CPS_VOC + ": no threshold"), "train.ohem": (False, CPS_VOC),
-        "cps.unsup_start_iter": (0, CPS_VOC), "cps.fg_marginal": (False, CPS_VOC),
+        "train.iters": (39338, CPS_VOC + ": 34 epochs x 1,157"), "cps.cutmix": (True, CPS_VOC),
+        "cps.weight": (1.0, CPS_VOC + ": lambda with CutMix"), "cps.mask_prop_range": ([0.25, 0.5], CPS_VOC),
+        "cps.mask_boxes": (3, CPS_VOC), "cps.conf_thresh": (0.0, CPS_VOC + ": no threshold"),
+        "train.ohem": (False, CPS_VOC), "cps.unsup_start_iter": (0, CPS_VOC),
+        "cps.fg_marginal": (False, CPS_VOC),
         "eval.mode": ("slide_cps", CPS_EVAL + ": every VOC image fits one 512 window, centred"),
         "eval.window": (512, CPS_EVAL + ": eval_crop_size 512"),
         "eval.stride": (342, CPS_EVAL + ": ceil(512 x eval_stride_rate 2/3)"),
@@ -138,21 +143,22 @@ PUBLISHED = {
         "data.unlabeled_batch_size": (8, CPS_CITY),
         "train.lr": (0.0025, CPS_CITY + ": 0.02 / 8 GPUs, the effective step"),
         "train.weight_decay": (8e-4, CPS_CITY + ": 1e-4 x 8 GPUs"), "train.backbone_lr_mult": (1.0, CPS_CITY),
-        "train.decay_norm_and_bias": (False, CPS_CITY), "train.iters": (44525, CPS_CITY + ": 137 epochs x 325"),
-        "cps.cutmix": (True, CPS_CITY), "cps.weight": (5.0, CPS_CITY + ": lambda with CutMix"),
-        "train.ohem": (True, CPS_CITY), "train.ohem_thresh": (0.7, CPS_CITY), "train.ohem_min_kept": (50000, CPS_CITY),
+        "train.decay_norm_and_bias": (False, CPS_CITY),
+        "train.iters": (44525, CPS_CITY + ": 137 epochs x 325"), "cps.cutmix": (True, CPS_CITY),
+        "cps.weight": (5.0, CPS_CITY + ": lambda with CutMix"), "train.ohem": (True, CPS_CITY),
+        "train.ohem_thresh": (0.7, CPS_CITY), "train.ohem_min_kept": (50000, CPS_CITY),
         "eval.mode": ("slide_cps", CPS_EVAL + ": flush windows, logits summed"),
         "eval.window": (800, CPS_EVAL + ": eval_crop_size 800"),
-        "eval.stride": (534, CPS_EVAL + ": ceil(2/3 x 800)"),
-        "cps.eval_branch": ("1", CPS_CITY),
+        "eval.stride": (534, CPS_EVAL + ": ceil(2/3 x 800)"), "cps.eval_branch": ("1", CPS_CITY),
     },
     "voc_unimatch.yaml": {
         **UM_MODEL,
-        "method": ("unimatch", UM_VOC), "model.encoder": ("resnet50", UM_VOC + ": R50 runs in the release logs"),
-        "data.crop_size": (321, UM_VOC + ": crop_size 321"),
-        "data.scale_range": ([0.5, 2.0], UM_VOC), "data.hflip": (True, UM_VOC),
-        "data.batch_size": (8, UM_VOC + ": 4 GPUs x 2"), "data.unlabeled_batch_size": (8, UM_VOC),
-        "train.optimizer": ("sgd", UM_VOC), "train.momentum": (0.9, UM_VOC), "train.weight_decay": (1e-4, UM_VOC),
+        "method": ("unimatch", UM_VOC),
+        "model.encoder": ("resnet50", UM_VOC + ": R50 runs in the release logs"),
+        "data.crop_size": (321, UM_VOC + ": crop_size 321"), "data.scale_range": ([0.5, 2.0], UM_VOC),
+        "data.hflip": (True, UM_VOC), "data.batch_size": (8, UM_VOC + ": 4 GPUs x 2"),
+        "data.unlabeled_batch_size": (8, UM_VOC), "train.optimizer": ("sgd", UM_VOC),
+        "train.momentum": (0.9, UM_VOC), "train.weight_decay": (1e-4, UM_VOC),
         "train.lr": (0.01, UM_VOC + ": head = lr 0.001 x lr_multi 10"),
         "train.backbone_lr_mult": (0.1, UM_VOC + ": backbone lr 0.001"), "train.poly_power": (0.9, UM_VOC),
         "train.iters": (92560, UM_VOC + ": 80 epochs x 1,157 unlabeled batches"),
@@ -161,7 +167,8 @@ PUBLISHED = {
         "unimatch.cutmix_p": (0.5, UM_VOC), "unimatch.box_size_range": ([0.02, 0.4], UM_VOC),
         "unimatch.box_ratio_range": ([0.3, 1 / 0.3], UM_VOC), "unimatch.color_jitter": (0.8, UM_VOC),
         "unimatch.jitter_strength": ([0.5, 0.5, 0.5, 0.25], UM_VOC), "unimatch.grayscale": (0.2, UM_VOC),
-        "unimatch.blur": (0.5, UM_VOC), "train.ohem": (False, UM_VOC), "unimatch.unsup_start_iter": (0, UM_VOC),
+        "unimatch.blur": (0.5, UM_VOC), "train.ohem": (False, UM_VOC),
+        "unimatch.unsup_start_iter": (0, UM_VOC),
         "eval.mode": ("whole", UM_EVAL + ": 'original', the unpadded image (size divisor 1)"),
     },
     "voc_fixmatch.yaml": {
@@ -169,10 +176,11 @@ PUBLISHED = {
         "method": ("fixmatch", FM_VOC), "model.encoder": ("resnet50", FM_VOC),
         "data.crop_size": (321, FM_VOC + ": crop_size 321"),
         "data.batch_size": (8, FM_VOC + ": 4 GPUs x 2"), "data.unlabeled_batch_size": (8, FM_VOC),
-        "train.optimizer": ("sgd", FM_VOC), "train.momentum": (0.9, FM_VOC), "train.weight_decay": (1e-4, FM_VOC),
-        "train.lr": (0.01, FM_VOC + ": head = lr 0.001 x lr_multi 10"), "train.backbone_lr_mult": (0.1, FM_VOC),
-        "train.poly_power": (0.9, FM_VOC), "train.iters": (92560, FM_VOC + ": 80 epochs x 1,157"),
-        "fixmatch.conf_thresh": (0.95, FM_VOC), "fixmatch.cutmix_p": (0.5, FM_VOC),
+        "train.optimizer": ("sgd", FM_VOC), "train.momentum": (0.9, FM_VOC),
+        "train.weight_decay": (1e-4, FM_VOC), "train.lr": (0.01, FM_VOC + ": head = lr 0.001 x lr_multi 10"),
+        "train.backbone_lr_mult": (0.1, FM_VOC), "train.poly_power": (0.9, FM_VOC),
+        "train.iters": (92560, FM_VOC + ": 80 epochs x 1,157"), "fixmatch.conf_thresh": (0.95, FM_VOC),
+        "fixmatch.cutmix_p": (0.5, FM_VOC),
         "fixmatch.box_size_range": ([0.02, 0.4], FM_VOC + ": obtain_cutmix_box"),
         "fixmatch.color_jitter": (0.8, FM_VOC + ": dataset/semi.py"), "fixmatch.grayscale": (0.2, FM_VOC),
         "fixmatch.blur": (0.5, FM_VOC), "fixmatch.unsup_start_iter": (0, FM_VOC),
@@ -196,7 +204,8 @@ PUBLISHED = {
     "ade20k_unimatch_v2.yaml": {
         **UM2_MODEL,
         "method": ("unimatch_v2", UM2 + " unimatch_v2.py"),
-        "data.crop_size": (518, UM2_ADE + ": crop_size 518"), "data.num_classes": (150, UM2_ADE + ": nclass 150"),
+        "data.crop_size": (518, UM2_ADE + ": crop_size 518"),
+        "data.num_classes": (150, UM2_ADE + ": nclass 150"),
         "data.batch_size": (8, UM2_ADE + ": batch_size 2 per GPU x 4 GPUs"),
         "train.iters": (149220, UM2_ADE + ": 60 epochs x 2,487 (the logs' iterations per epoch at 1/64)"),
         "train.ohem": (False, UM2_ADE + ": criterion CELoss"),
@@ -207,7 +216,8 @@ PUBLISHED = {
     "coco_unimatch_v2.yaml": {
         **UM2_MODEL,
         "method": ("unimatch_v2", UM2 + " unimatch_v2.py"),
-        "data.crop_size": (518, UM2_COCO + ": crop_size 518"), "data.num_classes": (81, UM2_COCO + ": nclass 81"),
+        "data.crop_size": (518, UM2_COCO + ": crop_size 518"),
+        "data.num_classes": (81, UM2_COCO + ": nclass 81"),
         "data.batch_size": (16, UM2_COCO + ": batch_size 4 per GPU x 4 GPUs"),
         "train.iters": (147560, UM2_COCO + ": 20 epochs x 7,378 (1/512: 118,055 unlabeled / 16)"),
         "train.ohem": (False, UM2_COCO + ": criterion CELoss"),
@@ -229,7 +239,8 @@ PUBLISHED = {
         "unimatch_v2.comp_drop": (True, UM2 + " unimatch_v2.py:179 model(..., comp_drop=True)"),
         "unimatch_v2.comp_drop_kept": (0.5, UM2_NET + ": dropout_prob 0.5 of the pairs kept"),
         "eval.model": ("ema", UM2 + " README: the EMA model's numbers"),
-        "eval.mode": ("resize_unimatch_v2", UM2 + " supervised.py:70-83 'original': resized to a multiple of 14"),
+        "eval.mode": ("resize_unimatch_v2",
+                      UM2 + " supervised.py:70-83 'original': resized to a multiple of 14"),
     },
     "cityscapes_unimatch_v2.yaml": {
         **UM2_MODEL,
@@ -266,9 +277,11 @@ def test_published_configs_keep_the_published_settings(name):
 
 CONFIGS = os.path.join(ROOT, "configs")
 # published method configs: voc_*, cityscapes_*, ade20k_*, coco_* that train a semi-supervised method
-PUBLISHED_METHOD_CONFIGS = sorted(n for n in os.listdir(CONFIGS) if n.startswith(("voc_", "cityscapes_", "ade20k_", "coco_"))
-                                  and load_file(os.path.join(CONFIGS, n)).get("method", "supervised") != "supervised")
-TWINS = [n for n in PUBLISHED_METHOD_CONFIGS if os.path.isfile(os.path.join(CONFIGS, n.replace(".yaml", "_sup.yaml")))]
+PUBLISHED_METHOD_CONFIGS = sorted(
+    n for n in os.listdir(CONFIGS) if n.startswith(("voc_", "cityscapes_", "ade20k_", "coco_"))
+    and load_file(os.path.join(CONFIGS, n)).get("method", "supervised") != "supervised")
+TWINS = [n for n in PUBLISHED_METHOD_CONFIGS
+         if os.path.isfile(os.path.join(CONFIGS, n.replace(".yaml", "_sup.yaml")))]
 
 
 def test_every_published_method_config_has_a_labeled_only_twin():
@@ -282,7 +295,8 @@ def test_labeled_only_twins_train_exactly_like_their_method(method_config):
     supervised loss and evaluation, only the method differs (and CAC's projector, which the baseline
     does not use)."""
     method = flatten(load_config(os.path.join(ROOT, "configs", method_config)).to_dict())
-    twin = flatten(load_config(os.path.join(ROOT, "configs", method_config.replace(".yaml", "_sup.yaml"))).to_dict())
+    twin = flatten(load_config(os.path.join(ROOT, "configs",
+                                            method_config.replace(".yaml", "_sup.yaml"))).to_dict())
     assert twin["method"] == "supervised" and method["method"] != "supervised"
     # a twin scores its student: labeled-only training keeps no EMA teacher (eval.model)
     shared = [k for k in method if k.startswith(("data.", "train.", "eval.", "model.")) and k != "eval.model"]

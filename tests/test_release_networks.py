@@ -82,7 +82,8 @@ def _resnet(x, s, p, deep_stem, layer4_dilations):
     x = F.max_pool2d(F.relu(_bn(x, s, p + "bn1")), 3, 2, 1)
     maps = []
     for layer, stride in ((1, 1), (2, 2), (3, 2), (4, 1)):  # layer4 dilated instead of strided: OS 16
-        n = len({k.split(".")[0] for k in [k[len(f"{p}layer{layer}."):] for k in s if k.startswith(f"{p}layer{layer}.")]})
+        n = len({k.split(".")[0] for k in [k[len(f"{p}layer{layer}."):] for k in s
+                                           if k.startswith(f"{p}layer{layer}.")]})
         for i in range(n):
             b = f"{p}layer{layer}.{i}"
             d = layer4_dilations[i] if layer == 4 else 1
@@ -90,7 +91,8 @@ def _resnet(x, s, p, deep_stem, layer4_dilations):
             out = F.relu(_bn(_conv(x, s, b + ".conv1"), s, b + ".bn1"))
             out = F.relu(_bn(_conv(out, s, b + ".conv2", st, d), s, b + ".bn2"))
             out = _bn(_conv(out, s, b + ".conv3"), s, b + ".bn3")
-            short = _bn(_conv(x, s, b + ".downsample.0", st), s, b + ".downsample.1") if b + ".downsample.0.weight" in s else x
+            short = (_bn(_conv(x, s, b + ".downsample.0", st), s, b + ".downsample.1")
+                     if b + ".downsample.0.weight" in s else x)
             x = F.relu(out + short)
         maps.append(x)
     return maps[0], maps[3]
@@ -106,8 +108,8 @@ def release_logits(release: str, s: dict, x: torch.Tensor) -> torch.Tensor:
         cbr = lambda t, p, d=1: F.relu(_bn(_conv(t, s, p + ".0", 1, d), s, p + ".1"))  # noqa: E731
         pooled = _up(F.relu(_bn(_conv(F.adaptive_avg_pool2d(c4, 1), s, "head.b4.gap.1"), s, "head.b4.gap.2")),
                      c4.shape[-2:])
-        a = cbr(torch.cat([cbr(c4, "head.b0"), cbr(c4, "head.b1", 6), cbr(c4, "head.b2", 12), cbr(c4, "head.b3", 18),
-                           pooled], 1), "head.project")
+        a = cbr(torch.cat([cbr(c4, "head.b0"), cbr(c4, "head.b1", 6), cbr(c4, "head.b2", 12),
+                           cbr(c4, "head.b3", 18), pooled], 1), "head.project")
         f = torch.cat([cbr(c1, "reduce"), _up(a, c1.shape[-2:])], 1)
         f = F.relu(_bn(_conv(F.relu(_bn(_conv(f, s, "fuse.0"), s, "fuse.1")), s, "fuse.3"), s, "fuse.4"))
         return _up(_conv(f, s, "classifier"), x.shape[-2:])
@@ -130,14 +132,15 @@ def release_logits(release: str, s: dict, x: torch.Tensor) -> torch.Tensor:
     c1, c4 = _resnet(x, s, "encoder.backbone.", False, [2, 4, 8])
     q = "encoder.aspp."
     br = lambda i, d: F.relu(_bn(_conv(c4, s, f"{q}aspp{i}.atrous_conv", 1, d), s, f"{q}aspp{i}.bn"))  # noqa: E731
-    pooled = _up(F.relu(_bn(_conv(F.adaptive_avg_pool2d(c4, 1), s, q + "global_avg_pool.1"), s, q + "global_avg_pool.2")),
-                 c4.shape[-2:])
-    a = F.relu(_bn(_conv(torch.cat([br(1, 1), br(2, 6), br(3, 12), br(4, 18), pooled], 1), s, q + "conv1"), s, q + "bn1"))
+    pooled = _up(F.relu(_bn(_conv(F.adaptive_avg_pool2d(c4, 1), s, q + "global_avg_pool.1"),
+                            s, q + "global_avg_pool.2")), c4.shape[-2:])
+    a = F.relu(_bn(_conv(torch.cat([br(1, 1), br(2, 6), br(3, 12), br(4, 18), pooled], 1), s, q + "conv1"),
+                   s, q + "bn1"))
     d = "encoder.decoder."
     low = F.relu(_bn(_conv(c1, s, d + "conv1"), s, d + "bn1"))
     f = torch.cat([_up(a, c1.shape[-2:]), low], 1)
-    f = F.relu(_bn(_conv(F.relu(_bn(_conv(f, s, d + "last_conv.0"), s, d + "last_conv.1")), s, d + "last_conv.4"), s,
-                   d + "last_conv.5"))
+    f = F.relu(_bn(_conv(F.relu(_bn(_conv(f, s, d + "last_conv.0"), s, d + "last_conv.1")), s,
+                         d + "last_conv.4"), s, d + "last_conv.5"))
     return _up(_conv(f, s, "classifier.1"), x.shape[-2:])
 
 
@@ -148,12 +151,14 @@ def published(release: str, dataset: str = "voc"):
 def save_release_checkpoint(release: str, state: dict, path) -> None:
     """In the layout each release's training script writes (see seg_ssl/models/convert.py)."""
     if release == "unimatch":  # unimatch.py: {'model': DDP state_dict, 'optimizer', 'epoch', 'previous_best'}
-        obj = {"model": {"module." + k: v for k, v in state.items()}, "optimizer": {}, "epoch": 3, "previous_best": 71.2}
+        obj = {"model": {"module." + k: v for k, v in state.items()}, "optimizer": {}, "epoch": 3,
+               "previous_best": 71.2}
     elif release == "cps":  # furnace engine.save_checkpoint: 'module.' stripped, both optimizers
         obj = {"model": state, "optimizer_l": {}, "optimizer_r": {}, "epoch": 1, "iteration": 5}
     else:  # CAC base_trainer._save_checkpoint: DDP state_dict under 'state_dict'
-        obj = {"arch": "DistributedDataParallel", "epoch": 2, "state_dict": {"module." + k: v for k, v in state.items()},
-               "monitor_best": 0.7, "config": {"name": "CAC"}}
+        obj = {"arch": "DistributedDataParallel", "epoch": 2,
+               "state_dict": {"module." + k: v for k, v in state.items()}, "monitor_best": 0.7,
+               "config": {"name": "CAC"}}
     torch.save(obj, path)
 
 
@@ -204,7 +209,9 @@ def test_converter_names_what_does_not_fit(tmp_path):
     state["fuse.0.weight"] = torch.zeros(256, 300, 3, 3)
     del state["reduce.1.running_var"]
     save_release_checkpoint("unimatch", state, tmp_path / "a.pth")
-    with pytest.raises(ConfigError, match=r"missing 1 \(decoder.reduce.1.running_var\).*wrong shape 1 \(decoder.fuse.0.weight\)"):
+    with pytest.raises(ConfigError,
+                       match=r"missing 1 \(decoder.reduce.1.running_var\).*wrong shape 1 "
+                             r"\(decoder.fuse.0.weight\)"):
         tool.main(["--from", "unimatch", str(tmp_path / "a.pth"), str(tmp_path / "b.pth")])
     save_release_checkpoint("cac", random_release_state("cac", num_classes=5), tmp_path / "c.pth")
     with pytest.raises(ConfigError, match="5 classes, neither VOC's 21 nor Cityscapes' 19: give --config"):
@@ -214,22 +221,26 @@ def test_converter_names_what_does_not_fit(tmp_path):
 
 # Parameter counts derived from each release's code (3x3 convs: 9 x in x out; 1x1: in x out; BN: 2 x C):
 #  ResNet-50 deep stem (UniMatch model/backbone/resnet.py, CPS furnace resnet50 deep_stem=True stem_width=64):
-#    stem 3*64*9 + 64*64*9 + 64*128*9 + BN 2*(64+64+128) = 112,576; layers as torchvision with layer1 from 128 channels
-#    (downsample 128*256 instead of 64*256) -> 23,631,808 in all;
+#    stem 3*64*9 + 64*64*9 + 64*128*9 + BN 2*(64+64+128) = 112,576; layers as torchvision with layer1 from
+#    128 channels (downsample 128*256 instead of 64*256) -> 23,631,808 in all;
 #  ResNet-50 7x7 stem (CAC models/modeling/backbone/resnet.py = torchvision minus fc): 23,508,032.
-#  ASPP 2048 -> 256 with rates 6/12/18: UniMatch (b0 1x1, b1-b3 3x3, b4 pool 1x1, each + BN; project 1280 -> 256 + BN)
+#  ASPP 2048 -> 256 with rates 6/12/18: UniMatch (b0 1x1, b1-b3 3x3, b4 pool 1x1, each + BN; project
+#    1280 -> 256 + BN)
 #    = 524,288 + 3 x 4,718,592 + 524,288 + 327,680 + 5 x 512 + 512 = 15,535,104; CPS (map_convs 1x1 + 3 x 3x3,
 #    map_bn 1024, global_pooling_conv 1x1 + BN, red_conv 1024 -> 256, pool_red_conv 256 -> 256, red_bn)
 #    = 524,288 + 14,155,776 + 2,048 + 524,288 + 512 + 262,144 + 65,536 + 512 = 15,535,104 (the same count);
 #    CAC (aspp1-4 + BN, global_avg_pool conv + BN, conv1 1280 -> 256 + bn1) = UniMatch's 15,535,104.
-#  Decoder (all three): reduce 256 -> 48 + BN = 12,384; 3x3 304 -> 256 + BN = 700,928; 3x3 256 -> 256 + BN = 590,336
-#    -> 1,303,648. Classifier 256 x 21 + 21 = 5,397. CAC projector (model.py project) 256*256+256 + 256*128+128 = 98,688.
+#  Decoder (all three): reduce 256 -> 48 + BN = 12,384; 3x3 304 -> 256 + BN = 700,928; 3x3 256 -> 256 + BN
+#    = 590,336 -> 1,303,648. Classifier 256 x 21 + 21 = 5,397. CAC projector (model.py project)
+#    256*256+256 + 256*128+128 = 98,688.
 COUNTS = {
     "unimatch": {"encoder": 23_631_808, "decoder": 15_535_104 + 1_303_648, "classifier": 5_397},
     "cps": {"encoder": 23_631_808, "decoder": 15_535_104 + 1_303_648, "classifier": 5_397},
-    "cac": {"encoder": 23_508_032, "decoder": 15_535_104 + 1_303_648, "classifier": 5_397, "projector": 98_688},
+    "cac": {"encoder": 23_508_032, "decoder": 15_535_104 + 1_303_648, "classifier": 5_397,
+            "projector": 98_688},
 }
-LAYER4 = {"unimatch": [1, 2, 2], "cps": [2, 4, 8], "cac": [2, 4, 8]}  # resnet.py [F,F,T]; _nostride_dilate; _make_MG_unit
+# resnet.py [F,F,T]; _nostride_dilate; _make_MG_unit
+LAYER4 = {"unimatch": [1, 2, 2], "cps": [2, 4, 8], "cac": [2, 4, 8]}
 
 
 @pytest.mark.parametrize("release", RELEASES)

@@ -6,11 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, SMALL_NET, digits_cfg
-from helpers import load_tool, run_tool
+from conftest import ROOT, digits_cfg
+from helpers import load_tool, make_voc, run_tool, write_list
 from seg_ssl.engine.checkpoint import load_checkpoint
 from seg_ssl.engine.trainer import Trainer
-from helpers import make_voc, write_list
 
 
 def write_cfg(tmp_path, root, **data):
@@ -19,7 +18,8 @@ def write_cfg(tmp_path, root, **data):
                                           "num_workers": 0, "crop_size": 32, "batch_size": 2,
                                           "unlabeled_batch_size": 2, **data}.items()]
     path = tmp_path / "cfg.yaml"
-    path.write_text("_base_: " + os.path.join(ROOT, "configs", "_base_", "models", "deeplabv3plus_r18_digits.yaml")
+    path.write_text("_base_: " + os.path.join(ROOT, "configs", "_base_", "models",
+                                              "deeplabv3plus_r18_digits.yaml")
                     + "\ndata:\n" + "\n".join(lines) + f"\nwork_dir: {tmp_path}/w\ntrain:\n  iters: 2\n"
                     "  optimizer: adamw\n  lr: 0.001\n  eval_interval: 0\n")
     return str(path)
@@ -59,7 +59,8 @@ def test_a_bad_file_met_by_a_worker_is_a_one_line_error(tmp_path):
     write_list(root, "lab.txt", ["a", "b"])
     write_list(root, "unl.txt", ["v"])
     write_list(root, "val.txt", ["v"])
-    Image.fromarray(np.full((32, 32), 9, np.uint8), mode="L").save(os.path.join(root, "SegmentationClassAug", "b.png"))
+    Image.fromarray(np.full((32, 32), 9, np.uint8), mode="L").save(os.path.join(root, "SegmentationClassAug",
+                                                                                "b.png"))
     r = run_tool("tools/train.py", write_cfg(tmp_path, root, num_workers=1))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: label ")
@@ -105,7 +106,8 @@ def test_resuming_from_a_damaged_or_foreign_checkpoint_is_a_clear_error(digits_r
     ckpt = torch.load(work / "latest.pth", weights_only=True)
     del ckpt["config"]  # a foreign checkpoint: no config to compare, its weights do not fit
     torch.save(ckpt, work / "latest.pth")
-    with pytest.raises(ConfigError, match="resume: cannot continue from .*latest.pth \\(weights do not match"):
+    with pytest.raises(ConfigError,
+                       match="resume: cannot continue from .*latest.pth \\(weights do not match"):
         Trainer(digits_cfg(digits_root, str(work), "train.iters=2", "model.decoder_channels=64"))
 
 

@@ -80,11 +80,14 @@ def entry_points(p, tmp_path, image):
         "export --weights-only": (ckpt, "export", ckpt, "--weights-only", "--out", tmp_path / "w.pth"),
         "export --format torchscript": (ckpt, "export", CONFIG, ckpt, *small, "--format", "torchscript",
                                         "--out", tmp_path / "m.pt"),
-        "gradcam": (ckpt, "gradcam", CONFIG, ckpt, *small, "--image", image, "--class", "1", "--out", tmp_path / "g"),
+        "gradcam": (ckpt, "gradcam", CONFIG, ckpt, *small, "--image", image, "--class", "1", "--out",
+                    tmp_path / "g"),
         "tsne": (ckpt, "tsne", CONFIG, ckpt, *small, "--images", "1", "--out", tmp_path / "t.png"),
-        "train load_from=": (ckpt, "train", CONFIG, f"load_from={ckpt}", f"work_dir={tmp_path / 'a'}", *train),
+        "train load_from=": (ckpt, "train", CONFIG, f"load_from={ckpt}", f"work_dir={tmp_path / 'a'}",
+                             *train),
         "train resume=": (ckpt, "train", CONFIG, f"resume={ckpt}", f"work_dir={tmp_path / 'b'}", *train),
-        **{f"convert --from {r}": (getattr(p, r), "convert_checkpoint", "--from", r, getattr(p, r), tmp_path / "c.pth")
+        **{f"convert --from {r}": (getattr(p, r), "convert_checkpoint", "--from", r, getattr(p, r),
+                                   tmp_path / "c.pth")
            for r in ("unimatch", "cps", "cac", "unimatch_v2")},
     }
 
@@ -185,16 +188,19 @@ def test_release_files_may_hold_numpy_scalars_and_nothing_more(tmp_path):
     path = tmp_path / "best.pth"
     torch.save({"model": state, "epoch": 3, "previous_best": np.float64(71.25)}, path, pickle_module=numpy1)
     assert unsafe_globals(str(path)) == ["numpy.core.multiarray.scalar", "numpy.dtype"]
-    with pytest.raises(CheckpointError, match=r"not plain data \(numpy.core.multiarray.scalar, numpy.dtype\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"not plain data \(numpy.core.multiarray.scalar, numpy.dtype\)"):
         read_pth(str(path))  # plain data only, as for seg_ssl's own files and ImageNet weights
     loaded = read_pth(str(path), allow=NUMPY_SCALARS)
-    assert loaded["previous_best"] == 71.25 and torch.equal(loaded["model"]["backbone.w"], state["backbone.w"])
+    assert loaded["previous_best"] == 71.25 and torch.equal(loaded["model"]["backbone.w"],
+                                                            state["backbone.w"])
     torch.save({"model": state, "previous_best": np.array([1.0, 2.0])}, path)  # an array is not a scalar
     with pytest.raises(CheckpointError, match="numpy._core.multiarray._reconstruct, numpy.ndarray"):
         read_pth(str(path), "unimatch checkpoint", allow=NUMPY_SCALARS)
     torch.save({"model": state, "args": argparse.Namespace(lr=0.1)}, path)
-    with pytest.raises(CheckpointError, match=r"unimatch checkpoint .*best.pth holds objects that are not plain "
-                                              r"data \(argparse.Namespace\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"unimatch checkpoint .*best.pth holds objects that are not plain "
+                             r"data \(argparse.Namespace\)"):
         read_pth(str(path), "unimatch checkpoint", allow=NUMPY_SCALARS)
 
 
@@ -202,13 +208,15 @@ def test_imagenet_weights_are_read_as_plain_data(tmp_path):
     from seg_ssl.models.segmentor import Segmentor
     path = tmp_path / "resnet18.pth"
     torch.save({"conv1.weight": torch.zeros(1), "meta": Planted(tmp_path / "RAN")}, path)
-    with pytest.raises(ConfigError, match=r"model.encoder_weights .*resnet18.pth holds objects that are not plain "
-                                          r"data \(posix.system\)"):
+    with pytest.raises(ConfigError,
+                       match=r"model.encoder_weights .*resnet18.pth holds objects that are not plain "
+                             r"data \(posix.system\)"):
         Segmentor("deeplabv3plus", "resnet18", num_classes=3, encoder_weights=str(path))
     path = tmp_path / "dinov2_vits14_pretrain.pth"  # the official DINOv2 layout, with a plant
     torch.save({"cls_token": torch.zeros(1, 1, 384), "meta": Planted(tmp_path / "RAN")}, path)
-    with pytest.raises(ConfigError, match=r"model.encoder_weights .*vits14_pretrain.pth holds objects that are "
-                                          r"not plain data \(posix.system\)"):
+    with pytest.raises(ConfigError,
+                       match=r"model.encoder_weights .*vits14_pretrain.pth holds objects that are "
+                             r"not plain data \(posix.system\)"):
         Segmentor("dpt_unimatch_v2", "dinov2_small", num_classes=3, encoder_weights=str(path), dropout=0.0)
     assert not (tmp_path / "RAN").exists()
 

@@ -41,7 +41,8 @@ def first_step(cfg, record=None):
         labeled, unlabeled, _ = trainer.next_batches(*trainer.batch_streams())
         losses = trainer.step(labeled, unlabeled)
         assert (trainer.train_model is trainer.ddp) == (cfg.train.compile == "none")  # no fallback to eager
-        grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters()
+                 if p.grad is not None}
         bank = getattr(trainer.method, "bank", None)
         if record is not None and bank:
             record["bank"] = {t.dtype for entry in bank for t in entry[:1]}
@@ -73,7 +74,8 @@ def recording_dtypes(monkeypatch, record: dict):
     contrast = cac_module.directional_contrastive_loss
 
     def directional_contrastive_loss(feat1, feat2, conf1, conf2, label1, label2, neg_feat, *rest):
-        record.setdefault("contrastive", set()).update(t.dtype for t in (feat1, feat2, conf1, conf2, neg_feat))
+        record.setdefault("contrastive", set()).update(t.dtype for t in
+                                                       (feat1, feat2, conf1, conf2, neg_feat))
         return contrast(feat1, feat2, conf1, conf2, label1, label2, neg_feat, *rest)
 
     monkeypatch.setattr(cac_module, "directional_contrastive_loss", directional_contrastive_loss)
@@ -89,7 +91,8 @@ def reference_step(root, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", list(METHOD_RUNS))
-def test_bf16_autocast_on_the_cpu_keeps_losses_and_confidences_in_float32(digits_root, tmp_path, monkeypatch, name):
+def test_bf16_autocast_on_the_cpu_keeps_losses_and_confidences_in_float32(digits_root, tmp_path, monkeypatch,
+                                                                           name):
     reference, _ = reference_step(digits_root, tmp_path, name)
     record = {}
     recording_dtypes(monkeypatch, record)
@@ -121,7 +124,8 @@ COMPILED = ("train.compile=default", "train.compile_backend=eager")
 @pytest.mark.parametrize("name", list(METHOD_RUNS))
 def test_channels_last_and_compile_give_the_eager_step(digits_root, tmp_path, name):
     reference, ref_grads = reference_step(digits_root, tmp_path, name)
-    losses, grads = first_step(cfg_for(digits_root, tmp_path / "fast", name, "train.channels_last=true", *COMPILED))
+    losses, grads = first_step(cfg_for(digits_root, tmp_path / "fast", name, "train.channels_last=true",
+                                       *COMPILED))
     assert set(losses) == set(reference)
     for key in ("loss", "sup"):
         if key in reference:  # NHWC convolutions sum in another order: float32 rounding only
@@ -155,15 +159,16 @@ def test_a_compiled_runs_checkpoint_resumes_without_compile_and_the_reverse(digi
             assert torch.equal(v, eager[k]), k  # the eager backend runs the same kernels
 
 
-def test_a_backend_that_cannot_compile_is_one_warning_and_training_goes_on_eager(digits_root, tmp_path, caplog):
+def test_a_backend_that_cannot_compile_is_one_warning_and_training_goes_on_eager(digits_root, tmp_path,
+                                                                                 caplog):
     import torch._dynamo
 
     @torch._dynamo.register_backend(name="seg_ssl_test_broken")
     def broken(graph_module, example_inputs):
         raise RuntimeError("no C++ compiler")
 
-    trainer = Trainer(digits_cfg(digits_root, str(tmp_path), "train.iters=2", *SMALL_NET, "train.compile=default",
-                                 "train.compile_backend=seg_ssl_test_broken"))
+    trainer = Trainer(digits_cfg(digits_root, str(tmp_path), "train.iters=2", *SMALL_NET,
+                                 "train.compile=default", "train.compile_backend=seg_ssl_test_broken"))
     try:
         trainer.train()
         assert trainer.progress.iteration == 2 and trainer.train_model is trainer.ddp
@@ -183,15 +188,18 @@ def test_a_channels_last_runs_checkpoint_predicts_as_the_trained_model(digits_ro
     from seg_ssl.data.transforms import normalize
     from seg_ssl.evaluation.evaluator import predict_kwargs
     from seg_ssl.evaluation.inference import predict_probs
-    trainer = Trainer(digits_cfg(digits_root, str(tmp_path), "train.iters=2", *SMALL_NET, "train.channels_last=true"))
+    trainer = Trainer(digits_cfg(digits_root, str(tmp_path), "train.iters=2", *SMALL_NET,
+                                 "train.channels_last=true"))
     try:
         trainer.train()
         image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
         x = normalize(image, trainer.cfg.data.mean, trainer.cfg.data.std)[None]
         model = trainer.model.eval()
-        assert next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+        assert next(p for p in model.parameters()
+                    if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            trained = predict_probs(trainer.method.predictor(model), x, size_divisor=trainer.method.size_divisor(model),
+            trained = predict_probs(trainer.method.predictor(model), x,
+                                    size_divisor=trainer.method.size_divisor(model),
                                     **predict_kwargs(trainer.cfg))[0].numpy()
     finally:
         trainer.close()

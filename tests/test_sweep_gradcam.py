@@ -19,9 +19,10 @@ def test_the_grid_is_the_product_of_its_axes_and_the_report_gives_mean_and_std_o
     axes = parse_grid(["data.crop_size=32,48", "train.lr=0.001,0.002"])
     grid = list(cells(axes, [0, 1]))  # the product of the axes, each with every seed
     assert len(grid) == 8 and grid[0] == ([("data.crop_size", "32"), ("train.lr", "0.001")], 0)
-    assert {(a[0][1], a[1][1], s) for a, s in grid} == {(c, lr, s) for c in ("32", "48") for lr in ("0.001", "0.002")
-                                                        for s in (0, 1)}
-    rows = [{"values": dict(a), "seed": s, "train_seconds": 10.0, "status": "ok", "mIoU": 0.1 * (1 + i % 2) + 0.01 * i}
+    assert {(a[0][1], a[1][1], s) for a, s in grid} == {(c, lr, s) for c in ("32", "48")
+                                                        for lr in ("0.001", "0.002") for s in (0, 1)}
+    rows = [{"values": dict(a), "seed": s, "train_seconds": 10.0, "status": "ok",
+             "mIoU": 0.1 * (1 + i % 2) + 0.01 * i}
             for i, (a, s) in enumerate(grid)]
     write_reports(rows, axes, str(tmp_path))
     table = (tmp_path / "sweep.md").read_text().splitlines()
@@ -49,8 +50,8 @@ SWEEP_COMMON = ("data.labeled_list=splits/1_4/labeled.txt", "data.num_workers=0"
 def sweep(out, digits_root, *extra):
     """tools/sweep.py in this process (its runs are processes, as always); returns its stdout."""
     main = load_tool("sweep").main
-    return main([os.path.join(ROOT, "configs", "digits_sup.yaml"), "--out", str(out), f"data.root={digits_root}",
-                 *SWEEP_COMMON, *extra])
+    return main([os.path.join(ROOT, "configs", "digits_sup.yaml"), "--out", str(out),
+                 f"data.root={digits_root}", *SWEEP_COMMON, *extra])
 
 
 @pytest.mark.slow
@@ -65,7 +66,8 @@ def test_sweep_runs_every_cell_records_a_failed_one_writes_reports_and_resumes(d
     assert rows["-1"]["status"] == "failed" and "Invalid weight_decay value: -1.0" in rows["-1"]["error"]
     assert rows["0.0001"]["status"] == "ok"
     cell = out / cell_name([("train.weight_decay", "0.0001"), ("train.lr", "0.002")], 0)
-    metrics = json.loads((cell / "metrics.json").read_text())  # the row reports the cell's own final evaluation
+    # the row reports the cell's own final evaluation
+    metrics = json.loads((cell / "metrics.json").read_text())
     assert metrics["iteration"] == 2 and float(rows["0.0001"]["mIoU"]) == pytest.approx(metrics["mIoU"])
     assert (out / "sweep_miou.png").stat().st_size > 5000 and "mIoU mean" in (out / "sweep.md").read_text()
     table = (out / "sweep.md").read_text()  # one seed: no spread (not 0.00)
@@ -74,7 +76,8 @@ def test_sweep_runs_every_cell_records_a_failed_one_writes_reports_and_resumes(d
     # a finished cell keeps weights and config only (no optimizer state)
     for name in ("latest.pth", "best.pth"):
         ckpt = load_checkpoint(str(cell / name))
-        assert "optimizer" not in ckpt and ckpt["config"]["train"]["weight_decay"] == 1e-4 and ckpt["iteration"] == 2
+        assert ("optimizer" not in ckpt and ckpt["config"]["train"]["weight_decay"] == 1e-4
+                and ckpt["iteration"] == 2)
     assert json.loads((cell / "result.json").read_text())["checkpoint_mb_saved"] > 0
     # the same command again: the finished cell is skipped, the failed one runs again
     capsys.readouterr()
@@ -179,8 +182,9 @@ def _segmentor(config, *overrides):
     from seg_ssl.config import load_config
     from seg_ssl.methods import build_method
     torch.manual_seed(0)
-    cfg = load_config(os.path.join(ROOT, "configs", config), ["data.root=unused", "model.encoder_weights=null",
-                                                              *overrides])
+    cfg = load_config(os.path.join(ROOT, "configs", config),
+                      ["data.root=unused", "model.encoder_weights=null",
+                       *overrides])
     return build_method(cfg).build_model().eval()
 
 
@@ -196,7 +200,8 @@ def test_gradcam_runs_on_every_encoder_family_with_its_default_layer(config, sta
     image = torch.randn(3, 40, 56)  # padded to the output stride for the forward, cropped back
     cls = int(np.bincount(gradcam_map(model, image, 0)[1].ravel()).argmax())  # a class predicted somewhere
     heat, pred = gradcam_map(model, image, cls)
-    assert heat.shape == pred.shape == (40, 56) and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1
+    assert (heat.shape == pred.shape == (40, 56) and np.isfinite(heat).all()
+            and 0 <= heat.min() <= heat.max() <= 1)
     gradcam_map(model, image, cls, layer=block)  # a deeper name works as well
     # a layer the encoder does not have: refused with every usable name, the deeper ones included
     with pytest.raises(ValueError, match="'encoder.layer2' is not a module") if "model" in stage else \
@@ -223,18 +228,21 @@ def test_a_zero_map_says_why():
     image = torch.tensor([-1.0, -2.0, -3.0]).view(3, 1, 1).expand(3, 16, 16).clone()
     heat, pred = gradcam_map(model, image, 0)  # class 0 everywhere, its activation negative everywhere
     assert (pred == 0).all() and heat.max() == 0
-    assert "weighted activation at encoder.layer1 is negative" in zero_map_reason(heat, 256, "zero", "encoder.layer1")
+    assert "weighted activation at encoder.layer1 is negative" in zero_map_reason(heat, 256, "zero",
+                                                                                   "encoder.layer1")
     # a uniform map is scaled to zero as well
     heat, _ = gradcam_map(model, torch.ones(3, 16, 16) * torch.tensor([2.0, 1.0, 0.0]).view(3, 1, 1), 0)
     assert heat.max() == 0 and "the same everywhere" in zero_map_reason(heat, 256, "zero", "encoder.layer1")
     image = torch.zeros(3, 16, 16)
     image[0], image[0, :8] = 1.0, 2.0  # class 0 everywhere, its evidence stronger in the top half
     heat, _ = gradcam_map(model, image, 0)
-    assert heat[:8].min() == pytest.approx(1.0) and zero_map_reason(heat, 256, "zero", "encoder.layer1") is None
+    assert (heat[:8].min() == pytest.approx(1.0)
+            and zero_map_reason(heat, 256, "zero", "encoder.layer1") is None)
 
 
 def test_gradcam_cli_writes_one_titled_png_per_image(digits_root, tmp_path, capsys):
     from PIL import Image
+
     from seg_ssl.methods import build_method
     cfg = digits_cfg(digits_root, str(tmp_path / "w"))
     torch.manual_seed(0)
@@ -243,15 +251,17 @@ def test_gradcam_cli_writes_one_titled_png_per_image(digits_root, tmp_path, caps
     assert gradcam([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(tmp_path / "m.pth"),
                     "--image", os.path.join(digits_root, "JPEGImages"), "--limit", "2", "--class", "digit_3",
                     "--out", str(tmp_path / "cam"), f"data.root={digits_root}"]) == 0
-    assert sorted(os.listdir(tmp_path / "cam")) == ["train_00000_cam_digit_3.png", "train_00001_cam_digit_3.png"]
+    assert sorted(os.listdir(tmp_path / "cam")) == ["train_00000_cam_digit_3.png",
+                                                    "train_00001_cam_digit_3.png"]
     assert len(capsys.readouterr().out.splitlines()) == 2  # one line per image, --limit 2 of 120
     w, h = Image.open(tmp_path / "cam" / "train_00000_cam_digit_3.png").size
     assert w > h > 64  # a figure (title, colour bar), not the bare 64x64 overlay
 
 
 def test_annotated_figure_has_title_legend_and_colour_bar():
-    from seg_ssl.viz.overlay import annotated_figure
     import matplotlib.pyplot as plt
+
+    from seg_ssl.viz.overlay import annotated_figure
     fig = annotated_figure(np.zeros((64, 64, 3), np.uint8), "img: prediction",
                            legend={"background": (0, 0, 0), "digit_3": (128, 0, 0)})
     ax = fig.axes[0]

@@ -16,7 +16,8 @@ def test_eval_scores_folders_of_pngs(tmp_path):
     Image.fromarray(gt, mode="L").save(tmp_path / "gt" / "a.png")
     Image.fromarray(pred, mode="L").save(tmp_path / "pred" / "a.png")
     out = tmp_path / "m.json"
-    r = cli("eval", "--pred-dir", tmp_path / "pred", "--gt-dir", tmp_path / "gt", "--num-classes", "4", "--out", out)
+    r = cli("eval", "--pred-dir", tmp_path / "pred", "--gt-dir", tmp_path / "gt", "--num-classes", "4",
+            "--out", out)
     assert r.returncode == 0, r.stderr
     m = json.loads(out.read_text())
     # class 0: tp 1, fp 1 (gt 2 -> 0), fn 1 -> 1/3; class 1: tp 2, fp 1 -> 2/3; class 2: tp 1, fn 1 -> 1/2
@@ -26,7 +27,8 @@ def test_eval_scores_folders_of_pngs(tmp_path):
     # a predicted 255 is no class: a miss for the true class, a false positive for none
     pred[0, 0] = 255  # true class 0
     Image.fromarray(pred, mode="L").save(tmp_path / "pred" / "a.png")
-    r = cli("eval", "--pred-dir", tmp_path / "pred", "--gt-dir", tmp_path / "gt", "--num-classes", "4", "--out", out)
+    r = cli("eval", "--pred-dir", tmp_path / "pred", "--gt-dir", tmp_path / "gt", "--num-classes", "4",
+            "--out", out)
     m = json.loads(out.read_text())
     # class 0: tp 0, fp 1 (gt 2 -> 0), fn 2 -> 0; classes 1 and 2 as before
     np.testing.assert_allclose(m["IoU"][:3], [0.0, 2 / 3, 1 / 2])
@@ -104,9 +106,11 @@ def test_eval_and_infer_on_a_checkpoint(digits_root, tmp_path, capsys):
     common = [f"data.root={digits_root}", "data.val_batch_size=8", "data.num_workers=0"]
     out = tmp_path / "m.json"
     evaluate, infer = load_tool("eval").main, load_tool("infer").main  # in this process: no ~5 s start-up
-    assert evaluate([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common, "--out", str(out)]) == 0
+    assert evaluate([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common,
+                     "--out", str(out)]) == 0
     m = json.loads(out.read_text())
-    assert m["mIoU"] == res.metrics["mIoU"] and m["aAcc"] == res.metrics["aAcc"]  # same numbers as the trainer's eval
+    # same numbers as the trainer's eval
+    assert m["mIoU"] == res.metrics["mIoU"] and m["aAcc"] == res.metrics["aAcc"]
     assert m["protocol"] == {"mode": "whole", "scales": [1.0], "flip": False}  # the protocol that scored it
     # the same checkpoint re-scored under another protocol says so, in the file and under the table
     assert evaluate([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common,
@@ -116,9 +120,9 @@ def test_eval_and_infer_on_a_checkpoint(digits_root, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "protocol: slide_unimatch (UniMatch V1: windows of 48 from the origin at stride 32" in printed
     preds = tmp_path / "preds"
-    assert infer([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common, "--input",
-                  os.path.join(digits_root, "ImageSets", "Segmentation", "val.txt"), "--limit", "2",
-                  "--out", str(preds)]) == 0
+    assert infer([os.path.join(ROOT, "configs", "digits_sup.yaml"), str(work / "latest.pth"), *common,
+                  "--input", os.path.join(digits_root, "ImageSets", "Segmentation", "val.txt"), "--limit",
+                  "2", "--out", str(preds)]) == 0
     assert sorted(os.listdir(preds)) == ["val_00000.png", "val_00000_color.png", "val_00000_overlay.png",
                                          "val_00001.png", "val_00001_color.png", "val_00001_overlay.png"]
     mask = np.asarray(Image.open(preds / "val_00000.png"))
@@ -143,8 +147,8 @@ def test_compare_prints_runs_side_by_side(tmp_path, capsys):
     header = printed.splitlines()[0].split()
     assert header[1:3] == [f"{tmp_path.name}/a", f"{tmp_path.name}/b"] and "note:" not in printed
     # files scored under different protocols are named below the table
-    (tmp_path / "b.json").write_text(json.dumps({**b, "protocol": {"mode": "pad_cac", "multiple": 8, "scales": [1.0],
-                                                                   "flip": False}}))
+    (tmp_path / "b.json").write_text(json.dumps({**b, "protocol": {"mode": "pad_cac", "multiple": 8,
+                                                                   "scales": [1.0], "flip": False}}))
     assert compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--names", "sup", "cac"]) == 0
     note = capsys.readouterr().out.split("note: ")[1].splitlines()
     assert note[1:] == ["  sup: not recorded", "  cac: pad_cac (CAC: reflect-padded to a multiple of 8)"]

@@ -3,14 +3,13 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import SMALL_NET, digits_cfg
 from reference_ssl import brute_force_miou
-from seg_ssl.engine.checkpoint import SaveError, load_checkpoint, save_atomic
-from seg_ssl.engine.schedule import poly_lr
 from seg_ssl.data.dataset import build_split
 from seg_ssl.data.transforms import val_pipeline
+from seg_ssl.engine.checkpoint import SaveError, load_checkpoint, save_atomic
+from seg_ssl.engine.schedule import poly_lr
 from seg_ssl.engine.trainer import Trainer
 
 
@@ -30,7 +29,8 @@ def test_a_run_writes_its_files_and_scores_its_final_model_by_brute_force(digits
     res = trainer.train()
     # the run's final score is the brute-force count of its final model on the val set
     trainer.model.eval()
-    assert res.metrics["mIoU"] == pytest.approx(brute_force_miou(trainer.model, trainer.val, 11, batch_size=8),
+    assert res.metrics["mIoU"] == pytest.approx(brute_force_miou(trainer.model, trainer.val, 11,
+                                                                 batch_size=8),
                                           abs=1e-12)
     scored = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert scored["mIoU"] == pytest.approx(res.metrics["mIoU"])
@@ -38,7 +38,8 @@ def test_a_run_writes_its_files_and_scores_its_final_model_by_brute_force(digits
     assert res.table.splitlines()[-1] == "protocol: whole (whole image)"
     assert os.path.isfile(tmp_path / "run" / "latest.pth")
     assert os.path.isfile(tmp_path / "run" / "best.pth") and os.path.isfile(tmp_path / "run" / "config.yaml")
-    assert os.path.isfile(tmp_path / "run" / "metrics.json") and os.path.isfile(tmp_path / "run" / "train.log")
+    assert (os.path.isfile(tmp_path / "run" / "metrics.json")
+            and os.path.isfile(tmp_path / "run" / "train.log"))
     ckpt = load_checkpoint(str(tmp_path / "run" / "latest.pth"))
     assert ckpt["iteration"] == 4 and ckpt["config"]["train"]["iters"] == 4
     assert {"model", "optimizer", "scaler", "rng", "best"} <= set(ckpt)
@@ -62,9 +63,11 @@ def test_resume_equals_uninterrupted_run(digits_root, tmp_path, amp):
     assert full.optimizer.state_dict()["state"][0]["exp_avg"].equal(
         resumed.optimizer.state_dict()["state"][0]["exp_avg"])
     # the scaler's scale and its count of steps since the last overflow continue too
-    assert resumed.scaler.is_enabled() == (amp == "fp16") and resumed.scaler.state_dict() == full.scaler.state_dict()
+    assert (resumed.scaler.is_enabled() == (amp == "fp16")
+            and resumed.scaler.state_dict() == full.scaler.state_dict())
     # the first window after the resume holds only iteration 4, and its log line says so
-    logged = [ln.split(" | ")[0] for ln in (tmp_path / "part" / "train.log").read_text().splitlines() if " it " in ln]
+    logged = [ln.split(" | ")[0] for ln in (tmp_path / "part" / "train.log").read_text().splitlines()
+              if " it " in ln]
     assert [ln.split(" it ")[1].split()[0] for ln in logged] == ["2/8", "4/8", "6/8", "8/8"]
     assert [ln.endswith("(mean of 1 it)") for ln in logged] == [False, True, False, False]
 
@@ -100,7 +103,8 @@ def test_atomic_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["latest.pth"]  # no temp file left behind
 
 
-def test_a_full_disk_is_one_line_in_train_log_and_keeps_the_last_checkpoint(digits_root, tmp_path, monkeypatch):
+def test_a_full_disk_is_one_line_in_train_log_and_keeps_the_last_checkpoint(digits_root, tmp_path,
+                                                                            monkeypatch):
     import shutil
     from collections import namedtuple
     trainer = Trainer(digits_cfg(digits_root, str(tmp_path), "train.iters=1"))
@@ -119,8 +123,8 @@ def test_a_full_disk_is_one_line_in_train_log_and_keeps_the_last_checkpoint(digi
         trainer.save_latest()
     monkeypatch.undo()
     line = str(e.value)
-    assert line.startswith(f"cannot write {tmp_path / 'latest.pth'}: the disk is full (5 MB free, the checkpoint "
-                           f"needs about ") and "\n" not in line
+    assert line.startswith(f"cannot write {tmp_path / 'latest.pth'}: the disk is full (5 MB free, the "
+                           f"checkpoint needs about ") and "\n" not in line
     assert int(line.split("needs about ")[1].split()[0]) >= need // 2**20  # weights, optimizer state too
     assert line in (tmp_path / "train.log").read_text()
     assert load_checkpoint(str(tmp_path / "latest.pth"))["iteration"] == 1
@@ -161,12 +165,14 @@ def test_sigterm_saves_latest_and_the_same_command_continues(digits_root, tmp_pa
     import signal
     import subprocess
     import sys
+
     from conftest import ROOT
     work = tmp_path / "pre"
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"), os.path.join(ROOT, "configs", "digits_sup.yaml"),
-           f"data.root={digits_root}", f"work_dir={work}", "data.labeled_list=splits/1_4/labeled.txt",
-           "data.num_workers=0", "data.val_batch_size=8", "train.iters=100000", "train.log_interval=2",
-           "train.eval_interval=0", "train.ckpt_interval=1000", "data.batch_size=2"]
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"),
+           os.path.join(ROOT, "configs", "digits_sup.yaml"), f"data.root={digits_root}", f"work_dir={work}",
+           "data.labeled_list=splits/1_4/labeled.txt", "data.num_workers=0", "data.val_batch_size=8",
+           "train.iters=100000", "train.log_interval=2", "train.eval_interval=0", "train.ckpt_interval=1000",
+           "data.batch_size=2"]
     # the signal goes out only once the run has logged iteration 4, so its handler is installed: the
     # log is read line by line as it is written (unbuffered), with no clock involved
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -213,7 +219,8 @@ def test_optimizer_groups_backbone_lr_and_weight_decay(digits_root, tmp_path, de
         in_encoder = name.split(".")[1] == "encoder"  # branchN.encoder.*
         assert lr == pytest.approx(0.002 if in_encoder else 0.02), name
         assert wd == (0.0 if name in exempt and not decay_norm_and_bias else 0.0005), name
-    assert seen["branch1.encoder.conv1.weight"][1] == 0.0005 and seen["branch2.classifier.1.weight"][1] == 0.0005
+    assert (seen["branch1.encoder.conv1.weight"][1] == 0.0005
+            and seen["branch2.classifier.1.weight"][1] == 0.0005)
     if not decay_norm_and_bias:
         assert seen["branch1.encoder.bn1.weight"] == (pytest.approx(0.002), 0.0)
         assert seen["branch2.classifier.1.bias"] == (pytest.approx(0.02), 0.0)
@@ -221,10 +228,12 @@ def test_optimizer_groups_backbone_lr_and_weight_decay(digits_root, tmp_path, de
 
 def test_every_method_starts_from_the_baselines_weights(digits_root, tmp_path):
     """At one seed, the baseline and every method (CPS: its first branch) begin from the same weights,
-    so a comparison measures the method and not the draw (CAC's projector and CPS's second branch are extra)."""
+    so a comparison measures the method and not the draw (CAC's projector and CPS's second branch are
+    extra)."""
     from seg_ssl.methods import METHODS
     def first_network(method, *extra):
-        model = Trainer(digits_cfg(digits_root, str(tmp_path / method), f"method={method}", "seed=3", *extra)).model
+        model = Trainer(digits_cfg(digits_root, str(tmp_path / method), f"method={method}", "seed=3",
+                                   *extra)).model
         return (model.branch1 if method == "cps" else model).state_dict()
 
     base = first_network("supervised")
@@ -244,15 +253,17 @@ def test_ctrl_c_to_the_whole_process_group_stops_cleanly_with_loader_workers(dig
     import signal
     import subprocess
     import sys
+
     from conftest import ROOT
     work = tmp_path / "grp"
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "train.py"),
                              os.path.join(ROOT, "configs", "digits_sup.yaml"), f"data.root={digits_root}",
-                             f"work_dir={work}", "data.labeled_list=splits/1_4/labeled.txt", "data.num_workers=1",
-                             "data.val_batch_size=8", "train.iters=100000", "train.log_interval=2",
-                             "train.eval_interval=0", "train.ckpt_interval=1000", "data.batch_size=2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                             f"work_dir={work}", "data.labeled_list=splits/1_4/labeled.txt",
+                             "data.num_workers=1", "data.val_batch_size=8", "train.iters=100000",
+                             "train.log_interval=2", "train.eval_interval=0", "train.ckpt_interval=1000",
+                             "data.batch_size=2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     seen = []
     for line in proc.stdout:  # a loader worker is running once iterations are logged
         seen.append(line)
@@ -299,11 +310,12 @@ def test_after_step_runs_once_per_update_with_the_steps_iteration(digits_root, t
         return step(model, labeled, unlabeled, iteration)
 
     trainer.method.training_step = training_step
-    trainer.method.after_step = lambda model, iteration: seen.append(("after", iteration, weight.detach().clone()))
+    trainer.method.after_step = lambda model, iteration: seen.append(("after", iteration,
+                                                                      weight.detach().clone()))
     trainer.train()
     trainer.close()
     assert [(kind, it) for kind, it, _ in seen] == [(k, i) for i in range(3) for k in ("step", "after")]
-    for (_, _, before), (_, _, after) in zip(seen[::2], seen[1::2]):
+    for (_, _, before), (_, _, after) in zip(seen[::2], seen[1::2], strict=True):
         assert not torch.equal(before, after)  # the update came first
 
 

@@ -1,18 +1,16 @@
-import math
-
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 from conftest import digits_cfg
+from reference_ssl import ToyNet, ce_terms, hard_targets, log_softmax_at, toy_batches
 from seg_ssl.config import ConfigError
 from seg_ssl.data.cutmix import single_box_masks
 from seg_ssl.data.transforms import WeakStrongPipeline, photometric_ops
 from seg_ssl.losses.pseudo_labels import box_mixed_targets, pseudo_label_accuracy, weak_to_strong_loss
 from seg_ssl.methods.unimatch import UniMatch
 from seg_ssl.models.segmentor import Segmentor, logits_and_perturbed
-from reference_ssl import ToyNet, ce_terms, hard_targets, log_softmax_at, toy_batches
 
 
 def test_weak_to_strong_loss_divides_the_kept_pixels_ce_by_all_valid_pixels():
@@ -60,12 +58,14 @@ def test_single_box_masks_draw_one_fitting_box_of_the_given_area_with_probabilit
 
 def toy_method(tmp_path, *extra):
     """UniMatch with a box in every strong view; its box generator is seeded with 5."""
-    return UniMatch(digits_cfg("unused", str(tmp_path), "method=unimatch", "unimatch.cutmix_p=1.0", "seed=5", *extra))
+    return UniMatch(digits_cfg("unused", str(tmp_path), "method=unimatch", "unimatch.cutmix_p=1.0", "seed=5",
+                               *extra))
 
 
 @pytest.mark.parametrize("joint_forward,fg_marginal", [(False, False), (True, False), (False, True)])
 def test_step_composes_the_loss_as_released(tmp_path, joint_forward, fg_marginal):
-    method = toy_method(tmp_path, "unimatch.conf_thresh=0.5", f"train.joint_forward={str(joint_forward).lower()}",
+    method = toy_method(tmp_path, "unimatch.conf_thresh=0.5",
+                        f"train.joint_forward={str(joint_forward).lower()}",
                         f"unimatch.fg_marginal={str(fg_marginal).lower()}")
     net = ToyNet()
     labeled, unl = toy_batches()
@@ -89,7 +89,8 @@ def test_step_composes_the_loss_as_released(tmp_path, joint_forward, fg_marginal
         for k, box in (("strong1", box1), ("strong2", box2)):
             inside = box.bool()
             x = torch.where(inside[:, None], unl[k][nu:], unl[k][:nu])
-            expected[k] = ce_terms(conv(x), torch.where(inside, t_m, t_w), torch.where(inside, conf_m, conf_w),
+            expected[k] = ce_terms(conv(x), torch.where(inside, t_m, t_w),
+                                   torch.where(inside, conf_m, conf_w),
                                    torch.where(inside, unl["valid"][nu:], unl["valid"][:nu]), 0.5)
         fp_logits = conv(unl["image"][:nu] * torch.tensor([0.0, 2.0, 0.0]).view(1, 3, 1, 1))
         expected["fp"] = ce_terms(fp_logits, t_w, conf_w, unl["valid"][:nu], 0.5)
@@ -106,7 +107,8 @@ def test_step_composes_the_loss_as_released(tmp_path, joint_forward, fg_marginal
 
 def test_fg_marginal_refuses_a_dataset_without_background(tmp_path):
     names = "[road," + ",".join(f"c{i}" for i in range(1, 11)) + "]"
-    cfg = digits_cfg("unused", str(tmp_path), "method=unimatch", "unimatch.fg_marginal=true", f"data.class_names={names}")
+    cfg = digits_cfg("unused", str(tmp_path), "method=unimatch", "unimatch.fg_marginal=true",
+                     f"data.class_names={names}")
     with pytest.raises(ConfigError, match=r"unimatch.fg_marginal needs class 0 to be background; .*'road'"):
         UniMatch(cfg)
     cfg = digits_cfg("unused", str(tmp_path), "method=unimatch", "unimatch.fg_marginal=true")

@@ -62,7 +62,8 @@ def test_complementary_masks_pair_each_channel_once_and_keep_half_the_pairs_clea
         assert int(clean.sum()) == 3 and torch.equal(clean, (b == 1).all(1))  # int(7 x 0.5) pairs kept
         assert torch.equal(a[~clean] + b[~clean], torch.full_like(a[~clean], 2.0))  # exact complements
         assert set(a[~clean].unique().tolist()) == {0.0, 2.0}
-    assert torch.equal((first[:7] == 1).all(1), (second[:7] == 1).all(1))  # a kept pair is clean at every level
+    # a kept pair is clean at every level
+    assert torch.equal((first[:7] == 1).all(1), (second[:7] == 1).all(1))
     one = complementary_masks(1, [8], 0.5, np.random.default_rng(1))[0]  # int(0.5) = 0: no clean pair
     assert torch.equal(one[0] + one[1], torch.full((8,), 2.0))
 
@@ -88,23 +89,28 @@ def release_step(student, teacher, labeled, unl, box1, box2, mask, thresh):
         conf_w, mask_w = pred_w.softmax(1).max(1)
     ignore = torch.where(unl["valid"], 0, 255)
     s1, s2 = unl["strong1"].clone(), unl["strong2"].clone()
-    s1[box1.unsqueeze(1).expand(s1.shape) == 1] = unl["strong1"].flip(0)[box1.unsqueeze(1).expand(s1.shape) == 1]
-    s2[box2.unsqueeze(1).expand(s2.shape) == 1] = unl["strong2"].flip(0)[box2.unsqueeze(1).expand(s2.shape) == 1]
+    in1, in2 = box1.unsqueeze(1).expand(s1.shape) == 1, box2.unsqueeze(1).expand(s2.shape) == 1
+    s1[in1] = unl["strong1"].flip(0)[in1]
+    s2[in2] = unl["strong2"].flip(0)[in2]
     pred_x = student.conv(labeled["image"])
     pred_s1, pred_s2 = student.conv(torch.cat([s1, s2]) * mask.unsqueeze(-1).unsqueeze(-1)).chunk(2)
     losses = []
     for pred, box in ((pred_s1, box1), (pred_s2, box2)):
         t, c, ig = mask_w.clone(), conf_w.clone(), ignore.clone()
-        t[box == 1], c[box == 1], ig[box == 1] = mask_w.flip(0)[box == 1], conf_w.flip(0)[box == 1], ignore.flip(0)[box == 1]
+        inside = box == 1
+        t[inside], c[inside], ig[inside] = (mask_w.flip(0)[inside], conf_w.flip(0)[inside],
+                                            ignore.flip(0)[inside])
         u = F.cross_entropy(pred, t, reduction="none") * ((c >= thresh) & (ig != 255))
         losses.append(u.sum() / (ig != 255).sum().item())
     loss_x = F.cross_entropy(pred_x, labeled["label"], ignore_index=255)
-    return {"sup": loss_x, "strong1": losses[0], "strong2": losses[1], "loss": (loss_x + (losses[0] + losses[1]) / 2) / 2}
+    return {"sup": loss_x, "strong1": losses[0], "strong2": losses[1],
+            "loss": (loss_x + (losses[0] + losses[1]) / 2) / 2}
 
 
 @pytest.mark.parametrize("joint_forward", [False, True])
 def test_the_step_equals_the_releases_on_the_same_batch_boxes_and_masks(tmp_path, joint_forward):
-    method, student = toy_v2(tmp_path, "unimatch_v2.conf_thresh=0.5", f"train.joint_forward={str(joint_forward).lower()}")
+    method, student = toy_v2(tmp_path, "unimatch_v2.conf_thresh=0.5",
+                             f"train.joint_forward={str(joint_forward).lower()}")
     labeled, unl = toy_batches(nu=2)  # 4 unlabeled images: in-batch CutMix pairs 0-3 and 1-2
     nu, (h, w) = 4, unl["image"].shape[-2:]
     out = method.training_step(student, labeled, unl, iteration=0)
@@ -130,10 +136,12 @@ def test_warm_up_is_the_labeled_term_on_the_same_scale(tmp_path):
 
 
 def test_eval_model_ema_needs_an_ema_and_any_method_can_keep_one(tmp_path):
-    with pytest.raises(ConfigError, match="eval.model = ema, but method fixmatch keeps no EMA of its weights: "
-                                          "set train.ema=true"):
+    with pytest.raises(ConfigError,
+                       match="eval.model = ema, but method fixmatch keeps no EMA of its weights: "
+                             "set train.ema=true"):
         FixMatch(digits_cfg("unused", str(tmp_path), "method=fixmatch", "eval.model=ema"))
-    method = FixMatch(digits_cfg("unused", str(tmp_path), "method=fixmatch", "eval.model=ema", "train.ema=true"))
+    method = FixMatch(digits_cfg("unused", str(tmp_path), "method=fixmatch", "eval.model=ema",
+                                 "train.ema=true"))
     student = ToyNet()
     method.setup(student)
     with torch.no_grad():
@@ -149,14 +157,17 @@ def test_a_run_evaluates_its_ema_and_the_tools_score_it_as_the_trainer_did(digit
     from the checkpoint (and the student's, with eval.model=student, differs)."""
     work = tmp_path / "w"
     trainer = Trainer(digits_cfg(digits_root, str(work), "method=unimatch_v2", "train.iters=3",
-                                 "unimatch_v2.conf_thresh=0.0", "data.batch_size=4", "data.unlabeled_batch_size=4",
-                                 "train.ema_momentum=0.5", "eval.model=ema", *SMALL_NET))
+                                 "unimatch_v2.conf_thresh=0.0", "data.batch_size=4",
+                                 "data.unlabeled_batch_size=4", "train.ema_momentum=0.5", "eval.model=ema",
+                                 *SMALL_NET))
     res = trainer.train()
     trainer.close()
     teacher = trainer.method.teacher.eval()
-    assert res.metrics["mIoU"] == pytest.approx(brute_force_miou(teacher, trainer.val, 11, batch_size=8), abs=1e-12)
+    assert res.metrics["mIoU"] == pytest.approx(brute_force_miou(teacher, trainer.val, 11, batch_size=8),
+                                                abs=1e-12)
     metrics = json.loads((work / "metrics.json").read_text())
-    assert metrics["model"] == "ema" and json.loads((work / "metrics.jsonl").read_text().splitlines()[-1])["model"] == "ema"
+    last = json.loads((work / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metrics["model"] == "ema" and last["model"] == "ema"
     ckpt = load_checkpoint(str(work / "latest.pth"))
     ema = ckpt["method"]["ema"]
     assert all(torch.equal(ema[k], v) for k, v in teacher.state_dict().items())

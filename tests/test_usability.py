@@ -1,4 +1,5 @@
 """Everyday use after `make demo`: threads, console, API, export, metrics, TensorBoard."""
+import functools
 import os
 
 import numpy as np
@@ -7,7 +8,6 @@ import torch
 
 from conftest import ROOT, THREADS, digits_cfg
 from helpers import load_tool, run_tool
-
 
 # -- threads ---------------------------------------------------------------------------------------
 
@@ -22,7 +22,8 @@ def test_explicit_thread_settings_win_over_a_config_files_value():
     assert resolve_threads(0, False, {"OMP_NUM_THREADS": "x"})[0] == 0  # not a count: ignored
 
 
-def test_the_trainer_uses_omp_num_threads_over_the_config_file_and_logs_why(digits_root, tmp_path, monkeypatch):
+def test_the_trainer_uses_omp_num_threads_over_the_config_file_and_logs_why(digits_root, tmp_path,
+                                                                            monkeypatch):
     from seg_ssl.config import load_config
     from seg_ssl.engine.trainer import Trainer
     cfg_file = tmp_path / "threads.yaml"
@@ -32,7 +33,8 @@ def test_the_trainer_uses_omp_num_threads_over_the_config_file_and_logs_why(digi
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     before = torch.get_num_threads()
     try:
-        for extra, expect, why in (([], 1, "OMP_NUM_THREADS=1 in the environment, which wins over train.threads: 2"),
+        for extra, expect, why in (([], 1, "OMP_NUM_THREADS=1 in the environment, which wins over "
+                                            "train.threads: 2"),
                                    (["train.threads=3"], 3, "train.threads=3 on the command line")):
             work = tmp_path / f"w{expect}"
             cfg = load_config(str(cfg_file), [*base, f"work_dir={work}", *extra])
@@ -72,6 +74,7 @@ class Terminal:
 
 def test_progress_bar_and_log_lines_never_share_a_line(digits_root, tmp_path, monkeypatch):
     import sys
+
     from seg_ssl.engine.trainer import Trainer
     term = Terminal()
     monkeypatch.setattr(sys, "stdout", term)
@@ -86,17 +89,21 @@ def test_progress_bar_and_log_lines_never_share_a_line(digits_root, tmp_path, mo
     assert "%|" in term.text
     lines = [part.split("\r")[-1] for part in term.text.split("\n")]
     logged = [line for line in lines if " it 1/2 lr " in line or " it 2/2 lr " in line]
-    assert len(logged) == 2 and all(line[:8].count(":") == 2 and line[8:12] == " it " for line in logged), logged
+    assert len(logged) == 2 and all(line[:8].count(":") == 2 and line[8:12] == " it "
+                                    for line in logged), logged
     assert all("eta" in line for line in logged)  # the ETA stays in the log lines
 
 
 # -- digits and flips ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", sorted(n for n in os.listdir(os.path.join(ROOT, "configs")) if n.startswith("digits")))
+@pytest.mark.parametrize("name",
+                         sorted(n for n in os.listdir(os.path.join(ROOT, "configs"))
+                                if n.startswith("digits")))
 def test_digits_are_never_flipped_in_training_or_testing(name):
     """A mirrored digit is another shape (2 and 5): no pipeline a digits config builds flips, and
     evaluation does not either."""
     import albumentations as A
+
     from seg_ssl.config import load_config
     from seg_ssl.data.transforms import train_pipeline
     from seg_ssl.methods import METHODS
@@ -139,6 +146,7 @@ def sup_checkpoint(digits_root, tmp_path):
 
 def test_load_reads_the_config_in_the_checkpoint_and_predicts_any_image_form(sup_checkpoint, digits_root):
     from PIL import Image
+
     import seg_ssl
     from seg_ssl.data.transforms import normalize
     from seg_ssl.engine.loading import load_for_eval
@@ -159,7 +167,8 @@ def test_load_reads_the_config_in_the_checkpoint_and_predicts_any_image_form(sup
     loaded = load_for_eval(digits_cfg(digits_root, "unused"), path)
     predict_fn, divisor = loaded.predict, loaded.size_divisor
     with torch.no_grad():
-        ref = predict_probs(predict_fn, normalize(image.copy(), cfg.data.mean, cfg.data.std)[None], size_divisor=divisor)
+        ref = predict_probs(predict_fn, normalize(image.copy(), cfg.data.mean, cfg.data.std)[None],
+                            size_divisor=divisor)
     np.testing.assert_allclose(probs, ref[0].numpy(), atol=1e-6)
 
 
@@ -171,8 +180,8 @@ def test_eval_and_infer_take_a_checkpoint_without_a_config(sup_checkpoint, digit
     table = capsys.readouterr().out
     assert "digit_6" in table  # class names from the stored config
     assert evaluate([os.path.join(ROOT, "configs", "digits_sup.yaml"), path, f"data.root={digits_root}",
-                     "data.labeled_list=splits/1_4/labeled.txt", "data.unlabeled_list=splits/1_4/unlabeled.txt",
-                     "--out", str(tmp_path / "b.json")]) == 0
+                     "data.labeled_list=splits/1_4/labeled.txt",
+                     "data.unlabeled_list=splits/1_4/unlabeled.txt", "--out", str(tmp_path / "b.json")]) == 0
     assert json.loads((tmp_path / "a.json").read_text()) == json.loads((tmp_path / "b.json").read_text())
     assert infer([path, "--input", os.path.join(digits_root, "JPEGImages", "val_00000.jpg"),
                   "--out", str(tmp_path / "p")]) == 0
@@ -183,15 +192,18 @@ def test_a_checkpoint_without_a_config_is_one_line(tmp_path, capsys):
     torch.save({"model": {}}, tmp_path / "bare.pth")
     tool = load_tool("eval")  # in this process, through the tools' own error handling (run_cli)
     for args, message in (([str(tmp_path / "bare.pth")], "holds no config"),
-                          ([os.path.join(ROOT, "configs", "digits_sup.yaml")], "is a config: give the checkpoint after it")):
+                          ([os.path.join(ROOT, "configs", "digits_sup.yaml")],
+                           "is a config: give the checkpoint after it")):
         with pytest.raises(SystemExit) as e:
-            tool.run_cli(lambda: tool.main(args))
+            tool.run_cli(functools.partial(tool.main, args))
         err = capsys.readouterr().err
-        assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+        assert (e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+                and message in err), err
 
 
 def test_the_seg_ssl_command_runs_each_tool(sup_checkpoint, tmp_path, capsys):
     import configparser
+
     from seg_ssl import cli
     setup = configparser.ConfigParser()
     setup.read(os.path.join(ROOT, "setup.cfg"))
@@ -209,8 +221,9 @@ def test_the_seg_ssl_command_runs_each_tool(sup_checkpoint, tmp_path, capsys):
 
 def test_export_onnx_is_checked_with_onnxruntime_against_pytorch(sup_checkpoint, tmp_path, capsys):
     ort = pytest.importorskip("onnxruntime")  # the [export] extra; make test installs it
-    import seg_ssl
     from PIL import Image
+
+    import seg_ssl
     path, cfg = sup_checkpoint
     export = load_tool("export").main
     out = tmp_path / "m.onnx"
@@ -265,7 +278,9 @@ def test_export_torchscript_and_weights_only(sup_checkpoint, tmp_path, capsys):
 def test_pred_dir_scores_a_listed_subset_with_class_names_and_saves_the_confusion(tmp_path, capsys):
     import csv
     import json
+
     from PIL import Image
+
     from seg_ssl.config import ConfigError
     from seg_ssl.evaluation.confusion import row_normalised
     (tmp_path / "pred").mkdir()
@@ -283,13 +298,14 @@ def test_pred_dir_scores_a_listed_subset_with_class_names_and_saves_the_confusio
     with pytest.raises(ConfigError, match="1 labels have no prediction"):  # the whole folder: c is missing
         evaluate([*common, "--num-classes", "11"])
     out = tmp_path / "m.json"
-    assert evaluate([*common, "--list", str(tmp_path / "list.txt"), "--config", config, "--out", str(out)]) == 0
+    assert evaluate([*common, "--list", str(tmp_path / "list.txt"), "--config", config, "--out",
+                     str(out)]) == 0
     table = capsys.readouterr().out
     assert "background" in table and "digit_1" in table  # the config's names, not indices
     m = json.loads(out.read_text())
     assert m["class_names"][:2] == ["background", "digit_0"]
     expect = np.zeros((11, 11), int)
-    for g, p in zip(gt.ravel(), pred.ravel()):
+    for g, p in zip(gt.ravel(), pred.ravel(), strict=True):
         if g != 255:
             expect[g, p] += 2  # two images
     assert np.array_equal(np.array(m["confusion"]), expect)
@@ -332,7 +348,9 @@ def _events(folder):
 
 def test_tensorboard_gets_panels_per_class_iou_config_and_named_pseudo_label_shares(digits_root, tmp_path):
     import io
+
     from PIL import Image
+
     from seg_ssl.engine.tb import panel_indices
     from seg_ssl.engine.trainer import Trainer
     from seg_ssl.viz.overlay import colorize, get_palette
@@ -352,7 +370,8 @@ def test_tensorboard_gets_panels_per_class_iou_config_and_named_pseudo_label_sha
     truth = colorize(val[panel_indices(len(val))[0]]["label"].numpy(), get_palette(None))
     assert np.array_equal(first[:, 66:130], truth)
     iou_tags = [t for t in acc.Tags()["scalars"] if t.startswith("val_IoU/")]
-    assert "val_IoU/background" in iou_tags and all(not t[8:].isdigit() for t in iou_tags)  # names, not indices
+    # names, not indices
+    assert "val_IoU/background" in iou_tags and all(not t[8:].isdigit() for t in iou_tags)
     assert "config/text_summary" in acc.Tags()["tensors"]
     assert acc.PluginTagToContent("hparams")  # the config's values as hparams, val/mIoU the metric
 
@@ -405,7 +424,8 @@ def test_tsne_palette_is_categorical_and_both_models_share_one_feature_space():
         n = np.linalg.norm(v, axis=1)
         cos = (v @ v.T) / np.maximum(np.outer(n, n), 1e-9)
         np.fill_diagonal(cos, 0)
-        return [(i, j) for i in range(len(v)) for j in range(i + 1, len(v)) if n[i] and n[j] and cos[i, j] > 0.995]
+        return [(i, j) for i in range(len(v)) for j in range(i + 1, len(v))
+                if n[i] and n[j] and cos[i, j] > 0.995]
 
     assert (1, 8) in shades_of_one_colour(voc_palette(11))  # digit_0 and digit_7: two dark reds
     pal = categorical_palette(11)
@@ -417,7 +437,8 @@ def test_tsne_palette_is_categorical_and_both_models_share_one_feature_space():
     assert cac.projector is not None and sup.projector is None
     torch.manual_seed(0)
     image, label = torch.randn(3, 64, 64), torch.randint(0, 11, (64, 64))
-    dims = [overlap_features(m, image, label, 48, [0.3, 1.0], np.random.default_rng(0))[0].shape[1] for m in (sup, cac)]
+    dims = [overlap_features(m, image, label, 48, [0.3, 1.0], np.random.default_rng(0))[0].shape[1]
+            for m in (sup, cac)]
     assert dims == [128, 128]  # both the decoder's 128 channels; CAC's projector (proj_dim 64) is not used
     with pytest.raises(ValueError, match="this model has no projector"):
         overlap_features(sup, image, label, 48, [0.3, 1.0], np.random.default_rng(0), space="projector")
@@ -427,6 +448,7 @@ def test_tsne_figure_explains_its_markers_and_feature_space(tmp_path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     from seg_ssl.viz import tsne
     from seg_ssl.viz.overlay import categorical_palette
     captured = {}
@@ -440,8 +462,8 @@ def test_tsne_figure_explains_its_markers_and_feature_space(tmp_path):
     f1, y = torch.randn(30, 8, generator=g), torch.arange(30) % 3
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(plt.Figure, "savefig", keep)
-        tsne.plot_tsne([("a", f1, f1 + 0.01, y)], ["background", "digit_0", "digit_1"], categorical_palette(3),
-                       str(tmp_path / "t.png"))
+        tsne.plot_tsne([("a", f1, f1 + 0.01, y)], ["background", "digit_0", "digit_1"],
+                       categorical_palette(3), str(tmp_path / "t.png"))
     fig = captured["fig"]
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["background", "digit_0", "digit_1", "o: pixel in crop 1", "x: same pixel in crop 2"]
@@ -453,8 +475,8 @@ def _segmentor(config, *overrides):
     from seg_ssl.config import load_config
     from seg_ssl.methods import build_method
     torch.manual_seed(0)
-    cfg = load_config(os.path.join(ROOT, "configs", config), ["data.root=unused", "model.encoder_weights=null",
-                                                              *overrides])
+    cfg = load_config(os.path.join(ROOT, "configs", config),
+                      ["data.root=unused", "model.encoder_weights=null", *overrides])
     return build_method(cfg).build_model().eval()
 
 
@@ -478,6 +500,7 @@ def test_smoke_run_reaches_every_loss_term_and_the_log_explains_the_loss_scale(d
     assert "it 4/4" in log and "it 1/4" in log  # every iteration logged
     assert "loss scale (cps): loss = sup1 + sup2" in log
     assert "half of sup" in METHODS["unimatch"].loss_scale_note and not METHODS["supervised"].loss_scale_note
-    assert "cac.unsup_start_iter=2" in smoke_overrides("cac") and "cac.pos_thresh=0.0" in smoke_overrides("cac")
+    assert ("cac.unsup_start_iter=2" in smoke_overrides("cac")
+            and "cac.pos_thresh=0.0" in smoke_overrides("cac"))
     with pytest.raises(ConfigError, match="cps.unsup_start_iter = 100 is not below train.iters = 4"):
         train([*common, "cps.unsup_start_iter=100"])  # the command line wins, and the check says so first

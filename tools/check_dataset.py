@@ -18,6 +18,7 @@ def main(argv=None):
     p.add_argument("--max-lines", type=int, default=50, help="problems printed (all are counted)")
     args = p.parse_intermixed_args(argv)
     from tqdm import tqdm
+
     from seg_ssl.config import load_config
     from seg_ssl.data.check import check_dataset
     from seg_ssl.data.classes import class_names
@@ -32,7 +33,7 @@ def main(argv=None):
     if total:
         print("labeled class frequencies:")
         names = class_names(d.class_names, d.num_classes)
-        for name, n in zip(names, report["class_pixels"].tolist()):
+        for name, n in zip(names, report["class_pixels"].tolist(), strict=True):
             print(f"  {name:<16} {n:>12}  {100.0 * n / total:6.2f}%")
     problems = report["problems"]
     for line in problems[:args.max_lines]:

@@ -58,7 +58,7 @@ def main(argv=None):
         raise ConfigError(f"--names {' '.join(args.names)}: give each file its own title")
     names = args.names or column_names(args.metrics)
     runs = {}
-    for name, path in zip(names, args.metrics):
+    for name, path in zip(names, args.metrics, strict=True):
         try:
             with open(path) as f:
                 m = json.load(f)

@@ -33,8 +33,8 @@ def main(argv=None):
     args = p.parse_intermixed_args(argv)
 
     from seg_ssl.config import load_config
-    from seg_ssl.errors import ConfigError
     from seg_ssl.engine.checkpoint import save_atomic
+    from seg_ssl.errors import ConfigError
     from seg_ssl.methods import build_method
     from seg_ssl.models.convert import FORMATS, from_release, num_classes_of, release_state
     from seg_ssl.models.weights import load_strict
@@ -49,7 +49,8 @@ def main(argv=None):
         classes = num_classes_of(weights, args.release)
         dataset = {21: "voc", 19: "cityscapes"}.get(classes)
         if dataset is None:
-            raise ConfigError(f"{args.src} has {classes} classes, neither VOC's 21 nor Cityscapes' 19: give --config")
+            raise ConfigError(f"{args.src} has {classes} classes, neither VOC's 21 nor Cityscapes' 19: "
+                              "give --config")
         config = os.path.join(ROOT, "configs", f"{dataset}_{args.release}.yaml")
     cfg = load_config(config, args.overrides)
     arch = FORMATS[args.release].arch
@@ -74,7 +75,8 @@ def main(argv=None):
     except ValueError as e:
         raise ConfigError(f"{args.src} ({args.release}) does not fit {config}: {e}") from None
     save_atomic({"model": model.state_dict(), "weights": held, "config": cfg.to_dict(),
-                 "converted_from": {"release": args.release, "file": os.path.abspath(args.src), "weights": held}},
+                 "converted_from": {"release": args.release, "file": os.path.abspath(args.src),
+                                    "weights": held}},
                 args.dst)
     dropped = f", {len(weights) - len(state)} dropped by rule" if len(weights) > len(state) else ""
     print(f"{args.src} ({args.release}, {len(state)} tensors{dropped}) -> {args.dst}, "

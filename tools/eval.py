@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Evaluate a checkpoint, or score a folder of predicted index PNGs against label PNGs.
 
-    python tools/eval.py [CONFIG] CHECKPOINT [key=value ...] [--out metrics.json]   (no CONFIG: the checkpoint's)
+    python tools/eval.py [CONFIG] CHECKPOINT [key=value ...] [--out metrics.json]
+                         (no CONFIG: the checkpoint's)
     torchrun --nproc_per_node=2 tools/eval.py CONFIG CHECKPOINT     (same numbers, faster)
     python tools/eval.py --pred-dir P --gt-dir G --num-classes K|--config CONFIG_OR_CKPT [--list LIST.txt]
                          [--ignore-index 255] [--out m.json]
@@ -19,7 +20,6 @@ it. Per-class rows carry the config's class names wherever a config or checkpoin
 """
 import argparse
 import json
-import os
 import sys
 
 from _common import add_model_args, model_config, run_cli
@@ -31,10 +31,12 @@ def main(argv=None):
     p.add_argument("--pred-dir")
     p.add_argument("--gt-dir")
     p.add_argument("--num-classes", type=int, help="with --pred-dir; default: the --config's")
-    p.add_argument("--ignore-index", type=int, default=None, help="with --pred-dir; default: the --config's, or 255")
+    p.add_argument("--ignore-index", type=int, default=None,
+                   help="with --pred-dir; default: the --config's, or 255")
     p.add_argument("--list", help="with --pred-dir: score only the ids of this split list")
     p.add_argument("--config", dest="names_from", metavar="CONFIG_OR_CKPT",
-                   help="with --pred-dir: class names (and classes, ignore index) from a config or checkpoint")
+                   help="with --pred-dir: class names (and classes, ignore index) from a config or "
+                   "checkpoint")
     p.add_argument("--out", help="write metrics as JSON, and beside it OUT_confusion.csv (pixel counts, "
                    "with class names) and OUT_confusion.png (row-normalised)")
     args = p.parse_intermixed_args(argv)
@@ -57,8 +59,8 @@ def main(argv=None):
             ignore = d.ignore_index if ignore is None else ignore
         if not (args.pred_dir and args.gt_dir and args.num_classes):
             p.error("--pred-dir and --gt-dir go together, with --num-classes or --config")
-        metrics = score_folders(args.pred_dir, args.gt_dir, args.num_classes, 255 if ignore is None else ignore,
-                                list_ids(args.list) if args.list else None)
+        metrics = score_folders(args.pred_dir, args.gt_dir, args.num_classes,
+                                255 if ignore is None else ignore, list_ids(args.list) if args.list else None)
     else:
         if not args.config:
             p.error("give CHECKPOINT or CONFIG CHECKPOINT, or --pred-dir/--gt-dir/--num-classes")
@@ -82,10 +84,11 @@ def main(argv=None):
     if is_main:
         print(format_table(metrics, names))
         if args.out:
-            from seg_ssl.evaluation.confusion import save_confusion
             from seg_ssl.data.classes import class_names
+            from seg_ssl.evaluation.confusion import save_confusion
             labels = class_names(names, len(metrics["IoU"]))
-            cm = metrics["confusion"].numpy() if hasattr(metrics["confusion"], "numpy") else metrics["confusion"]
+            cm = metrics["confusion"]
+            cm = cm.numpy() if hasattr(cm, "numpy") else cm
             with open(args.out, "w") as f:
                 json.dump({**to_json(metrics), "class_names": labels, "confusion": cm.tolist()}, f, indent=1)
             csv_path, png = save_confusion(cm, labels, args.out)

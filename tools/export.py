@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Export a trained model: TorchScript or ONNX (checked against PyTorch), or a weights-only checkpoint.
 
-    python tools/export.py [CONFIG] CHECKPOINT --format {torchscript,onnx} --out F [--size H W] [key=value ...]
+    python tools/export.py [CONFIG] CHECKPOINT --format {torchscript,onnx} --out F [--size H W]
+                           [key=value ...]
     python tools/export.py [CONFIG] CHECKPOINT --weights-only --out F [--fp16]
 
 Without CONFIG the config stored in the checkpoint is used. The exported graph takes `image`,
@@ -37,9 +38,9 @@ def main(argv=None):
     if args.fp16 and not args.weights_only:
         p.error("--fp16 goes with --weights-only")
 
+    from seg_ssl import export
     from seg_ssl.config import ConfigError
     from seg_ssl.engine.checkpoint import load_checkpoint, save_atomic
-    from seg_ssl import export
 
     cfg, checkpoint = model_config(args)
     if os.path.dirname(args.out):
@@ -62,7 +63,8 @@ def main(argv=None):
             import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
         except ImportError:
-            raise ConfigError("--format onnx needs onnx and onnxruntime: pip install -e '.[export]'") from None
+            raise ConfigError("--format onnx needs onnx and onnxruntime: "
+                              "pip install -e '.[export]'") from None
     from seg_ssl.api import SegModel
     model = SegModel(cfg, checkpoint, device="cpu")
     net = export.deployable(model)
@@ -83,9 +85,11 @@ def main(argv=None):
         runner = "onnxruntime"
     h, w = example.shape[-2:]
     if not diff <= args.atol:
-        raise ConfigError(f"{args.out}: {runner}'s logits differ from PyTorch's by {diff:.3g} (> --atol {args.atol:g})")
-    print(f"wrote {args.out} ({args.format}, input 1x3x{h}x{w} batch free, {os.path.getsize(args.out) / 2**20:.1f} MB); "
-          f"{runner} vs PyTorch on 2 images: max |logit difference| {diff:.2e} (<= {args.atol:g})")
+        raise ConfigError(f"{args.out}: {runner}'s logits differ from PyTorch's by {diff:.3g} (> --atol "
+                          f"{args.atol:g})")
+    print(f"wrote {args.out} ({args.format}, input 1x3x{h}x{w} batch free, "
+          f"{os.path.getsize(args.out) / 2**20:.1f} MB); {runner} vs PyTorch on 2 images: max |logit "
+          f"difference| {diff:.2e} (<= {args.atol:g})")
     return 0
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Grad-CAM on the segmenter for one class: PNGs of the heat map over the image.
 
-    python tools/gradcam.py [CONFIG] CHECKPOINT --image IMG|DIR|LIST.txt --class NAME|INDEX [--layer encoder.layer4]
-                            [--limit N] [--out DIR] [key=value ...]
+    python tools/gradcam.py [CONFIG] CHECKPOINT --image IMG|DIR|LIST.txt --class NAME|INDEX
+                            [--layer encoder.layer4] [--limit N] [--out DIR] [key=value ...]
 
 The target is the class's logits summed over the pixels predicted as that class (grad-cam's
 SemanticSegmentationTarget); the default layer is the encoder's deepest stage (encoder.layer4 of a
@@ -32,11 +32,12 @@ def main(argv=None):
     import cv2
     import matplotlib.pyplot as plt
     import numpy as np
+
     from seg_ssl.data.classes import class_names
     from seg_ssl.data.dataset import load_image
-    from seg_ssl.errors import ConfigError
     from seg_ssl.data.transforms import normalize
     from seg_ssl.engine.loading import load_for_eval
+    from seg_ssl.errors import ConfigError
     from seg_ssl.viz.gradcam import default_layer, earlier_layer, gradcam_map, resolve_layer, zero_map_reason
     from seg_ssl.viz.overlay import annotated_figure, heat_overlay
 
@@ -47,7 +48,8 @@ def main(argv=None):
     elif args.cls in names:
         k = names.index(args.cls)
     else:
-        raise ConfigError(f"--class {args.cls!r}: expected an index below {cfg.data.num_classes} or one of {names}")
+        raise ConfigError(f"--class {args.cls!r}: expected an index below {cfg.data.num_classes} or one of "
+                          f"{names}")
     files = image_files(args.image, cfg.data, "--image")
     if args.limit:
         files = files[:args.limit]

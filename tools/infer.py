@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Predict masks for an image, a folder or a split list (.txt of ids): writes NAME.png (class ids), NAME_color.png and
-NAME_overlay.png to --out (the image with each predicted region outlined in its class colour, beside the
-prediction in full colours, and a legend).
+"""Predict masks for an image, a folder or a split list (.txt of ids): writes NAME.png (class ids),
+NAME_color.png and NAME_overlay.png to --out (the image with each predicted region outlined in its
+class colour, beside the prediction in full colours, and a legend).
 
     python tools/infer.py [CONFIG] CHECKPOINT --input IMG|DIR|LIST.txt --out DIR [--limit N] [key=value ...]
 
@@ -21,16 +21,17 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=0, help="at most N images (0: all)")
     args = p.parse_intermixed_args(argv)
 
+    import matplotlib.pyplot as plt
     import numpy as np
     import torch
     from PIL import Image
+
+    from seg_ssl.data.classes import class_names, first_class_is_background
     from seg_ssl.data.dataset import load_image
     from seg_ssl.data.transforms import normalize
     from seg_ssl.engine.loading import load_for_eval
     from seg_ssl.evaluation.evaluator import predict_kwargs
     from seg_ssl.evaluation.inference import predict_probs
-    import matplotlib.pyplot as plt
-    from seg_ssl.data.classes import class_names, first_class_is_background
     from seg_ssl.viz.overlay import annotated_figure, colorize, get_palette, side_by_side
 
     cfg, checkpoint = model_config(args)

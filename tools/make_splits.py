@@ -21,8 +21,8 @@ def main(argv=None):
     p.add_argument("--splits", default="1/16,1/8,1/4,1/2")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    from seg_ssl.errors import ConfigError
     from seg_ssl.data.splits import nested_splits, write_split
+    from seg_ssl.errors import ConfigError
     if not os.path.isfile(args.list):
         raise ConfigError(f"--list {args.list}: no such file")
     with open(args.list) as f:

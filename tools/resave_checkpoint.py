@@ -24,6 +24,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     import torch
+
     from seg_ssl.engine.checkpoint import save_atomic
     from seg_ssl.errors import CheckpointError
     from seg_ssl.safe_load import read_pth, to_plain
@@ -35,7 +36,8 @@ def main(argv=None):
     try:  # the one full unpickle in seg_ssl, asked for with --trust
         obj = torch.load(args.src, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - an unreadable file is a user error here
-        raise CheckpointError(f"{args.src} cannot be read as a torch file ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{args.src} cannot be read as a torch file "
+                              f"({type(e).__name__}: {e})") from None
     save_atomic(to_plain(obj, args.src), args.dst)
     read_pth(args.dst, "the plain copy")
     print(f"wrote {args.dst}: plain data, opened without running code; {args.src} is unchanged")

@@ -34,8 +34,8 @@ def main(argv=None):
                    help="train cells again from scratch whose earlier run used other settings (the old "
                         "folder is kept as <cell>.old)")
     args = p.parse_intermixed_args(argv)
-    from seg_ssl.errors import ConfigError
     from seg_ssl.engine import sweep
+    from seg_ssl.errors import ConfigError
 
     try:
         axes = sweep.parse_grid(args.grid)
@@ -50,11 +50,12 @@ def main(argv=None):
         print(f"extend {os.path.basename(work)}: {'; '.join(more)}")
     if changed and not args.rerun_changed:
         first, keys = next(iter(changed.items()))
-        raise ConfigError(f"sweep: {len(changed)} cell(s) in {out} ran with other settings ({os.path.basename(first)}: "
-                          f"{'; '.join(keys)}); pass --rerun-changed to train them again (old folders kept as "
-                          f"<cell>.old) or choose another --out")
+        raise ConfigError(f"sweep: {len(changed)} cell(s) in {out} ran with other settings "
+                          f"({os.path.basename(first)}: {'; '.join(keys)}); pass --rerun-changed to train "
+                          f"them again (old folders kept as <cell>.old) or choose another --out")
     for work in changed:
-        print(f"rerun {os.path.basename(work)}: earlier run kept as {os.path.basename(sweep.set_aside(work))}")
+        kept = sweep.set_aside(work)
+        print(f"rerun {os.path.basename(work)}: earlier run kept as {os.path.basename(kept)}")
     os.makedirs(out, exist_ok=True)
     tools_dir = os.path.dirname(os.path.abspath(__file__))
     launcher = sweep.launcher_prefix(args.launcher, args.nproc)

@@ -23,24 +23,29 @@ def main(argv=None):
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.iters=1000")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and derived sizes")
-    p.add_argument("--json", action="store_true", help="with --dry-run: one JSON object {config, sizes} on stdout")
-    p.add_argument("--smoke", action="store_true", help="a few iterations through every loss term of the method")
+    p.add_argument("--json", action="store_true",
+                   help="with --dry-run: one JSON object {config, sizes} on stdout")
+    p.add_argument("--smoke", action="store_true",
+                   help="a few iterations through every loss term of the method")
     args = p.parse_intermixed_args(argv)
 
     from seg_ssl.config import load_config
     cfg = load_config(args.config, args.overrides)
     if args.smoke:
         import os
+
         from seg_ssl.engine.smoke import run_smoke, smoke_overrides
         name = os.path.splitext(os.path.basename(args.config))[0]
         # the command line's overrides come last: they win over the smoke settings
-        cfg = load_config(args.config, [*smoke_overrides(cfg.method), f"work_dir={os.path.join('runs', 'smoke', name)}",
-                                        *args.overrides])
+        cfg = load_config(args.config, [*smoke_overrides(cfg.method),
+                                        f"work_dir={os.path.join('runs', 'smoke', name)}", *args.overrides])
         print(run_smoke(cfg))
         return 0
     if args.dry_run:
         import os
+
         import yaml
+
         from seg_ssl.engine.dry_run import derived_sizes, missing_data
         sizes = derived_sizes(cfg, int(os.environ.get("WORLD_SIZE", "1")))
         if args.json:  # for scripts: nothing else on stdout

@@ -35,26 +35,35 @@ def main(argv=None):
     args = p.parse_intermixed_args(argv)
     # a checkpoint path may hold "=" (every sweep cell's folder does): an existing file, or anything
     # not of the form dotted.key=value, is a checkpoint
-    is_override = [not os.path.isfile(c) and re.match(r"^[A-Za-z_][\w.]*=", c) is not None for c in args.checkpoints]
-    ckpts = [c for c, o in zip(args.checkpoints, is_override) if not o]
-    overrides = [c for c, o in zip(args.checkpoints, is_override) if o]
+    is_override = [not os.path.isfile(c) and re.match(r"^[A-Za-z_][\w.]*=", c) is not None
+                   for c in args.checkpoints]
+    ckpts = [c for c, o in zip(args.checkpoints, is_override, strict=True) if not o]
+    overrides = [c for c, o in zip(args.checkpoints, is_override, strict=True) if o]
 
     import torch
+
     from seg_ssl.config import ConfigError, from_dict, load_config
     from seg_ssl.data.dataset import build_split
     from seg_ssl.data.transforms import val_pipeline
     from seg_ssl.engine.checkpoint import load_checkpoint
     from seg_ssl.engine.loading import load_for_eval
     from seg_ssl.viz.overlay import categorical_palette
-    from seg_ssl.viz.tsne import FEATURE_SPACES, alignment, plot_tsne, set_overlap_features, uniformity, view_plan
+    from seg_ssl.viz.tsne import (
+        FEATURE_SPACES,
+        alignment,
+        plot_tsne,
+        set_overlap_features,
+        uniformity,
+        view_plan,
+    )
 
     cfg = load_config(args.config, overrides)
     val = build_split(cfg.data, "val", val_pipeline(cfg.data))
     plan = view_plan(val, args.images, cfg.data.crop_size, args.seed)
     if any(crop != cfg.data.crop_size for _, crop in plan):
         h, w = val[plan[0][0]]["image"].shape[-2:]
-        print(f"note: data.crop_size {cfg.data.crop_size} covers whole images ({h}x{w}), where both views would "
-              f"be the same crop; views of {min(c for _, c in plan)} px are used there")
+        print(f"note: data.crop_size {cfg.data.crop_size} covers whole images ({h}x{w}), where both views "
+              f"would be the same crop; views of {min(c for _, c in plan)} px are used there")
     panels = []
     for path in ckpts:
         ckpt = load_checkpoint(path)

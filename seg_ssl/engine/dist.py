@@ -112,10 +112,11 @@ def waiting_for(what: str, info: DistInfo, iteration: int | None = None):
                          r"socket|gloo|nccl", line, re.IGNORECASE):
             raise  # not a communication failure: a bug keeps its traceback
         at = f" at iteration {iteration}" if iteration is not None else ""
-        cause = (f"no answer within dist.timeout_s={info.timeout_s:g}" if re.search("timed out|timeout", line, re.I)
-                 else "another process died")
+        cause = (f"no answer within dist.timeout_s={info.timeout_s:g}"
+                 if re.search("timed out|timeout", line, re.I) else "another process died")
         raise DistributedError(f"rank {info.rank} of {info.world_size}: {what}{at} failed ({cause}: {line}); "
-                               f"the same command (or torchrun --max-restarts) continues from latest.pth") from None
+                               f"the same command (or torchrun --max-restarts) continues from "
+                               f"latest.pth") from None
 
 
 def barrier() -> None:

@@ -12,6 +12,8 @@ from seg_ssl.methods import build_method
 from seg_ssl.methods.base import Method
 from seg_ssl.models.weights import load_strict
 
+CPU = torch.device("cpu")
+
 
 @dataclass
 class Loaded:
@@ -23,7 +25,7 @@ class Loaded:
     size_divisor: int
 
 
-def load_for_eval(cfg, checkpoint: str, device=torch.device("cpu"), ckpt: dict | None = None) -> Loaded:
+def load_for_eval(cfg, checkpoint: str, device=CPU, ckpt: dict | None = None) -> Loaded:
     """The model of ``cfg`` with the weights of ``checkpoint`` (``ckpt``: the checkpoint already
     read from it, so it is not read twice)."""
     cfg.model.encoder_weights = None  # the checkpoint holds every weight; never download or read

@@ -38,20 +38,22 @@ class LossWindow:
         keys = list(self.sums)
         values = torch.stack([torch.as_tensor(self.sums[k], dtype=torch.float32, device=self.device)
                               for k in keys]).tolist()  # one transfer
-        return {k: v / self.counts[k] for k, v in zip(keys, values)}
+        return {k: v / self.counts[k] for k, v in zip(keys, values, strict=True)}
 
     def record(self, avg: dict, iteration: int, lr: float) -> dict:
         """The window as one ``train.jsonl`` line: iteration, lr, mean seconds per iteration and
         waiting for data, the number of steps averaged, and every loss key."""
-        return {"iteration": iteration, "lr": lr, "steps": self.steps, "s_per_it": (time.time() - self.t0) / self.steps,
-                "data_s": self.data_time / self.steps, **avg}
+        return {"iteration": iteration, "lr": lr, "steps": self.steps,
+                "s_per_it": (time.time() - self.t0) / self.steps, "data_s": self.data_time / self.steps,
+                **avg}
 
     def line(self, avg: dict, iteration: int, iters: int, lr: float, log_interval: int) -> str:
         """``it 40/1500 lr 3.00e-03 loss 0.5 sup 0.5 | 0.21s/it (data 0.01s) eta 00:05:08``; a
         window cut short (a resume mid-window, the last one) says so: a mean of 3 iterations is
         noisier than one of ``log_interval``."""
         per_it = (time.time() - self.t0) / self.steps
-        short = f" (mean of {self.steps} it{'s' if self.steps > 1 else ''})" if self.steps != log_interval else ""
+        short = (f" (mean of {self.steps} it{'s' if self.steps > 1 else ''})" if self.steps != log_interval
+                 else "")
         eta = time.strftime("%H:%M:%S", time.gmtime(per_it * (iters - iteration)))
         terms = " ".join(f"{k} {v:.4f}" for k, v in avg.items() if "/" not in k)
         return (f"it {iteration}/{iters} lr {lr:.2e} {terms}{short} | {per_it:.3f}s/it "
@@ -81,6 +83,7 @@ def progress_bar(total: int, initial: int, enabled: bool):
     """A tqdm bar on a terminal (stderr), with the log lines (stdout) written above it: tqdm's
     redirect clears the bar, writes the line and redraws the bar, so they never run into each
     other. Without a terminal there is no bar, and the log lines (with their ETA) are all there is."""
-    bar = tqdm(total=total, initial=initial, dynamic_ncols=True, disable=not (enabled and sys.stderr.isatty()))
+    bar = tqdm(total=total, initial=initial, dynamic_ncols=True,
+               disable=not (enabled and sys.stderr.isatty()))
     with logging_redirect_tqdm(loggers=[LOG], tqdm_class=tqdm), bar:
         yield bar

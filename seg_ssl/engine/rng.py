@@ -18,7 +18,8 @@ def rng_state() -> dict:
     """Every generator's state as plain data (tuples, ints, floats, tensors): a checkpoint holding
     it loads with the weights-only unpickler."""
     numpy = np.random.get_state(legacy=False)  # MT19937: a 624-word key, a position, a cached gauss
-    numpy["state"] = {"key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)), "pos": numpy["state"]["pos"]}
+    numpy["state"] = {"key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)),
+                      "pos": numpy["state"]["pos"]}
     state = {"python": random.getstate(), "numpy": numpy, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()

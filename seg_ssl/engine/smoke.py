@@ -21,8 +21,8 @@ def smoke_overrides(method: str, iters: int = SMOKE_ITERS, start: int = SMOKE_ST
     """Overrides for a smoke run of ``method``: ``iters`` iterations, every one logged, the
     unsupervised term from iteration ``start`` at full weight (with the thresholds a few-iteration
     model never passes at 0: the method's ``smoke_overrides``), no checkpoint before the end."""
-    return [f"train.iters={iters}", "train.log_interval=1", "train.eval_interval=0", f"train.ckpt_interval={iters}",
-            "resume=null", *METHODS[method].smoke_overrides(start)]
+    return [f"train.iters={iters}", "train.log_interval=1", "train.eval_interval=0",
+            f"train.ckpt_interval={iters}", "resume=null", *METHODS[method].smoke_overrides(start)]
 
 
 def run_smoke(cfg) -> str:

@@ -241,7 +241,8 @@ def write_reports(rows: list[dict], axes, out_dir: str) -> None:
         ok = [r["mIoU"] for r in rs if r["status"] == "ok" and r.get("mIoU") is not None]
         mean = sum(ok) / len(ok) if ok else math.nan
         # a spread needs two runs: one seed has none (not 0.00)
-        std = f"{100 * math.sqrt(sum((v - mean) ** 2 for v in ok) / (len(ok) - 1)):.2f}" if len(ok) > 1 else "-"
+        std = (f"{100 * math.sqrt(sum((v - mean) ** 2 for v in ok) / (len(ok) - 1)):.2f}" if len(ok) > 1
+               else "-")
         means[combo] = mean
         secs = [r["train_seconds"] for r in rs]
         lines.append("| " + " | ".join(combo) + f" | {100 * mean:.2f} | {std} | {len(ok)}/{len(rs)} | "

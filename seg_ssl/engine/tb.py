@@ -88,14 +88,15 @@ def val_panels(predict_fn, dataset, cfg, size_divisor: int, device) -> list[np.n
                              **predict_kwargs(cfg)).argmax(1)[0].cpu().numpy()
         image = ((x * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
         gap = np.full((image.shape[0], 2, 3), 255, np.uint8)
-        out.append(np.concatenate([image, gap, colorize(item["label"].numpy(), lut), gap, colorize(pred, lut)], 1))
+        out.append(np.concatenate([image, gap, colorize(item["label"].numpy(), lut), gap,
+                                   colorize(pred, lut)], 1))
     return out
 
 
 def log_eval(writer, res: dict, names, iteration: int, panels: list[np.ndarray]) -> None:
     """Per-class IoU by class name and the image | truth | prediction panels."""
     names = class_names(names, len(res["IoU"]))
-    for name, iou in zip(names, res["IoU"]):
+    for name, iou in zip(names, res["IoU"], strict=True):
         if iou is not None and not math.isnan(iou):
             writer.add_scalar(f"val_IoU/{name}", iou, iteration)
     for k, panel in enumerate(panels):

@@ -23,12 +23,17 @@ from seg_ssl.collectives import all_reduce_sum
 from seg_ssl.data.dataset import build_split, check_disjoint, resolve_list, unreadable
 from seg_ssl.data.streams import make_stream, shard_indices
 from seg_ssl.data.transforms import train_pipeline, val_pipeline
-from seg_ssl.engine import dist as du
-from seg_ssl.engine import tb
+from seg_ssl.engine import dist as du, tb
 from seg_ssl.engine.checkpoint import load_checkpoint, model_state
 from seg_ssl.engine.dry_run import derived_sizes
-from seg_ssl.engine.execution import AMP_DTYPES, autocast, channels_last_batch, compile_module, grad_scaler
-from seg_ssl.engine.execution import is_compile_failure
+from seg_ssl.engine.execution import (
+    AMP_DTYPES,
+    autocast,
+    channels_last_batch,
+    compile_module,
+    grad_scaler,
+    is_compile_failure,
+)
 from seg_ssl.engine.interrupts import StopRequested, fault_injection
 from seg_ssl.engine.logbook import LossWindow, progress_bar, setup_logging
 from seg_ssl.engine.optim import build_optimizer, set_lr
@@ -130,7 +135,8 @@ class Trainer:
                 bar.update(1)
                 if p.iteration % t.log_interval == 0 or p.iteration == t.iters:
                     self.log_window(window, lr, board, bar)  # the log line, train.jsonl, TensorBoard
-                evaluate_now = bool(t.eval_interval and p.iteration % t.eval_interval == 0) or p.iteration == t.iters
+                evaluate_now = (bool(t.eval_interval and p.iteration % t.eval_interval == 0)
+                                or p.iteration == t.iters)
                 saved = evaluate_now or p.iteration % t.ckpt_interval == 0
                 if saved:  # before the evaluation: one that fails loses no training
                     p.eval_pending = evaluate_now  # latest.pth says whether it was saved for an evaluation
@@ -196,13 +202,15 @@ class Trainer:
         metrics.json and metrics.jsonl, and TensorBoard's scalars and panels."""
         p, names = self.progress, self.cfg.data.class_names
         LOG.info("eval at iteration %d: mIoU %.2f aAcc %.2f mAcc %.2f%s", p.iteration, 100 * res["mIoU"],
-                 100 * res["aAcc"], 100 * res["mAcc"], " (the EMA teacher)" if self.cfg.eval.model == "ema" else "")
+                 100 * res["aAcc"], 100 * res["mAcc"],
+                 " (the EMA teacher)" if self.cfg.eval.model == "ema" else "")
         if not math.isnan(res["mIoU"]) and res["mIoU"] > p.best["mIoU"]:
             p.best = {"mIoU": res["mIoU"], "iteration": p.iteration}
             self.files.save_checkpoint("best.pth", self.run_state.checkpoint(p))
         self.files.write_metrics(p.iteration, res, names, self.cfg.eval.model)
         board.evaluation(res, names, p.iteration, self._val_panels)
-        return TrainResult(p.iteration, metrics=res, table=format_table(res, names), is_main=self.info.is_main)
+        return TrainResult(p.iteration, metrics=res, table=format_table(res, names),
+                           is_main=self.info.is_main)
 
     # -- what the loop calls -------------------------------------------------------------------
     def set_lr(self) -> float:
@@ -231,8 +239,8 @@ class Trainer:
                 unlabeled = channels_last_batch(unlabeled) if unlabeled is not None else None
         except DataError:
             self.files.save_checkpoint("latest.pth", self.run_state.checkpoint(self.progress))
-            LOG.warning("bad data at iteration %d; latest.pth saved: fix the file and run the same command to "
-                        "continue", self.progress.iteration)
+            LOG.warning("bad data at iteration %d; latest.pth saved: fix the file and run the same command "
+                        "to continue", self.progress.iteration)
             raise
         return labeled, unlabeled, time.time() - start
 
@@ -250,10 +258,11 @@ class Trainer:
         # evaluation would shift every later dropout mask and sample, so a run's weights would depend
         # on train.eval_interval
         with torch.random.fork_rng(devices=self._cuda_devices()):
-            res = evaluate(self.method.predictor(self.method.evaluated(self.model)), self.val, self.cfg.data.num_classes,
-                           self.cfg.data.ignore_index, self.method.size_divisor(self.model), self.device,
-                           rank=self.info.rank, world_size=self.info.world_size,
-                           batch_size=self.cfg.data.val_batch_size, **predict_kwargs(self.cfg))
+            res = evaluate(self.method.predictor(self.method.evaluated(self.model)), self.val,
+                           self.cfg.data.num_classes, self.cfg.data.ignore_index,
+                           self.method.size_divisor(self.model), self.device, rank=self.info.rank,
+                           world_size=self.info.world_size, batch_size=self.cfg.data.val_batch_size,
+                           **predict_kwargs(self.cfg))
         self.model.train()
         return res
 
@@ -261,9 +270,10 @@ class Trainer:
         """The fixed val images with truth and prediction, for TensorBoard (main process only)."""
         self.model.eval()
         try:
-            with torch.random.fork_rng(devices=self._cuda_devices()):  # as evaluate(): no effect on later draws
-                return tb.val_panels(self.method.predictor(self.method.evaluated(self.model)), self.val, self.cfg,
-                                     self.method.size_divisor(self.model), self.device)
+            # as evaluate(): no effect on later draws
+            with torch.random.fork_rng(devices=self._cuda_devices()):
+                return tb.val_panels(self.method.predictor(self.method.evaluated(self.model)), self.val,
+                                     self.cfg, self.method.size_divisor(self.model), self.device)
         finally:
             self.model.train()
 
@@ -274,7 +284,8 @@ class Trainer:
         """The method's losses, under autocast; a torch.compile that fails falls back to eager once."""
         try:
             with autocast(self.device, self.amp_dtype):
-                return self.method.training_step(self.train_model, labeled, unlabeled, self.progress.iteration)
+                return self.method.training_step(self.train_model, labeled, unlabeled,
+                                                 self.progress.iteration)
         except Exception as e:
             if self.train_model is self.ddp or not is_compile_failure(e):
                 raise
@@ -302,8 +313,8 @@ class Trainer:
         saved = (f"the last good checkpoint is {latest}" if self.files.exists("latest.pth")
                  else "no checkpoint was written yet")
         raise FloatingPointError(f"non-finite loss at iteration {p.iteration} in term(s) "
-                                 f"{terms or 'on another rank'}; {saved} (set train.skip_nonfinite=true to skip "
-                                 f"such steps)")
+                                 f"{terms or 'on another rank'}; {saved} (set train.skip_nonfinite=true to "
+                                 f"skip such steps)")
 
     def _stop_reason(self, stop: StopRequested, stop_at: int) -> str | None:
         """Why to stop before train.iters, agreed by every rank (or collectives would hang): a signal
@@ -356,7 +367,8 @@ class Trainer:
             if not d.unlabeled_list:
                 raise ConfigError(f"method {self.cfg.method!r} needs data.unlabeled_list")
             # with data.unlabeled_truth the labels come along, for pseudo-label accuracy in the log only
-            unlabeled = build_split(d, "unlabeled", self.method.unlabeled_pipeline(d), with_labels=d.unlabeled_truth)
+            unlabeled = build_split(d, "unlabeled", self.method.unlabeled_pipeline(d),
+                                    with_labels=d.unlabeled_truth)
             check_disjoint(labeled, unlabeled, d.allow_overlap, "data")
         val = build_split(d, "val", val_pipeline(d))
         self._check_val_decodes(val)
@@ -376,8 +388,8 @@ class Trainer:
             problems = [p for rank_problems in every for p in rank_problems]
         if problems:
             path = resolve_list(self.cfg.data.root, self.cfg.data.val_list)
-            raise DataError(f"data.val_list {path}: {len(problems)} val file(s) cannot be used, e.g. {problems[0]}; "
-                            f"run tools/check_dataset.py CONFIG for every problem")
+            raise DataError(f"data.val_list {path}: {len(problems)} val file(s) cannot be used, e.g. "
+                            f"{problems[0]}; run tools/check_dataset.py CONFIG for every problem")
 
     def close(self) -> None:
         """Release the work dir, so that another process may continue this run (the lock is

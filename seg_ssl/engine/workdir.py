@@ -97,8 +97,8 @@ class RunFiles:
         writer = SummaryWriter(self._tb_dir, purge_step=None if new else iteration + 1)
         if new:
             tb.log_config(writer, config)
-        how = ("continued" if not new else f"a new run; {earlier} earlier run(s) in tb/ stay apart, train.log "
-               f"keeps their lines above" if earlier else "a new run")
+        how = ("continued" if not new else f"a new run; {earlier} earlier run(s) in tb/ stay apart, "
+               f"train.log keeps their lines above" if earlier else "a new run")
         LOG.info("TensorBoard events: %s (%s)", self._tb_dir, how)
         return tb.Board(writer)
 
@@ -138,11 +138,11 @@ def lock_work_dir(work_dir: str, wait_s: float = 0.0) -> None:
             if time.monotonic() >= deadline:
                 f.close()
                 waited = f" (waited {wait_s:g} s)" if wait_s > 0 else ""
-                raise WorkDirBusy(f"work_dir {work_dir} is in use by another run (pid {pid}){waited}: wait for "
-                                  f"it to end, stop it, or set work_dir to another folder") from None
+                raise WorkDirBusy(f"work_dir {work_dir} is in use by another run (pid {pid}){waited}: wait "
+                                  f"for it to end, stop it, or set work_dir to another folder") from None
             if not announced:
-                print(f"work_dir {work_dir} is locked by pid {pid}; waiting up to {wait_s:g} s for it to exit",
-                      file=sys.stderr, flush=True)
+                print(f"work_dir {work_dir} is locked by pid {pid}; waiting up to {wait_s:g} s for it "
+                      f"to exit", file=sys.stderr, flush=True)
                 announced = True
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
     f.seek(0)

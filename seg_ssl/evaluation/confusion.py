@@ -71,7 +71,7 @@ def save_confusion_csv(cm, names: list[str], path: str) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["ground truth \\ prediction", *names])
-        for name, row in zip(names, cm):
+        for name, row in zip(names, cm, strict=True):
             w.writerow([name, *(int(v) for v in row)])
 
 

@@ -10,13 +10,15 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from seg_ssl.collectives import all_reduce_sum
 from seg_ssl.data.streams import shard_indices
 from seg_ssl.data.transforms import normalize
-from seg_ssl.collectives import all_reduce_sum
 from seg_ssl.evaluation.confusion import confusion_matrix
 from seg_ssl.evaluation.inference import predict_probs
 from seg_ssl.evaluation.metrics import metrics_from_confusion
 from seg_ssl.evaluation.protocols import protocol
+
+CPU = torch.device("cpu")
 
 
 def predict_kwargs(cfg) -> dict:
@@ -31,7 +33,7 @@ def predict_kwargs(cfg) -> dict:
 
 @torch.no_grad()
 def evaluate(predict_fn, dataset, num_classes: int, ignore_index: int = 255, size_divisor: int = 1,
-             device=torch.device("cpu"), rank: int = 0, world_size: int = 1, batch_size: int = 1,
+             device=CPU, rank: int = 0, world_size: int = 1, batch_size: int = 1,
              num_workers: int = 0, progress: bool = False, **predict) -> dict:
     """Metrics (see ``metrics_from_confusion``), the raw ``confusion`` matrix and the ``protocol``
     that scored them (``protocols.protocol``: mode, window, stride ... with defaults resolved)."""

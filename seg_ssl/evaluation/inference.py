@@ -78,15 +78,15 @@ def sum_windows(model, x: torch.Tensor, boxes, size_divisor: int = 1, batch_wind
         while j < len(boxes) and j - i < batch_windows and boxes[j][2:] == boxes[i][2:]:
             j += 1
         chunk = boxes[i:j]
-        crops = torch.cat([x[:, :, t:t + hh, l:l + ww] for t, l, hh, ww in chunk], 0)
+        crops = torch.cat([x[:, :, top:top + hh, left:left + ww] for top, left, hh, ww in chunk], 0)
         out = infer_whole(model, crops, size_divisor).float()
         if probabilities:
             out = out.softmax(1)
         if total is None:
             total = torch.zeros((b, out.shape[1], h, w), device=x.device, dtype=torch.float32)
-        for k, (t, l, hh, ww) in enumerate(chunk):
-            total[:, :, t:t + hh, l:l + ww] += out[k * b:(k + 1) * b]
-            count[:, :, t:t + hh, l:l + ww] += 1
+        for k, (top, left, hh, ww) in enumerate(chunk):
+            total[:, :, top:top + hh, left:left + ww] += out[k * b:(k + 1) * b]
+            count[:, :, top:top + hh, left:left + ww] += 1
         i = j
     return total, count
 
@@ -104,8 +104,8 @@ def infer_slide(model, x: torch.Tensor, window: int, stride: int, size_divisor: 
     _check_window(window, stride, size_divisor)
     h, w = x.shape[-2:]
     ph, pw = max(h, window), max(w, window)
-    boxes = [(t, l, window, window) for t in window_starts(ph, window, stride)
-             for l in window_starts(pw, window, stride)]
+    boxes = [(y0, x0, window, window) for y0 in window_starts(ph, window, stride)
+             for x0 in window_starts(pw, window, stride)]
     total, count = sum_windows(model, pad_to(x, ph, pw), boxes, size_divisor, batch_windows)
     return (total / count)[..., :h, :w]
 
@@ -117,8 +117,8 @@ def infer_slide_unimatch(model, x: torch.Tensor, window: int, stride: int, size_
     argmax, and probabilities that average with other scales)."""
     _check_window(window, stride, 1)  # windows of any size are padded to the divisor
     h, w = x.shape[-2:]
-    boxes = [(t, l, min(window, h - t), min(window, w - l)) for t in range(0, h, stride)
-             for l in range(0, w, stride)]
+    boxes = [(y0, x0, min(window, h - y0), min(window, w - x0)) for y0 in range(0, h, stride)
+             for x0 in range(0, w, stride)]
     total, count = sum_windows(model, x, boxes, size_divisor, batch_windows, probabilities=True)
     return total / count
 
@@ -146,8 +146,8 @@ def infer_slide_cps(model, x: torch.Tensor, window: int, stride: int, size_divis
     canvas = fill.to(x.device).view(1, c, 1, 1).expand(b, c, h + top + bottom, w + left + right).clone()
     canvas[:, :, top:top + h, left:left + w] = x
     ph, pw = canvas.shape[-2:]
-    boxes = [(t, l, window, window) for t in window_starts(ph, window, stride)
-             for l in window_starts(pw, window, stride)]
+    boxes = [(y0, x0, window, window) for y0 in window_starts(ph, window, stride)
+             for x0 in window_starts(pw, window, stride)]
     total, count = sum_windows(model, canvas, boxes, size_divisor, batch_windows)
     return (total / count)[..., top:top + h, left:left + w]
 
@@ -180,8 +180,8 @@ def infer_slide_unimatch_v2(model, x: torch.Tensor, window: int, stride: int, si
     divisor); the release's loop steps to a negative offset there, which Cityscapes never meets."""
     _check_window(window, stride, 1)
     h, w = x.shape[-2:]
-    boxes = [(t, l, min(window, h), min(window, w)) for t in window_starts(h, window, stride)
-             for l in window_starts(w, window, stride)]
+    boxes = [(y0, x0, min(window, h), min(window, w)) for y0 in window_starts(h, window, stride)
+             for x0 in window_starts(w, window, stride)]
     total, count = sum_windows(model, x, boxes, size_divisor, batch_windows, probabilities=True)
     return total / count
 

@@ -48,7 +48,7 @@ def format_table(metrics: dict, class_names: list[str] | None = None) -> str:
     def pct(v):
         return "   nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.2f}"
 
-    for n, iou, acc in zip(names, metrics["IoU"], metrics["Acc"]):
+    for n, iou, acc in zip(names, metrics["IoU"], metrics["Acc"], strict=True):
         lines.append(f"{n:<{width}}  {pct(iou)}  {pct(acc)}")
     lines.append("-" * (width + 16))
     lines.append(f"aAcc {pct(metrics['aAcc']).strip()}   mIoU {pct(metrics['mIoU']).strip()}   "
@@ -77,7 +77,8 @@ def evaluation_record(metrics: dict, iteration: int, class_names: list[str] | No
     clean = to_json(metrics)
     names = names_of(class_names, len(clean["IoU"]))
     out = {"iteration": iteration, "aAcc": clean["aAcc"], "mIoU": clean["mIoU"], "mAcc": clean["mAcc"],
-           "IoU": dict(zip(names, clean["IoU"])), "Acc": dict(zip(names, clean["Acc"]))}
+           "IoU": dict(zip(names, clean["IoU"], strict=True)),
+           "Acc": dict(zip(names, clean["Acc"], strict=True))}
     if "protocol" in clean:
         out["protocol"] = clean["protocol"]
     if "confusion" in metrics:
@@ -108,7 +109,8 @@ def format_comparison(runs: dict, class_names: list[str] | None = None) -> str:
             cells.append(f"{d:>+8.2f}" if d is not None else f"{'':>8}")
         return f"{label:<{width}}  " + "  ".join(cells)
 
-    head = f"{'IoU':<{width}}  " + "  ".join(f"{n:>{col}}" for n in names) + (f"  {'diff':>8}" if delta else "")
+    head = (f"{'IoU':<{width}}  " + "  ".join(f"{n:>{col}}" for n in names)
+            + (f"  {'diff':>8}" if delta else ""))
     lines = [head, "-" * len(head)]
     for c in range(k):
         lines.append(row(classes[c], [pct(runs[n]["IoU"][c]) for n in names]))

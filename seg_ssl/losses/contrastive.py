@@ -30,7 +30,7 @@ def _class_chunks(neg_label: torch.Tensor, chunk: int):
     order = torch.argsort(neg_label, stable=True)
     labels, counts = torch.unique_consecutive(neg_label[order], return_counts=True)
     pieces, start = [], 0
-    for lab, cnt in zip(labels.tolist(), counts.tolist()):
+    for lab, cnt in zip(labels.tolist(), counts.tolist(), strict=True):
         for s in range(start, start + cnt, chunk):
             pieces.append((lab, s, min(s + chunk, start + cnt)))
         start += cnt
@@ -44,7 +44,8 @@ class _AnchorContrast(torch.autograd.Function):
     def forward(ctx, anchor, target, anchor_label, neg, neg_label, temperature: float, chunk: int):
         # float32 throughout, under autocast too (which would run addmm in bf16/fp16 again)
         with torch.autocast(anchor.device.type, enabled=False):
-            return _AnchorContrast._forward(ctx, anchor, target, anchor_label, neg, neg_label, temperature, chunk)
+            return _AnchorContrast._forward(ctx, anchor, target, anchor_label, neg, neg_label, temperature,
+                                            chunk)
 
     @staticmethod
     def _forward(ctx, anchor, target, anchor_label, neg, neg_label, temperature: float, chunk: int):
@@ -118,6 +119,7 @@ def directional_contrastive_loss(feat1, feat2, conf1, conf2, label1, label2, neg
     for a, p, ca, cp, ya in ((feat1, feat2, conf1, conf2, label1), (feat2, feat1, conf2, conf1, label2)):
         keep = (cp > pos_thresh) & (ca < cp)
         if keep.any():
-            per = anchor_contrast(a[keep], p[keep].detach(), ya[keep], neg_feat, neg_label, temperature, chunk)
+            per = anchor_contrast(a[keep], p[keep].detach(), ya[keep], neg_feat, neg_label, temperature,
+                                  chunk)
             total = total + per.sum() / (keep.sum() + 1e-12)
     return total

@@ -5,8 +5,8 @@ and section from it (``Method.name``, ``Method.config_section``).
 """
 from seg_ssl.methods.cac import CAC
 from seg_ssl.methods.cps import CPS
-from seg_ssl.methods.supervised import Supervised
 from seg_ssl.methods.fixmatch import FixMatch
+from seg_ssl.methods.supervised import Supervised
 from seg_ssl.methods.unimatch import UniMatch
 from seg_ssl.methods.unimatch_v2 import UniMatchV2
 

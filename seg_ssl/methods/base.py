@@ -34,11 +34,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from seg_ssl.data.classes import first_class_is_background
+from seg_ssl.data.cutmix import halves
 from seg_ssl.data.transforms import WeakStrongPipeline, photometric_ops, train_pipeline
 from seg_ssl.errors import ConfigError
 from seg_ssl.losses.ohem import ohem_cross_entropy
-from seg_ssl.data.classes import first_class_is_background
-from seg_ssl.data.cutmix import halves
 from seg_ssl.losses.pseudo_labels import pseudo_labels
 from seg_ssl.models.ema import ema_momentum, make_teacher, update_teacher
 from seg_ssl.models.segmentor import build_segmentor, logits
@@ -189,7 +189,8 @@ def pasted_targets(model, images, fg_marginal: bool = False):
         model.train()
 
 
-FG_MARGINAL = field(bool, False, doc="class 0 is background: pseudo label background only where p(background) "
+FG_MARGINAL = field(bool, False,
+                    doc="class 0 is background: pseudo label background only where p(background) "
                     ">= 0.5, else the likeliest foreground class, whose confidence is p(class | foreground) "
                     "(not in the papers)")
 
@@ -215,8 +216,8 @@ class SemiSupervised(Method):
         self.background = first_class_is_background(names)
         if self.c.get("fg_marginal") and names and not self.background:
             # Cityscapes has no background class: fg_marginal would treat 'road' as background
-            raise ConfigError(f"{self.name}.fg_marginal needs class 0 to be background; data.class_names[0] is "
-                              f"{names[0]!r}")
+            raise ConfigError(f"{self.name}.fg_marginal needs class 0 to be background; data.class_names[0] "
+                              f"is {names[0]!r}")
 
     def ramp(self, iteration: int) -> float:
         """0 during the labeled-only warm-up, then up to 1 (``unsup_start_iter``, ``rampup_iters``)."""
@@ -251,7 +252,8 @@ class WeakToStrong(SemiSupervised):
 
     views = 1
     loss_scale_note = ("loss = (sup + unsup) / 2, as in the UniMatch release (unsup: the method's weighted "
-                       "unlabeled terms), so in the warm-up loss is half of sup; compare sup with labeled-only's loss")
+                       "unlabeled terms), so in the warm-up loss is half of sup; compare sup with "
+                       "labeled-only's loss")
 
     @classmethod
     def unlabeled_draws(cls, cfg) -> int:

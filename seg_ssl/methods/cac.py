@@ -23,7 +23,7 @@ from seg_ssl.errors import ConfigError
 from seg_ssl.losses.contrastive import directional_contrastive_loss
 from seg_ssl.losses.pseudo_labels import pseudo_label_accuracy
 from seg_ssl.methods.base import SemiSupervised, warmup_fields
-from seg_ssl.models.segmentor import build_segmentor, logits, logits_and_projection
+from seg_ssl.models.segmentor import build_segmentor, logits_and_projection
 from seg_ssl.schema import NUM, field
 
 LOG = logging.getLogger("seg_ssl")
@@ -173,14 +173,15 @@ class CAC(SemiSupervised):
         nl, nu = labeled["image"].shape[0], unlabeled["image1"].shape[0]
         # the release runs the labeled batch and each crop batch through the network apart
         # (BatchNorm statistics per batch); train.joint_forward shares them instead
-        out = logits_and_projection(model, torch.cat([labeled["image"], unlabeled["image1"], unlabeled["image2"]]),
+        images = torch.cat([labeled["image"], unlabeled["image1"], unlabeled["image2"]])
+        out = logits_and_projection(model, images,
                                     groups=None if self.cfg.train.joint_forward else [nl, nu, nu])
         sup = self.supervised_loss(out["logits"][:nl], labeled["label"])
         z, p = out["proj"][nl:], out["pseudo_logits"][nl:].float()
         u = unlabeled
         flips = (u["flip1"], u["flip2"])
-        z1, z2 = (unflip(t, f) for t, f in zip((z[:nu], z[nu:]), flips))
-        p1, p2 = (unflip(t, f) for t, f in zip((p[:nu], p[nu:]), flips))
+        z1, z2 = (unflip(t, f) for t, f in zip((z[:nu], z[nu:]), flips, strict=True))
+        p1, p2 = (unflip(t, f) for t, f in zip((p[:nu], p[nu:]), flips, strict=True))
         # a feature cell is valid when none of its pixels is padding
         v1, v2 = (unflip(-F.max_pool2d(-u[k].float()[:, None], 8)[:, 0], f) > 0.5
                   for k, f in (("valid1", flips[0]), ("valid2", flips[1])))
@@ -221,12 +222,12 @@ class CAC(SemiSupervised):
         return out
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(),
-                "bank": [(f.cpu(), l.cpu()) for f, l in self.bank] if self.bank is not None else []}
+        bank = [(feats.cpu(), labels.cpu()) for feats, labels in self.bank] if self.bank is not None else []
+        return {**super().state_dict(), "bank": bank}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         if self.bank is not None:
             self.bank.clear()
-            for f, l in state.get("bank", []):
-                self.bank.append((f, l))
+            for feats, labels in state.get("bank", []):
+                self.bank.append((feats, labels))

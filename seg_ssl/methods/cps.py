@@ -58,7 +58,8 @@ def cross_pseudo_loss(student1, student2, teacher1=None, teacher2=None, valid=No
             return logits.sum() * 0.0
         return F.cross_entropy(logits, target, ignore_index=ignore_index)
 
-    kw = dict(valid=valid, ignore_index=ignore_index, conf_thresh=conf_thresh, align=align, fg_marginal=fg_marginal)
+    kw = dict(valid=valid, ignore_index=ignore_index, conf_thresh=conf_thresh, align=align,
+              fg_marginal=fg_marginal)
     t1 = pseudo_labels(student1 if teacher1 is None else teacher1, **kw)
     t2 = pseudo_labels(student2 if teacher2 is None else teacher2, **kw)
     loss = ce(student1, t2) + ce(student2, t1)
@@ -70,7 +71,8 @@ class CPS(SemiSupervised):
     config_section = {  # Chen et al., CVPR 2021; defaults are the published VOC run with CutMix
         "weight": field(NUM, 1.0, doc="lambda: VOC 1.5 (1.0 with CutMix), Cityscapes 6 (5 with CutMix)"),
         "cutmix": field(bool, True),
-        "mask_prop_range": field(list, [0.25, 0.5], doc="CutMix: each box covers U(range) / mask_boxes of the image"),
+        "mask_prop_range": field(list, [0.25, 0.5],
+                                 doc="CutMix: each box covers U(range) / mask_boxes of the image"),
         "mask_boxes": field(int, 3),
         "mask_invert": field(bool, True, doc="the release's flag: boxes are 1 (taken from the second image)"),
         **warmup_fields(),
@@ -81,8 +83,8 @@ class CPS(SemiSupervised):
         "fg_marginal": FG_MARGINAL,
         "eval_branch": field(str, "1", choices=["1", "2", "ensemble"], doc="which branch evaluation scores"),
     }
-    loss_scale_note = ("loss = sup1 + sup2 (two networks, each with its own cross-entropy): twice a labeled-only "
-                       "loss; compare sup1 or sup2 with labeled-only's loss")
+    loss_scale_note = ("loss = sup1 + sup2 (two networks, each with its own cross-entropy): twice a "
+                       "labeled-only loss; compare sup1 or sup2 with labeled-only's loss")
 
     def __init__(self, cfg, world_size: int = 1):
         super().__init__(cfg, world_size)
@@ -126,8 +128,10 @@ class CPS(SemiSupervised):
             stats = all_reduce_sum(torch.cat([freq, prob]))
             m = self.c.dist_align_momentum
             dev = stats.device
-            self.label_dist = self.label_dist.to(dev) * m + (1 - m) * stats[:k] / stats[:k].sum().clamp_min(1)
-            self.pred_dist = self.pred_dist.to(dev) * m + (1 - m) * stats[k:] / stats[k:].sum().clamp_min(1e-6)
+            self.label_dist = (self.label_dist.to(dev) * m
+                               + (1 - m) * stats[:k] / stats[:k].sum().clamp_min(1))
+            self.pred_dist = (self.pred_dist.to(dev) * m
+                              + (1 - m) * stats[k:] / stats[k:].sum().clamp_min(1e-6))
             return self.label_dist / self.pred_dist.clamp_min(1e-6)
 
     def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
@@ -156,7 +160,8 @@ class CPS(SemiSupervised):
             sup1, sup2 = self.supervised_loss(l1[:nl], y), self.supervised_loss(l2[:nl], y)
             # cross supervision on the mixed images: each branch learns the other's mixed targets
             cps, p1, p2 = cross_pseudo_loss(l1[nl:], l2[nl:], t1, t2, valid, self.ignore_index,
-                                            self.c.conf_thresh, align, self.c.fg_marginal, return_targets=True)
+                                            self.c.conf_thresh, align, self.c.fg_marginal,
+                                            return_targets=True)
             truth = (torch.where(masks > 0.5, unlabeled["label"][half:], unlabeled["label"][:half])
                      if "label" in unlabeled else None)
         else:
@@ -198,7 +203,8 @@ class CPS(SemiSupervised):
         return model.branch2 if self.c.eval_branch == "2" else model.branch1
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "label_dist": self.label_dist.cpu(), "pred_dist": self.pred_dist.cpu()}
+        return {**super().state_dict(), "label_dist": self.label_dist.cpu(),
+                "pred_dist": self.pred_dist.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)

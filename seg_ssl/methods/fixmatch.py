@@ -18,8 +18,13 @@ from __future__ import annotations
 import torch
 
 from seg_ssl.data.cutmix import mix, single_box_masks
-from seg_ssl.losses.pseudo_labels import (box_mixed_targets, pseudo_label_accuracy, pseudo_label_stats, pseudo_labels,
-                                          weak_to_strong_loss)
+from seg_ssl.losses.pseudo_labels import (
+    box_mixed_targets,
+    pseudo_label_accuracy,
+    pseudo_label_stats,
+    pseudo_labels,
+    weak_to_strong_loss,
+)
 from seg_ssl.methods.base import FG_MARGINAL, WeakToStrong, pasted_targets, strong_view_fields, warmup_fields
 from seg_ssl.models.segmentor import logits
 from seg_ssl.schema import NUM, field
@@ -53,7 +58,8 @@ class FixMatch(WeakToStrong):
         loss_s = weak_to_strong_loss(logits_s, t, cf, v, c.conf_thresh)
         kept = target.masked_fill(~(valid & (conf >= c.conf_thresh)), self.ignore_index)
         out = {"loss": (sup + lam * loss_s) / 2, "sup": sup.detach(), "strong": loss_s.detach(),
-               **pseudo_label_stats(kept, valid, self.cfg.data.num_classes, self.ignore_index, self.background)}
+               **pseudo_label_stats(kept, valid, self.cfg.data.num_classes, self.ignore_index,
+                                    self.background)}
         if "label" in own:  # hidden truth of the unlabeled images (benchmarks): how right are the targets?
             out.update(pseudo_label_accuracy(target, own["label"], valid, kept != self.ignore_index,
                                              self.ignore_index, self.background))

@@ -18,8 +18,13 @@ from __future__ import annotations
 import torch
 
 from seg_ssl.data.cutmix import mix, single_box_masks
-from seg_ssl.losses.pseudo_labels import (box_mixed_targets, pseudo_label_accuracy, pseudo_label_stats, pseudo_labels,
-                                          weak_to_strong_loss)
+from seg_ssl.losses.pseudo_labels import (
+    box_mixed_targets,
+    pseudo_label_accuracy,
+    pseudo_label_stats,
+    pseudo_labels,
+    weak_to_strong_loss,
+)
 from seg_ssl.methods.base import FG_MARGINAL, WeakToStrong, pasted_targets, strong_view_fields, warmup_fields
 from seg_ssl.models.segmentor import logits, logits_and_perturbed
 from seg_ssl.schema import NUM, field
@@ -29,7 +34,8 @@ class UniMatch(WeakToStrong):
     name = "unimatch"
     views = 2
     config_section = {  # Yang et al., CVPR 2023; defaults are the published VOC run
-        "conf_thresh": field(NUM, 0.95, doc="pseudo labels below this confidence are ignored (Cityscapes: 0)"),
+        "conf_thresh": field(NUM, 0.95,
+                             doc="pseudo labels below this confidence are ignored (Cityscapes: 0)"),
         "weight_strong": field(NUM, 0.25, doc="weight of each strong view's loss"),
         "weight_fp": field(NUM, 0.5, doc="weight of the feature-perturbed stream's loss"),
         "fp_dropout": field(NUM, 0.5, doc="channel dropout on the encoder maps of the perturbed stream"),
@@ -48,7 +54,8 @@ class UniMatch(WeakToStrong):
         strong1 = mix(own["strong1"], pasted["strong1"], box1)
         strong2 = mix(own["strong2"], pasted["strong2"], box2)
 
-        if self.cfg.train.joint_forward:  # one batch for BatchNorm; only the weak rows' perturbed stream is used
+        if self.cfg.train.joint_forward:
+            # one batch for BatchNorm; only the weak rows' perturbed stream is used
             out = logits_and_perturbed(model, torch.cat([x_l, weak, strong1, strong2]), c.fp_dropout)
             clean, logits_fp = out["logits"], out["logits_fp"][nl:nl + nu]
             logits_s1, logits_s2 = clean[nl + nu:].chunk(2)
@@ -69,7 +76,8 @@ class UniMatch(WeakToStrong):
         kept = target.masked_fill(~(valid & (conf >= c.conf_thresh)), self.ignore_index)
         out = {"loss": (sup + lam * unsup) / 2, "sup": sup.detach(), "strong1": loss_s1.detach(),
                "strong2": loss_s2.detach(), "fp": loss_fp.detach(),
-               **pseudo_label_stats(kept, valid, self.cfg.data.num_classes, self.ignore_index, self.background)}
+               **pseudo_label_stats(kept, valid, self.cfg.data.num_classes, self.ignore_index,
+                                    self.background)}
         if "label" in own:  # hidden truth of the unlabeled images (benchmarks): how right are the targets?
             out.update(pseudo_label_accuracy(target, own["label"], valid, kept != self.ignore_index,
                                              self.ignore_index, self.background))

@@ -24,9 +24,20 @@ import numpy as np
 import torch
 
 from seg_ssl.data.cutmix import mix, single_box_masks
-from seg_ssl.losses.pseudo_labels import (box_mixed_targets, pseudo_label_accuracy, pseudo_label_stats, pseudo_labels,
-                                          weak_to_strong_loss)
-from seg_ssl.methods.base import FG_MARGINAL, SemiSupervised, strong_view_fields, warmup_fields, weak_strong_pipeline
+from seg_ssl.losses.pseudo_labels import (
+    box_mixed_targets,
+    pseudo_label_accuracy,
+    pseudo_label_stats,
+    pseudo_labels,
+    weak_to_strong_loss,
+)
+from seg_ssl.methods.base import (
+    FG_MARGINAL,
+    SemiSupervised,
+    strong_view_fields,
+    warmup_fields,
+    weak_strong_pipeline,
+)
 from seg_ssl.models.segmentor import logits, logits_with_channel_masks
 from seg_ssl.schema import NUM, field
 
@@ -71,17 +82,20 @@ class UniMatchV2(SemiSupervised):
         weak, valid = u["image"], u["valid"]
         nl, nu, (h, w) = x_l.shape[0], weak.shape[0], weak.shape[-2:]
         with torch.no_grad():  # the teacher's targets for the weak view (it is in eval mode)
-            target, conf = pseudo_labels(logits(self.teacher, weak), fg_marginal=c.fg_marginal, return_conf=True)
+            target, conf = pseudo_labels(logits(self.teacher, weak), fg_marginal=c.fg_marginal,
+                                         return_conf=True)
         box1, box2 = (single_box_masks(nu, h, w, c.cutmix_p, c.box_size_range, c.box_ratio_range,
                                        self.mask_rng).to(weak.device) for _ in range(2))
         # in-batch CutMix, as released: inside its box image j shows image nu-1-j
-        strong1, strong2 = mix(u["strong1"], u["strong1"].flip(0), box1), mix(u["strong2"], u["strong2"].flip(0), box2)
+        strong1 = mix(u["strong1"], u["strong1"].flip(0), box1)
+        strong2 = mix(u["strong2"], u["strong2"].flip(0), box2)
         channels = self.teacher.mask_channels  # the teacher is a plain copy of the model
         masks = (complementary_masks(nu, channels, c.comp_drop_kept, self.mask_rng) if c.comp_drop
                  else [torch.ones(2 * nu, k) for k in channels])
         masks = [torch.cat([torch.ones(nl, m.shape[1]), m]).to(weak.device) for m in masks]  # labeled rows: 1
         # as released, the labeled batch and the two strong views apart (BatchNorm statistics per group)
-        out = logits_with_channel_masks(model, torch.cat([x_l, strong1, strong2]), masks, groups=self.groups(nl, 2 * nu))
+        out = logits_with_channel_masks(model, torch.cat([x_l, strong1, strong2]), masks,
+                                        groups=self.groups(nl, 2 * nu))
         logits_s1, logits_s2 = out[nl:].chunk(2)
         sup = self.supervised_loss(out[:nl], y)
         t1, c1, v1 = box_mixed_targets(target, conf, valid, target.flip(0), conf.flip(0), valid.flip(0), box1)
@@ -89,10 +103,12 @@ class UniMatchV2(SemiSupervised):
         loss_s1 = weak_to_strong_loss(logits_s1, t1, c1, v1, c.conf_thresh)
         loss_s2 = weak_to_strong_loss(logits_s2, t2, c2, v2, c.conf_thresh)
         kept = target.masked_fill(~(valid & (conf >= c.conf_thresh)), self.ignore_index)
-        out = {"loss": (sup + lam * (loss_s1 + loss_s2) / 2) / 2, "sup": sup.detach(), "strong1": loss_s1.detach(),
-               "strong2": loss_s2.detach(),
-               **pseudo_label_stats(kept, valid, self.cfg.data.num_classes, self.ignore_index, self.background)}
-        if "label" in u:  # hidden truth of the unlabeled images (benchmarks): how right are the teacher's targets?
+        out = {"loss": (sup + lam * (loss_s1 + loss_s2) / 2) / 2, "sup": sup.detach(),
+               "strong1": loss_s1.detach(), "strong2": loss_s2.detach(),
+               **pseudo_label_stats(kept, valid, self.cfg.data.num_classes, self.ignore_index,
+                                    self.background)}
+        if "label" in u:
+            # hidden truth of the unlabeled images (benchmarks): how right are the teacher's targets?
             out.update(pseudo_label_accuracy(target, u["label"], valid, kept != self.ignore_index,
                                              self.ignore_index, self.background))
         return out

@@ -79,7 +79,7 @@ class DPTHead(nn.Module):
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         s = self.scratch
         layer_rn = (s.layer1_rn, s.layer2_rn, s.layer3_rn, s.layer4_rn)
-        levels = zip(maps, self.projects, self.resize_layers, layer_rn)
+        levels = zip(maps, self.projects, self.resize_layers, layer_rn, strict=True)
         l1, l2, l3, l4 = (rn(resize(project(m))) for m, project, resize, rn in levels)
         path = s.refinenet4(l4, size=l3.shape[-2:])
         path = s.refinenet3(path, l3, size=l2.shape[-2:])

@@ -31,7 +31,7 @@ def update_teacher(teacher: nn.Module, student: nn.Module, momentum: float) -> N
     """``teacher = teacher * momentum + student * (1 - momentum)``, parameter by parameter and buffer
     by buffer, in that order of operations (an integer buffer, BatchNorm's batch count, is
     truncated back to an integer)."""
-    for t, s in zip(teacher.parameters(), student.parameters()):
+    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
         t.copy_(t * momentum + s.detach() * (1 - momentum))
-    for t, s in zip(teacher.buffers(), student.buffers()):
+    for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
         t.copy_(t * momentum + s.detach() * (1 - momentum))

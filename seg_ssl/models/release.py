@@ -9,7 +9,8 @@ checkpoint by renaming prefixes, and the releases' ImageNet backbone files load 
 as they are.
 
     arch                     backbone (ResNet-50/101)               head
-    deeplabv3plus_unimatch   deep stem 64-64-128                    ASPP (ReLU, pooled branch) + 48-ch reduce + 2 x 3x3 fuse
+    deeplabv3plus_unimatch   deep stem 64-64-128                    ASPP (ReLU, pooled branch) + 48-ch reduce
+                                                                    + 2 x 3x3 fuse
     deeplabv3plus_cps        deep stem 64-64-128, layer4 multi-grid own ASPP + decoder (see :class:`CPSHead`)
     deeplabv3plus_cac        torchvision 7x7 stem, layer4 multi-grid own ASPP + decoder (see :class:`CACHead`)
 
@@ -55,7 +56,7 @@ class ResNetBackbone(nn.Module):
             if len(layer4_dilations) != len(self.layer4):
                 raise ValueError(f"layer4_dilations = {layer4_dilations!r}: one dilation per layer4 block "
                                  f"({len(self.layer4)})")
-            for block, d in zip(self.layer4, layer4_dilations):
+            for block, d in zip(self.layer4, layer4_dilations, strict=True):
                 block.conv2.dilation, block.conv2.padding = (d, d), (d, d)
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -70,7 +71,8 @@ class ResNetBackbone(nn.Module):
 def conv_bn_act(cin: int, cout: int, k: int = 1, dilation: int = 1, act: nn.Module | None = None,
                 bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> nn.Sequential:
     """conv (no bias, 'same' padding) -> BatchNorm -> activation (ReLU unless given)."""
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=dilation * (k - 1) // 2, dilation=dilation, bias=False),
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=dilation * (k - 1) // 2, dilation=dilation,
+                                   bias=False),
                          nn.BatchNorm2d(cout, eps=bn_eps, momentum=bn_momentum),
                          act if act is not None else nn.ReLU(inplace=True))
 
@@ -179,7 +181,8 @@ class CACASPP(nn.Module):
         super().__init__()
         self.aspp1 = CACASPPBranch(in_channels, 256, 1, 1)
         self.aspp2, self.aspp3, self.aspp4 = (CACASPPBranch(in_channels, 256, 3, r) for r in rates)
-        self.global_avg_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, 256, 1, bias=False),
+        self.global_avg_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1),
+                                             nn.Conv2d(in_channels, 256, 1, bias=False),
                                              nn.BatchNorm2d(256), nn.ReLU())
         self.conv1 = nn.Conv2d(1280, 256, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(256)
@@ -188,7 +191,8 @@ class CACASPP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x4 = self.aspp4(x)
-        pooled = F.interpolate(self.global_avg_pool(x), size=x4.shape[-2:], mode="bilinear", align_corners=True)
+        pooled = F.interpolate(self.global_avg_pool(x), size=x4.shape[-2:], mode="bilinear",
+                               align_corners=True)
         y = torch.cat([self.aspp1(x), self.aspp2(x), self.aspp3(x), x4, pooled], 1)
         return self.dropout(self.relu(self.bn1(self.conv1(y))))
 
@@ -207,8 +211,8 @@ class CACHead(nn.Module):
         self.conv1 = nn.Conv2d(low_channels, 48, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(48)
         self.relu = nn.ReLU()
-        self.last_conv = nn.Sequential(*conv_bn_act(256 + 48, 256, 3, act=nn.ReLU()), nn.Dropout(decoder_dropout),
-                                       *conv_bn_act(256, 256, 3, act=nn.ReLU()))
+        self.last_conv = nn.Sequential(*conv_bn_act(256 + 48, 256, 3, act=nn.ReLU()),
+                                       nn.Dropout(decoder_dropout), *conv_bn_act(256, 256, 3, act=nn.ReLU()))
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         c1, c4 = maps

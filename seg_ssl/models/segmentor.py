@@ -36,7 +36,8 @@ class Segmentor(nn.Module):
         smp_weights = "imagenet" if encoder_weights == "imagenet" else None
         if aspp_rates is not None and (len(aspp_rates) != 3 or not all(isinstance(r, int) and r > 0
                                                                         for r in aspp_rates)):
-            raise ConfigError(f"model.aspp_rates = {aspp_rates!r}: expected three positive integers, e.g. [6, 12, 18]")
+            raise ConfigError(f"model.aspp_rates = {aspp_rates!r}: expected three positive integers, e.g. "
+                              "[6, 12, 18]")
         self.align_corners = False
         self.release = arch in RELEASES
         self.vit = arch == dinov2.ARCH
@@ -55,7 +56,8 @@ class Segmentor(nn.Module):
             self.align_corners = True
         elif self.release:
             net = nn.Module()
-            net.encoder, net.decoder = build_release_network(arch, encoder, output_stride, aspp_rates, aspp_dropout)
+            net.encoder, net.decoder = build_release_network(arch, encoder, output_stride, aspp_rates,
+                                                             aspp_dropout)
             feat_channels, self.output_stride, self.feature_stride = 256, output_stride, 4
             self.align_corners = net.decoder.align_corners
         elif arch == "deeplabv3plus":
@@ -155,7 +157,8 @@ class Segmentor(nn.Module):
         first = 0 if self.release or self.vit else 1
         if channel_masks is not None:  # one mask per map, or one for every map (DINOv2's taps)
             masks = channel_masks * (len(maps) - first) if len(channel_masks) == 1 else channel_masks
-            maps = maps[:first] + [m * k.to(m.dtype)[:, :, None, None] for m, k in zip(maps[first:], masks)]
+            maps = maps[:first] + [m * k.to(m.dtype)[:, :, None, None]
+                                   for m, k in zip(maps[first:], masks, strict=True)]
         if fp_dropout is not None:
             maps = [torch.cat([m, m]) for m in maps[:first]] + [
                 torch.cat([m, F.dropout2d(m, fp_dropout, training=True)]) for m in maps[first:]]
@@ -230,7 +233,8 @@ class Segmentor(nn.Module):
         if feats.shape[-2:] != (h // 8, w // 8):
             feats = feats[..., :h // 8, :w // 8]
         with torch.no_grad():  # the classifier without its dropout (DPT's has none)
-            head = self.classifier[1:] if isinstance(self.classifier[0], nn.Dropout | nn.Dropout2d) else self.classifier
+            dropout_first = isinstance(self.classifier[0], nn.Dropout | nn.Dropout2d)
+            head = self.classifier[1:] if dropout_first else self.classifier
             pseudo_logits = head(feats.detach())
         return {"logits": logits, "proj": self.project(feats), "pseudo_logits": pseudo_logits}
 
@@ -247,7 +251,8 @@ class Segmentor(nn.Module):
         ys = (torch.arange(math.ceil(height / 8), device=feats.device) * 8 + 4) / height * 2 - 1
         xs = (torch.arange(math.ceil(width / 8), device=feats.device) * 8 + 4) / width * 2 - 1
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).to(feats.dtype)
-        return F.grid_sample(feats, grid.expand(feats.shape[0], -1, -1, -1), mode="bilinear", align_corners=False)
+        return F.grid_sample(feats, grid.expand(feats.shape[0], -1, -1, -1), mode="bilinear",
+                             align_corners=False)
 
 
 OUTPUTS = ("logits", "fp", "proj")

@@ -10,7 +10,8 @@ def load_strict(model, state: dict) -> None:
     shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or shape:
         def few(keys):
-            return f"{len(keys)}" + (" (" + ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "") + ")" if keys else "")
-        raise ValueError(f"weights do not match the model: missing {few(missing)}, unexpected {few(unexpected)}, "
-                         f"wrong shape {few(shape)}")
+            listed = " (" + ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "") + ")" if keys else ""
+            return f"{len(keys)}" + listed
+        raise ValueError(f"weights do not match the model: missing {few(missing)}, unexpected "
+                         f"{few(unexpected)}, wrong shape {few(shape)}")
     model.load_state_dict(state, strict=True)

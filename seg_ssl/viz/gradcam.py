@@ -113,5 +113,5 @@ def zero_map_reason(heat: np.ndarray, predicted_pixels: int, class_name: str, la
     if predicted_pixels == 0:
         return f"{class_name} is predicted on no pixel, so there is nothing to explain"
     return (f"the weighted activation at {layer} is negative or the same everywhere (each map is scaled to "
-            f"[0, 1], so a flat one is zero too)" + (f"; try an earlier layer (e.g. --layer {earlier})" if earlier
-                                                      else ""))
+            f"[0, 1], so a flat one is zero too)"
+            + (f"; try an earlier layer (e.g. --layer {earlier})" if earlier else ""))

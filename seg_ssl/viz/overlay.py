@@ -102,7 +102,8 @@ def annotated_figure(picture: np.ndarray, title: str, legend: dict | None = None
 
     h, w = picture.shape[:2]
     scale = max(1.0, 256 / max(h, w))  # small images are drawn larger, so the text stays readable
-    fig, ax = plt.subplots(figsize=(w * scale / 100 + (1.6 if legend or heat_scale else 0.4), h * scale / 100 + 0.6),
+    fig, ax = plt.subplots(figsize=(w * scale / 100 + (1.6 if legend or heat_scale else 0.4),
+                                    h * scale / 100 + 0.6),
                            dpi=100)
     ax.imshow(picture, interpolation="nearest")
     ax.set_title(title, fontsize=8)

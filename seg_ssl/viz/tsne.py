@@ -54,11 +54,12 @@ def overlap_features(model, image: torch.Tensor, label: torch.Tensor, crop: int,
                         lab[pair.top2:pair.top2 + crop, pair.left2:pair.left2 + crop]])
     if space == "projector":
         if model.projector is None:
-            raise ValueError("--space projector: this model has no projector (labeled-only models have none); "
-                             "use --space decoder to compare models")
+            raise ValueError("--space projector: this model has no projector (labeled-only models have "
+                             "none); use --space decoder to compare models")
         z = logits_and_projection(model, crops)["proj"]
     else:
-        z = F.normalize(model.at_stride_8(model.features(crops), crop, crop)[..., :crop // 8, :crop // 8], dim=1)
+        z = F.normalize(model.at_stride_8(model.features(crops), crop, crop)[..., :crop // 8, :crop // 8],
+                        dim=1)
     cls = labs[:, 4::8, 4::8]  # the label at each stride-8 cell's centre
     valid = cls != ignore_index
     box = lambda b: torch.tensor([b], dtype=torch.long)  # noqa: E731
@@ -80,9 +81,9 @@ def set_overlap_features(model, val, plan, iou_bound, ignore_index: int = 255, s
     """The overlap features ``(f1, f2, y)`` of every image of ``plan`` (:func:`view_plan`), one crop
     pair each drawn with ``seed``; at most ``max_points`` pixels, a seeded subset."""
     rng = np.random.default_rng(seed)
-    parts = [overlap_features(model, val[i]["image"], val[i]["label"], crop, iou_bound, rng, ignore_index, space)
-             for i, crop in plan]
-    f1, f2, y = (torch.cat(t) for t in zip(*parts))
+    parts = [overlap_features(model, val[i]["image"], val[i]["label"], crop, iou_bound, rng, ignore_index,
+                              space) for i, crop in plan]
+    f1, f2, y = (torch.cat(t) for t in zip(*parts, strict=True))
     if f1.shape[0] > max_points:
         keep = torch.randperm(f1.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]
         f1, f2, y = f1[keep], f2[keep], y[keep]
@@ -103,7 +104,7 @@ def plot_tsne(panels: list, class_names, palette: np.ndarray, out_path: str, see
     from sklearn.manifold import TSNE
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
-    for ax, (title, f1, f2, y) in zip(axes[0], panels):
+    for ax, (title, f1, f2, y) in zip(axes[0], panels, strict=True):
         x = torch.cat([f1, f2]).float().numpy()
         emb = TSNE(n_components=2, init="pca", random_state=seed,
                    perplexity=min(30.0, max(2.0, (len(x) - 1) / 3))).fit_transform(x)
