@@ -80,8 +80,8 @@ def test_an_installed_wheel_trains_and_evaluates_from_any_folder(digits_root, tm
     assert "voc_unimatch_v2" in listed.stdout
     train = seg_ssl("train", "digits_lite0_sup", "--smoke", f"data.root={digits_root}",
                     "model.encoder_weights=null", "data.labeled_list=splits/1_4/labeled.txt",
-                    "data.num_workers=0", "data.crop_size=32", "model.encoder_depth=3", "model.decoder_channels=16",
-                    "train.threads=1")
+                    "data.num_workers=0", "data.crop_size=32", "model.encoder_depth=3",
+                    "model.decoder_channels=16", "train.threads=1")
     assert train.returncode == 0, train.stderr[-3000:]
     assert "smoke run of supervised: 4 iterations" in train.stdout
     ckpt = outside / "runs" / "smoke" / "digits_lite0_sup" / "latest.pth"

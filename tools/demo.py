@@ -46,7 +46,8 @@ def main(argv=None):
     print(f"[1/4] the clean digits set in {args.data}", flush=True)
     if not os.path.isfile(os.path.join(args.data, ".complete")):
         from seg_ssl.data.digits import RENDERINGS, build_digits
-        build_digits(args.data, 3000, 500, 0, splits=("1/32", "125", "1/16", "250", "1/8"), **RENDERINGS["clean"])
+        splits = ("1/32", "125", "1/16", "250", "1/8")
+        build_digits(args.data, 3000, 500, 0, splits=splits, **RENDERINGS["clean"])
         with open(os.path.join(args.data, ".complete"), "w") as f:
             f.write("3000 500 0 clean\n")
         print(f"      built ({elapsed(t0)})", flush=True)
@@ -58,36 +59,39 @@ def main(argv=None):
             name: (config, os.path.join(args.out, name.lower()))}
     common = [f"data.root={args.data}", f"train.iters={args.iters}", "train.eval_interval=0", "train.threads=1",
               "train.log_interval=100", "resume=null", f"seed={args.seed}", f"cac.unsup_start_iter={args.warmup}"]
+    logs = ", ".join(os.path.join(work, "train.log") for _, work in runs.values())
     print(f"[2/4] training labeled-only and {name} side by side, one core each, {args.iters} iterations "
-          f"(logs: {runs['labeled-only'][1]}/train.log, {runs[name][1]}/train.log)", flush=True)
+          f"(logs: {logs})", flush=True)
     procs = {}
     for run, (cfg, work) in runs.items():
         os.makedirs(work, exist_ok=True)
-        log = open(os.path.join(work, "demo_stdout.txt"), "w")
-        procs[run] = (subprocess.Popen([sys.executable, os.path.join(tools, "train.py"), os.path.join(configs, cfg),
-                                        f"work_dir={work}", *common], stdout=log, stderr=subprocess.STDOUT,
-                                       env=dict(os.environ, OMP_NUM_THREADS="1")), log)
+        out = open(os.path.join(work, "demo_stdout.txt"), "w")
+        command = [sys.executable, os.path.join(tools, "train.py"), os.path.join(configs, cfg), f"work_dir={work}",
+                   *common]
+        procs[run] = (subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                       env=dict(os.environ, OMP_NUM_THREADS="1")), out)
     while any(proc.poll() is None for proc, _ in procs.values()):
         time.sleep(15)
-        reached = {run: last_iteration(work) for run, (_, work) in runs.items()}
-        print(f"      {elapsed(t0)}: " + ", ".join(f"{run} {it}/{args.iters}" for run, it in reached.items()),
-              flush=True)
-    for run, (proc, log) in procs.items():
-        log.close()
+        reached = ", ".join(f"{run} {last_iteration(work)}/{args.iters}" for run, (_, work) in runs.items())
+        print(f"      {elapsed(t0)}: {reached}", flush=True)
+    for run, (proc, out) in procs.items():
+        out.close()
         if proc.returncode:
             raise ConfigError(f"the {run} run failed (exit {proc.returncode}): see {runs[run][1]}/demo_stdout.txt")
 
-    print(f"[3/4] predictions of 8 val images by {name} ({runs[name][1]}/predictions)", flush=True)
-    subprocess.run([sys.executable, os.path.join(tools, "infer.py"), os.path.join(runs[name][1], "latest.pth"),
-                    "--input", os.path.join(args.data, "ImageSets", "Segmentation", "val.txt"), "--limit", "8",
-                    "--out", os.path.join(runs[name][1], "predictions")], check=True, stdout=subprocess.DEVNULL)
+    work = runs[name][1]
+    print(f"[3/4] predictions of 8 val images by {name} ({work}/predictions)", flush=True)
+    val = os.path.join(args.data, "ImageSets", "Segmentation", "val.txt")
+    subprocess.run([sys.executable, os.path.join(tools, "infer.py"), os.path.join(work, "latest.pth"), "--input",
+                    val, "--limit", "8", "--out", os.path.join(work, "predictions")], check=True,
+                   stdout=subprocess.DEVNULL)
     print(f"[4/4] val IoU (%), digits 1/16 labeled (188 images), Lite0 ImageNet, {args.iters} iterations each",
           flush=True)
-    metrics = [os.path.join(work, "metrics.json") for _, work in runs.values()]
-    subprocess.run([sys.executable, os.path.join(tools, "compare.py"), *metrics, "--names", *runs,
+    metrics = {run: os.path.join(w, "metrics.json") for run, (_, w) in runs.items()}
+    subprocess.run([sys.executable, os.path.join(tools, "compare.py"), *metrics.values(), "--names", *metrics,
                     "--config", os.path.join(configs, "digits_lite0_sup.yaml")], check=True)
     scores = {}
-    for run, path in zip(runs, metrics):
+    for run, path in metrics.items():
         with open(path) as f:
             scores[run] = json.load(f)["mIoU"]
     gain = 100 * (scores[name] - scores["labeled-only"])
