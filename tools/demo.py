@@ -57,8 +57,9 @@ def main(argv=None):
     name, config = METHOD
     runs = {"labeled-only": ("digits_lite0_sup.yaml", os.path.join(args.out, "sup")),
             name: (config, os.path.join(args.out, name.lower()))}
-    common = [f"data.root={args.data}", f"train.iters={args.iters}", "train.eval_interval=0", "train.threads=1",
-              "train.log_interval=100", "resume=null", f"seed={args.seed}", f"cac.unsup_start_iter={args.warmup}"]
+    common = [f"data.root={args.data}", f"train.iters={args.iters}", "train.eval_interval=0",
+              "train.threads=1", "train.log_interval=100", "resume=null", f"seed={args.seed}",
+              f"cac.unsup_start_iter={args.warmup}"]
     logs = ", ".join(os.path.join(work, "train.log") for _, work in runs.values())
     print(f"[2/4] training labeled-only and {name} side by side, one core each, {args.iters} iterations "
           f"(logs: {logs})", flush=True)
@@ -66,8 +67,8 @@ def main(argv=None):
     for run, (cfg, work) in runs.items():
         os.makedirs(work, exist_ok=True)
         out = open(os.path.join(work, "demo_stdout.txt"), "w")
-        command = [sys.executable, os.path.join(tools, "train.py"), os.path.join(configs, cfg), f"work_dir={work}",
-                   *common]
+        command = [sys.executable, os.path.join(tools, "train.py"), os.path.join(configs, cfg),
+                   f"work_dir={work}", *common]
         procs[run] = (subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                        env=dict(os.environ, OMP_NUM_THREADS="1")), out)
     while any(proc.poll() is None for proc, _ in procs.values()):
@@ -77,19 +78,20 @@ def main(argv=None):
     for run, (proc, out) in procs.items():
         out.close()
         if proc.returncode:
-            raise ConfigError(f"the {run} run failed (exit {proc.returncode}): see {runs[run][1]}/demo_stdout.txt")
+            raise ConfigError(f"the {run} run failed (exit {proc.returncode}): see "
+                              f"{runs[run][1]}/demo_stdout.txt")
 
     work = runs[name][1]
     print(f"[3/4] predictions of 8 val images by {name} ({work}/predictions)", flush=True)
     val = os.path.join(args.data, "ImageSets", "Segmentation", "val.txt")
-    subprocess.run([sys.executable, os.path.join(tools, "infer.py"), os.path.join(work, "latest.pth"), "--input",
-                    val, "--limit", "8", "--out", os.path.join(work, "predictions")], check=True,
-                   stdout=subprocess.DEVNULL)
-    print(f"[4/4] val IoU (%), digits 1/16 labeled (188 images), Lite0 ImageNet, {args.iters} iterations each",
-          flush=True)
+    subprocess.run([sys.executable, os.path.join(tools, "infer.py"), os.path.join(work, "latest.pth"),
+                    "--input", val, "--limit", "8", "--out", os.path.join(work, "predictions")],
+                   check=True, stdout=subprocess.DEVNULL)
+    print(f"[4/4] val IoU (%), digits 1/16 labeled (188 images), Lite0 ImageNet, {args.iters} iterations "
+          f"each", flush=True)
     metrics = {run: os.path.join(w, "metrics.json") for run, (_, w) in runs.items()}
-    subprocess.run([sys.executable, os.path.join(tools, "compare.py"), *metrics.values(), "--names", *metrics,
-                    "--config", os.path.join(configs, "digits_lite0_sup.yaml")], check=True)
+    subprocess.run([sys.executable, os.path.join(tools, "compare.py"), *metrics.values(), "--names",
+                    *metrics, "--config", os.path.join(configs, "digits_lite0_sup.yaml")], check=True)
     scores = {}
     for run, path in metrics.items():
         with open(path) as f:
