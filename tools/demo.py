@@ -19,10 +19,11 @@ import time
 
 from _common import ConfigError, run_cli
 
+# the semi-supervised methods the demo can run: name -> (config, its config section)
+METHODS = {"CAC": ("digits_lite0_cac.yaml", "cac"), "FixMatch": ("digits_lite0_fixmatch.yaml", "fixmatch"),
+           "UniMatch": ("digits_lite0_unimatch.yaml", "unimatch")}
 # the demo's setting (benchmarks/README.md, "The demo", measured over seeds 0, 1, 2)
-METHOD = ("CAC", "digits_lite0_cac.yaml")
-ITERS = 800
-WARMUP = 300  # CAC's labeled-only iterations before its contrastive term
+METHOD, ITERS, WARMUP, RAMPUP = "CAC", 800, 300, 0
 
 
 def elapsed(t0: float) -> str:
@@ -35,8 +36,10 @@ def main(argv=None):
     p.add_argument("--data", default="data/digits_clean", help="built here if missing")
     p.add_argument("--out", default="runs/demo", help="the two runs' work dirs go under it")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", default=METHOD, choices=list(METHODS))
     p.add_argument("--iters", type=int, default=ITERS)
-    p.add_argument("--warmup", type=int, default=WARMUP)
+    p.add_argument("--warmup", type=int, default=WARMUP, help="labeled-only iterations of the method")
+    p.add_argument("--rampup", type=int, default=RAMPUP, help="iterations its unsupervised weight ramps over")
     p.add_argument("--json", help="also write the result (mIoU of both, the gain, the wall time) here")
     args = p.parse_args(argv)
 
@@ -54,12 +57,12 @@ def main(argv=None):
     else:
         print("      already built", flush=True)
 
-    name, config = METHOD
+    name, (config, section) = args.method, METHODS[args.method]
     runs = {"labeled-only": ("digits_lite0_sup.yaml", os.path.join(args.out, "sup")),
             name: (config, os.path.join(args.out, name.lower()))}
     common = [f"data.root={args.data}", f"train.iters={args.iters}", "train.eval_interval=0",
               "train.threads=1", "train.log_interval=100", "resume=null", f"seed={args.seed}",
-              f"cac.unsup_start_iter={args.warmup}"]
+              f"{section}.unsup_start_iter={args.warmup}", f"{section}.rampup_iters={args.rampup}"]
     logs = ", ".join(os.path.join(work, "train.log") for _, work in runs.values())
     print(f"[2/4] training labeled-only and {name} side by side, one core each, {args.iters} iterations "
           f"(logs: {logs})", flush=True)
@@ -100,7 +103,8 @@ def main(argv=None):
     print(f"demo finished in {elapsed(t0)}: {name} {gain:+.1f} mIoU over labeled-only (seed {args.seed})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"seed": args.seed, "iters": args.iters, "warmup": args.warmup, "method": name,
+            json.dump({"seed": args.seed, "iters": args.iters, "warmup": args.warmup, "rampup": args.rampup,
+                       "method": name,
                        "mIoU": scores, "gain": gain, "seconds": round(time.time() - t0, 1)}, f, indent=1)
     return 0
 
