@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import ROOT
+from reference_releases import random_release_state
 from seg_ssl.config import load_config
 from seg_ssl.data.transforms import normalize
 from seg_ssl.evaluation.evaluator import predict_kwargs
@@ -33,7 +34,6 @@ from seg_ssl.evaluation.inference import predict_probs
 from seg_ssl.methods import build_method
 from seg_ssl.models.convert import from_release
 from seg_ssl.models.weights import load_strict
-from test_release_networks import random_release_state
 
 
 @functools.lru_cache(maxsize=None)
