@@ -1,7 +1,7 @@
 """A small Python API: a checkpoint is enough, since the trainer stores the resolved config in it.
 
     import seg_ssl
-    model = seg_ssl.load("runs/demo_cac/latest.pth")
+    model = seg_ssl.load("runs/demo/unimatch/latest.pth")
     mask = model.predict("data/digits_clean/JPEGImages/val_00000.jpg")   # (H, W) class ids
     probs = model.predict_proba(image_array)                             # (K, H, W) probabilities
 

@@ -159,3 +159,25 @@ def test_compare_prints_runs_side_by_side(tmp_path, capsys):
         compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--names", "x", "x"])
     r = cli("compare", tmp_path / "a.json", tmp_path / "missing.json")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "missing.json" in r.stderr
+
+
+@pytest.mark.slow
+def test_demo_says_its_steps_and_reports_the_gain_of_its_two_runs(digits_root, tmp_path):
+    open(os.path.join(digits_root, ".complete"), "a").close()  # built: the demo must not build a full set
+    out, result = tmp_path / "demo", tmp_path / "demo.json"
+    r = run_tool("tools/demo.py", "--data", digits_root, "--out", str(out), "--split", "1_4", "--iters", "4",
+                 "--warmup", "2", "--json", str(result))
+    assert r.returncode == 0, r.stdout + r.stderr
+    steps = [line[:5] for line in r.stdout.splitlines() if line.startswith("[")]
+    assert steps == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"] and "already built" in r.stdout
+    method_name = load_tool("demo").METHOD  # the demo's own setting, whichever method it names
+    method = method_name.lower()
+    scores = {run: json.loads((out / run / "metrics.json").read_text()) for run in ("sup", method)}
+    assert all(m["iteration"] == 4 for m in scores.values())
+    stored = json.loads(result.read_text())
+    assert stored["gain"] == pytest.approx(100 * (scores[method]["mIoU"] - scores["sup"]["mIoU"]))
+    assert f"{method_name} {stored['gain']:+.1f} mIoU over labeled-only" in r.stdout.splitlines()[-1]
+    # the method ran its own step after the warm-up: its log has the unlabeled terms labeled-only lacks
+    logged = [json.loads(line) for line in (out / method / "train.jsonl").read_text().splitlines()]
+    assert set(logged[-1]) - set(json.loads((out / "sup" / "train.jsonl").read_text().splitlines()[-1]))
+    assert len(os.listdir(out / method / "predictions")) == 3 * 8

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Print the metrics of several runs side by side (per-class IoU, mIoU, aAcc, mAcc).
 
-    python tools/compare.py runs/demo_sup/metrics.json runs/demo_cac/metrics.json \
-        [--names labeled-only CAC] [--config configs/digits_lite0_sup.yaml]
+    python tools/compare.py runs/demo/sup/metrics.json runs/demo/unimatch/metrics.json \
+        [--names labeled-only UniMatch] [--config configs/digits_lite0_sup.yaml]
 
 Each file is what ``tools/eval.py --out`` or a run's ``metrics.json`` holds. The rows are named by
 ``--config``'s class names, else by the names a file holds (``tools/eval.py --out`` writes them), else

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """The five-minute demo: labeled-only and a semi-supervised method trained side by side, one CPU core
 each, on the clean digits set (EfficientNet-Lite0 with Google's ImageNet weights from the pip
-package, 188 labeled canvases of 3,000), then scored on the 500 val canvases and compared.
+package), then scored on the 500 val canvases and compared.
 
     python tools/demo.py                    # make demo runs this
     python tools/demo.py --seed 1 --json runs/demo_seed1.json
 
-It says which of its four steps it is on, and how long the whole took. The setting (method,
-iterations, warm-up) is the one measured in benchmarks/README.md ("The demo"): short enough for
+It says which of its four steps it is on, and how long the whole took. The setting (method, labels,
+iterations, warm-up, batch) is the one measured in benchmarks/README.md ("The demo"): short enough for
 five minutes on two cores, long enough for the semi-supervised gain to show in every seed.
 """
 import argparse
@@ -23,7 +23,8 @@ from _common import ConfigError, run_cli
 METHODS = {"CAC": ("digits_lite0_cac.yaml", "cac"), "FixMatch": ("digits_lite0_fixmatch.yaml", "fixmatch"),
            "UniMatch": ("digits_lite0_unimatch.yaml", "unimatch")}
 # the demo's setting (benchmarks/README.md, "The demo", measured over seeds 0, 1, 2)
-METHOD, ITERS, WARMUP, RAMPUP = "CAC", 800, 300, 0
+METHOD, SPLIT, ITERS, WARMUP, RAMPUP = "UniMatch", "250", 1200, 400, 250
+BATCH, UNLABELED_BATCH = 4, 4  # per step, both runs (labeled-only draws no unlabeled batch)
 
 
 def elapsed(t0: float) -> str:
@@ -37,6 +38,7 @@ def main(argv=None):
     p.add_argument("--out", default="runs/demo", help="the two runs' work dirs go under it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default=METHOD, choices=list(METHODS))
+    p.add_argument("--split", default=SPLIT, help="a split of the digits set (DATA/splits/SPLIT)")
     p.add_argument("--iters", type=int, default=ITERS)
     p.add_argument("--warmup", type=int, default=WARMUP, help="labeled-only iterations of the method")
     p.add_argument("--rampup", type=int, default=RAMPUP, help="iterations its unsupervised weight ramps over")
@@ -60,9 +62,18 @@ def main(argv=None):
     name, (config, section) = args.method, METHODS[args.method]
     runs = {"labeled-only": ("digits_lite0_sup.yaml", os.path.join(args.out, "sup")),
             name: (config, os.path.join(args.out, name.lower()))}
-    common = [f"data.root={args.data}", f"train.iters={args.iters}", "train.eval_interval=0",
-              "train.threads=1", "train.log_interval=100", "resume=null", f"seed={args.seed}",
-              f"{section}.unsup_start_iter={args.warmup}", f"{section}.rampup_iters={args.rampup}"]
+    split = os.path.join(args.data, "splits", args.split, "labeled.txt")
+    if not os.path.isfile(split):
+        raise ConfigError(f"--split {args.split}: {split} not found (the splits of {args.data}: "
+                          f"{', '.join(sorted(os.listdir(os.path.join(args.data, 'splits'))))})")
+    with open(split) as f:
+        labeled = sum(1 for line in f if line.strip())
+    common = [f"data.root={args.data}", f"data.labeled_list=splits/{args.split}/labeled.txt",
+              f"data.unlabeled_list=splits/{args.split}/unlabeled.txt", f"data.batch_size={BATCH}",
+              f"data.unlabeled_batch_size={UNLABELED_BATCH}", f"train.iters={args.iters}",
+              "train.eval_interval=0", "train.threads=1", "train.log_interval=100", "resume=null",
+              f"seed={args.seed}", f"{section}.unsup_start_iter={args.warmup}",
+              f"{section}.rampup_iters={args.rampup}"]
     logs = ", ".join(os.path.join(work, "train.log") for _, work in runs.values())
     print(f"[2/4] training labeled-only and {name} side by side, one core each, {args.iters} iterations "
           f"(logs: {logs})", flush=True)
@@ -90,8 +101,8 @@ def main(argv=None):
     subprocess.run([sys.executable, os.path.join(tools, "infer.py"), os.path.join(work, "latest.pth"),
                     "--input", val, "--limit", "8", "--out", os.path.join(work, "predictions")],
                    check=True, stdout=subprocess.DEVNULL)
-    print(f"[4/4] val IoU (%), digits 1/16 labeled (188 images), Lite0 ImageNet, {args.iters} iterations "
-          f"each", flush=True)
+    print(f"[4/4] val IoU (%), digits, {labeled} labeled images (split {args.split}), Lite0 ImageNet, "
+          f"{args.iters} iterations each", flush=True)
     metrics = {run: os.path.join(w, "metrics.json") for run, (_, w) in runs.items()}
     subprocess.run([sys.executable, os.path.join(tools, "compare.py"), *metrics.values(), "--names",
                     *metrics, "--config", os.path.join(configs, "digits_lite0_sup.yaml")], check=True)
@@ -103,8 +114,8 @@ def main(argv=None):
     print(f"demo finished in {elapsed(t0)}: {name} {gain:+.1f} mIoU over labeled-only (seed {args.seed})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"seed": args.seed, "iters": args.iters, "warmup": args.warmup, "rampup": args.rampup,
-                       "method": name,
+            json.dump({"seed": args.seed, "split": args.split, "iters": args.iters, "warmup": args.warmup,
+                       "rampup": args.rampup, "batch": [BATCH, UNLABELED_BATCH], "method": name,
                        "mIoU": scores, "gain": gain, "seconds": round(time.time() - t0, 1)}, f, indent=1)
     return 0
 
