@@ -20,25 +20,21 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rendering", default="default", choices=["default", "clean"],
                    help="clean: fewer, larger, non-overlapping digits, less noise (the pretrained benchmark)")
-    # the clean rendering is the pretrained benchmark's: its label counts are 1/16 (188) and 250, with
-    # 94 (1/32), 125 and 375 (1/8) beside them (benchmarks/README.md, "The second label count")
     p.add_argument("--splits", default=None,
                    help="comma-separated labeled splits, fractions or counts (default: 1/32,125,1/16,250,1/8 "
                         "for the clean rendering, 1/16,1/8 otherwise)")
     p.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
     args = p.parse_args()
-    from seg_ssl.data.digits import RENDERINGS, build_digits
+    from seg_ssl.data.digits import DEFAULT_SPLITS, RENDERINGS, build_digits, built_stamp
     from seg_ssl.data.splits import labeled_count, split_name
-    default_splits = "1/32,125,1/16,250,1/8" if args.rendering == "clean" else "1/16,1/8"
-    splits = (args.splits or default_splits).split(",")
+    splits = args.splits.split(",") if args.splits else list(DEFAULT_SPLITS[args.rendering])
     for spec in splits:
         try:
             labeled_count(spec, args.train)
         except ValueError as e:
             p.error(f"--splits: {e}")
     marker = os.path.join(args.out, ".complete")
-    stamp = (f"{args.train} {args.val} {args.seed}"
-             + ("" if args.rendering == "default" else f" {args.rendering}"))
+    stamp = built_stamp(args.train, args.val, args.seed, args.rendering)
     have_splits = all(os.path.isfile(os.path.join(args.out, "splits", split_name(s), "labeled.txt"))
                       for s in splits)
     if not args.force and have_splits and os.path.isfile(marker) and open(marker).read().strip() == stamp:

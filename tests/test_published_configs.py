@@ -78,6 +78,9 @@ UM2_MODEL = {
     "data.scale_range": ([0.5, 2.0], UM2 + " dataset/semi.py:44 resize(img, mask, (0.5, 2.0))"),
     "data.hflip": (True, UM2 + " dataset/semi.py:47 hflip p 0.5"),
 }
+# the unimatch_v2 configs: the method on the release's network, scored as the release reports
+UM2_METHOD = {**UM2_MODEL, "method": ("unimatch_v2", UM2 + " unimatch_v2.py"),
+              "eval.model": ("ema", UM2 + " README: the EMA model's numbers")}
 
 PUBLISHED = {
     "voc_cac.yaml": {
@@ -202,32 +205,27 @@ PUBLISHED = {
         "eval.stride": (534, UM_EVAL + ": int(grid * 2 / 3)"),
     },
     "ade20k_unimatch_v2.yaml": {
-        **UM2_MODEL,
-        "method": ("unimatch_v2", UM2 + " unimatch_v2.py"),
+        **UM2_METHOD,
         "data.crop_size": (518, UM2_ADE + ": crop_size 518"),
         "data.num_classes": (150, UM2_ADE + ": nclass 150"),
         "data.batch_size": (8, UM2_ADE + ": batch_size 2 per GPU x 4 GPUs"),
         "train.iters": (149220, UM2_ADE + ": 60 epochs x 2,487 (the logs' iterations per epoch at 1/64)"),
         "train.ohem": (False, UM2_ADE + ": criterion CELoss"),
         "unimatch_v2.conf_thresh": (0.95, UM2_ADE + ": conf_thresh 0.95"),
-        "eval.model": ("ema", UM2 + " README: the EMA model's numbers"),
         "eval.mode": ("resize_unimatch_v2", UM2 + " supervised.py:70-83 'original'"),
     },
     "coco_unimatch_v2.yaml": {
-        **UM2_MODEL,
-        "method": ("unimatch_v2", UM2 + " unimatch_v2.py"),
+        **UM2_METHOD,
         "data.crop_size": (518, UM2_COCO + ": crop_size 518"),
         "data.num_classes": (81, UM2_COCO + ": nclass 81"),
         "data.batch_size": (16, UM2_COCO + ": batch_size 4 per GPU x 4 GPUs"),
         "train.iters": (147560, UM2_COCO + ": 20 epochs x 7,378 (1/512: 118,055 unlabeled / 16)"),
         "train.ohem": (False, UM2_COCO + ": criterion CELoss"),
         "unimatch_v2.conf_thresh": (0.95, UM2_COCO + ": conf_thresh 0.95"),
-        "eval.model": ("ema", UM2 + " README: the EMA model's numbers"),
         "eval.mode": ("resize_unimatch_v2", UM2 + " supervised.py:70-83 'original'"),
     },
     "voc_unimatch_v2.yaml": {
-        **UM2_MODEL,
-        "method": ("unimatch_v2", UM2 + " unimatch_v2.py"),
+        **UM2_METHOD,
         "data.crop_size": (518, UM2_VOC + ": crop_size 518"),
         "data.batch_size": (16, UM2_VOC + ": batch_size 4 per GPU x 4 GPUs"),
         "data.unlabeled_batch_size": (16, UM2_VOC + ": the same loader batch for unlabeled images"),
@@ -238,13 +236,11 @@ PUBLISHED = {
         "unimatch_v2.cutmix_p": (0.5, UM2 + " dataset/semi.py: obtain_cutmix_box(p=0.5)"),
         "unimatch_v2.comp_drop": (True, UM2 + " unimatch_v2.py:179 model(..., comp_drop=True)"),
         "unimatch_v2.comp_drop_kept": (0.5, UM2_NET + ": dropout_prob 0.5 of the pairs kept"),
-        "eval.model": ("ema", UM2 + " README: the EMA model's numbers"),
         "eval.mode": ("resize_unimatch_v2",
                       UM2 + " supervised.py:70-83 'original': resized to a multiple of 14"),
     },
     "cityscapes_unimatch_v2.yaml": {
-        **UM2_MODEL,
-        "method": ("unimatch_v2", UM2 + " unimatch_v2.py"),
+        **UM2_METHOD,
         "data.crop_size": (798, UM2_CITY + ": crop_size 798"),
         "data.batch_size": (8, UM2_CITY + ": batch_size 2 per GPU x 4 GPUs"),
         "train.iters": (58500, UM2_CITY + ": 180 epochs x 325 (1/8: 2,603 unlabeled / 8, drop_last)"),
@@ -252,7 +248,6 @@ PUBLISHED = {
         "train.ohem_thresh": (0.7, UM2_CITY + ": thresh 0.7"),
         "train.ohem_min_kept": (100000, UM2_CITY + ": 200,000 per GPU batch of 2 (per image here)"),
         "unimatch_v2.conf_thresh": (0.95, UM2_CITY + ": conf_thresh 0.95"),
-        "eval.model": ("ema", UM2 + " README: the EMA model's numbers"),
         "eval.mode": ("slide_unimatch_v2", UM2 + " supervised.py:47-65 sliding_window, softmax summed"),
         "eval.window": (798, UM2 + " supervised.py: grid = crop_size"),
         "eval.stride": (532, UM2 + " supervised.py: int(grid * 2 / 3)"),

@@ -51,11 +51,10 @@ def main(argv=None):
     tools, configs = shipped_dir("tools"), shipped_dir("configs")
     print(f"[1/4] the clean digits set in {args.data}", flush=True)
     if not os.path.isfile(os.path.join(args.data, ".complete")):
-        from seg_ssl.data.digits import RENDERINGS, build_digits
-        splits = ("1/32", "125", "1/16", "250", "1/8")
-        build_digits(args.data, 3000, 500, 0, splits=splits, **RENDERINGS["clean"])
+        from seg_ssl.data.digits import DEFAULT_SPLITS, RENDERINGS, build_digits, built_stamp
+        build_digits(args.data, 3000, 500, 0, splits=DEFAULT_SPLITS["clean"], **RENDERINGS["clean"])
         with open(os.path.join(args.data, ".complete"), "w") as f:
-            f.write("3000 500 0 clean\n")
+            f.write(built_stamp(3000, 500, 0, "clean") + "\n")
         print(f"      built ({elapsed(t0)})", flush=True)
     else:
         print("      already built", flush=True)

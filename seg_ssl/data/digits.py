@@ -99,6 +99,14 @@ RENDERINGS = {
     "default": {},
     "clean": {"size_range": (30, 42), "max_digits": 2, "max_overlap": 0.0, "noise": 0.03},
 }
+# each rendering's labeled splits: the clean one is the pretrained benchmark's, whose label counts are
+# 1/16 (188) and 250, with 94 (1/32), 125 and 375 (1/8) beside them (benchmarks/README.md)
+DEFAULT_SPLITS = {"default": ("1/16", "1/8"), "clean": ("1/32", "125", "1/16", "250", "1/8")}
+
+
+def built_stamp(num_train: int, num_val: int, seed: int, rendering: str) -> str:
+    """What a built set's ``.complete`` marker holds: a set is reused only if its stamp matches."""
+    return f"{num_train} {num_val} {seed}" + ("" if rendering == "default" else f" {rendering}")
 
 
 def build_digits(out_dir: str, num_train: int = 3000, num_val: int = 500, seed: int = 0,
