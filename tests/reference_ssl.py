@@ -24,7 +24,7 @@ class ToyNet(nn.Module):
         self.conv = nn.Conv2d(3, k, 1)
         self.calls = []
 
-    def forward(self, x, output="logits", groups=None, fp_dropout=0.0, channel_masks=None):
+    def forward(self, x, output="logits", groups=None, fp_dropout=0.0, channel_masks=None, fp_rows=None):
         if groups is not None:
             masks = (channel_masks[0].split(list(groups)) if channel_masks is not None
                      else [None] * len(groups))
@@ -37,7 +37,8 @@ class ToyNet(nn.Module):
             x = x * channel_masks[0][:, :, None, None]
         logits = self.conv(x)
         if fp_dropout:
-            self.last = {"logits": logits, "logits_fp": self.conv(x * FP_CHANNELS)}
+            rows = slice(*fp_rows) if fp_rows is not None else slice(None)
+            self.last = {"logits": logits, "logits_fp": self.conv(x[rows] * FP_CHANNELS)}
             for t in self.last.values():
                 t.retain_grad()
             return self.last

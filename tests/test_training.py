@@ -226,6 +226,36 @@ def test_optimizer_groups_backbone_lr_and_weight_decay(digits_root, tmp_path, de
         assert seen["branch2.classifier.1.bias"] == (pytest.approx(0.02), 0.0)
 
 
+def test_adamw_is_fused_and_steps_as_the_per_tensor_loop(digits_root, tmp_path):
+    """AdamW runs fused (one kernel for every tensor) and its steps are those of the per-tensor loop
+    (torch's default on the CPU) with the same parameter groups, moments included."""
+    import copy
+
+    from seg_ssl.engine.optim import build_optimizer
+    from seg_ssl.methods.supervised import Supervised
+    cfg = digits_cfg(digits_root, str(tmp_path), "train.optimizer=adamw", "train.lr=0.01",
+                     "train.backbone_lr_mult=0.1", "train.weight_decay=0.01")
+    model = Supervised(cfg).build_model()
+    twin = copy.deepcopy(model)
+    fused = build_optimizer(cfg, model)
+    twin_of = {id(p): q for p, q in zip(model.parameters(), twin.parameters(), strict=True)}
+    settings = ("lr", "weight_decay", "betas", "eps")
+    loop = torch.optim.AdamW([{**{k: g[k] for k in settings}, "params": [twin_of[id(p)] for p in g["params"]]}
+                              for g in fused.param_groups], foreach=False)
+    assert all(g["fused"] for g in fused.param_groups) and not any(g["fused"] for g in loop.param_groups)
+    start = [p.detach().clone() for p in model.parameters()]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):  # the same gradients to both, so that only the optimizers can differ
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=g)
+            twin_of[id(p)].grad = p.grad.clone()
+        fused.step()
+        loop.step()
+    for (name, p), q, p0 in zip(model.named_parameters(), twin.parameters(), start, strict=True):
+        assert torch.allclose(p, q, rtol=0.0, atol=1e-7), name
+        assert not torch.equal(p, p0), name
+
+
 def test_every_method_starts_from_the_baselines_weights(digits_root, tmp_path):
     """At one seed, the baseline and every method (CPS: its first branch) begin from the same weights,
     so a comparison measures the method and not the draw (CAC's projector and CPS's second branch are

@@ -151,6 +151,16 @@ def test_segmentor_feature_perturbation_keeps_the_clean_stream():
     with torch.no_grad():
         grouped = logits_and_perturbed(net, x, 0.5, groups=[1, 1])
     assert set(grouped) == {"logits", "logits_fp"} and grouped["logits"].shape == plain.shape
+    # rows: the perturbed stream of those rows alone, the same as theirs in the whole batch's (eval
+    # mode, every channel dropped: no randomness left), and the clean logits of every row
+    x3 = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        whole = logits_and_perturbed(net, x3, 1.0)
+        part = logits_and_perturbed(net, x3, 1.0, rows=(1, 3))
+    assert part["logits_fp"].shape[0] == 2 and torch.allclose(part["logits"], whole["logits"], atol=1e-5)
+    assert torch.allclose(part["logits_fp"], whole["logits_fp"][1:3], atol=1e-5)
+    with pytest.raises(ValueError, match="fp_rows picks rows of one batch"):
+        logits_and_perturbed(net, x3, 0.5, groups=[1, 2], rows=(1, 3))
 
 
 def test_aspp_rates_reach_the_decoder_and_bad_ones_are_one_line_errors():

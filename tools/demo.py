@@ -24,7 +24,7 @@ from _common import ConfigError, run_cli
 METHODS = {"CAC": ("digits_lite0_cac.yaml", "cac"), "FixMatch": ("digits_lite0_fixmatch.yaml", "fixmatch"),
            "UniMatch": ("digits_lite0_unimatch.yaml", "unimatch")}
 # the demo's setting (benchmarks/README.md, "The demo", measured over seeds 0, 1, 2)
-METHOD, SPLIT, ITERS, WARMUP, RAMPUP = "UniMatch", "250", 1200, 400, 250
+METHOD, SPLIT, ITERS, WARMUP, RAMPUP = "UniMatch", "250", 1500, 500, 250
 BATCH, UNLABELED_BATCH = 4, 4  # per step, both runs (labeled-only draws no unlabeled batch)
 
 

@@ -55,9 +55,11 @@ class UniMatch(WeakToStrong):
         strong2 = mix(own["strong2"], pasted["strong2"], box2)
 
         if self.cfg.train.joint_forward:
-            # one batch for BatchNorm; only the weak rows' perturbed stream is used
-            out = logits_and_perturbed(model, torch.cat([x_l, weak, strong1, strong2]), c.fp_dropout)
-            clean, logits_fp = out["logits"], out["logits_fp"][nl:nl + nu]
+            # one batch for BatchNorm; the decoder's perturbed pass runs on the weak rows alone (the
+            # other rows' would be dropped unused)
+            out = logits_and_perturbed(model, torch.cat([x_l, weak, strong1, strong2]), c.fp_dropout,
+                                       rows=(nl, nl + nu))
+            clean, logits_fp = out["logits"], out["logits_fp"]
             logits_s1, logits_s2 = clean[nl + nu:].chunk(2)
             clean = clean[:nl + nu]
         else:  # as released: [labeled + weak (+ perturbed)] and [strong 1 + strong 2] apart

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from seg_ssl.errors import ConfigError
 from seg_ssl.models import dinov2
+from seg_ssl.models.depthwise import use_small_map_depthwise
 from seg_ssl.models.dpt import DPTHead, dpt_classifier
 from seg_ssl.models.pretrained import PACKAGED, load_packaged_encoder, read_state
 from seg_ssl.models.release import RELEASES, build_release_network
@@ -115,6 +116,9 @@ class Segmentor(nn.Module):
                               f"give the release's ImageNet file (a local .pth)")
         elif encoder_weights not in (None, "imagenet"):
             load_encoder_weights(self.encoder, encoder_weights, skip=self.pruned)
+        # EfficientNet/MobileNet-style encoders: their depthwise convolutions on small maps train
+        # faster on the CPU (seg_ssl.models.depthwise; nothing changes elsewhere)
+        use_small_map_depthwise(self)
 
     @property
     def size_divisor(self) -> int:
@@ -151,7 +155,8 @@ class Segmentor(nn.Module):
         return x if (ph, pw) == (h, w) else F.pad(x, (0, pw - w, 0, ph - h))
 
     def _decode(self, x: torch.Tensor, fp_dropout: float | None = None,
-                channel_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+                channel_masks: list[torch.Tensor] | None = None,
+                fp_rows: slice = slice(None)) -> torch.Tensor:
         maps = self.encoder(x)
         # smp's maps[0] is the input image itself, which no decoder reads
         first = 0 if self.release or self.vit else 1
@@ -160,8 +165,8 @@ class Segmentor(nn.Module):
             maps = maps[:first] + [m * k.to(m.dtype)[:, :, None, None]
                                    for m, k in zip(maps[first:], masks, strict=True)]
         if fp_dropout is not None:
-            maps = [torch.cat([m, m]) for m in maps[:first]] + [
-                torch.cat([m, F.dropout2d(m, fp_dropout, training=True)]) for m in maps[first:]]
+            maps = [torch.cat([m, m[fp_rows]]) for m in maps[:first]] + [
+                torch.cat([m, F.dropout2d(m[fp_rows], fp_dropout, training=True)]) for m in maps[first:]]
         return self.decoder(maps)
 
     def features(self, x: torch.Tensor, fp_dropout: float | None = None,
@@ -193,13 +198,15 @@ class Segmentor(nn.Module):
         return F.normalize(self.projector(feats).float(), dim=1)
 
     def forward(self, x: torch.Tensor, output: str = "logits", groups: list[int] | None = None,
-                fp_dropout: float = 0.0, channel_masks: list[torch.Tensor] | None = None):
+                fp_dropout: float = 0.0, channel_masks: list[torch.Tensor] | None = None,
+                fp_rows: tuple[int, int] | None = None):
         """The one forward DDP sees (a step makes one call, as DDP wants); ``output`` picks what it
         returns, one type each. Methods call it through the entry functions below, which name it:
 
         - ``"logits"`` (:func:`logits`): logits at the input resolution, (B, K, H, W);
         - ``"fp"`` (:func:`logits_and_perturbed`): ``{"logits", "logits_fp"}``, the second from the
-          decoder fed the encoder maps with ``fp_dropout`` of their channels dropped (UniMatch);
+          decoder fed the encoder maps with ``fp_dropout`` of their channels dropped (UniMatch), of
+          every row or of rows ``fp_rows`` = (start, stop) only;
         - ``"proj"`` (:func:`logits_and_projection`): ``{"logits", "proj", "pseudo_logits"}``: the
           L2-normalised projector embeddings and the classifier's logits (no gradient, no dropout)
           at stride 8 (CAC).
@@ -210,6 +217,8 @@ class Segmentor(nn.Module):
         if output not in OUTPUTS:
             raise ValueError(f"output {output!r}: expected one of {OUTPUTS}")
         if groups is not None:
+            if fp_rows is not None:
+                raise ValueError("fp_rows picks rows of one batch: give no groups with it")
             parts = x.split(list(groups))
             masks = [m.split(list(groups)) for m in channel_masks] if channel_masks is not None else None
             return cat_outputs([self(part, output, fp_dropout=fp_dropout,
@@ -217,14 +226,14 @@ class Segmentor(nn.Module):
                                 for i, part in enumerate(parts)])
         h, w = x.shape[-2:]
         padded = self._padded(x)
-        feats = self._decode(padded, fp_dropout if output == "fp" else None, channel_masks)
+        feats = self._decode(padded, fp_dropout if output == "fp" else None, channel_masks,
+                             slice(*fp_rows) if fp_rows is not None else slice(None))
         logits = F.interpolate(self.classify(feats), size=padded.shape[-2:], mode="bilinear",
                                align_corners=self.align_corners)
         if padded is not x:
             logits = logits[..., :h, :w]
         if output == "fp":
-            clean, perturbed = logits.chunk(2)
-            return {"logits": clean, "logits_fp": perturbed}
+            return {"logits": logits[:x.shape[0]], "logits_fp": logits[x.shape[0]:]}
         if output == "logits":
             return logits
         feats = self.at_stride_8(feats, *padded.shape[-2:])
@@ -263,9 +272,12 @@ def logits(model, x: torch.Tensor, groups: list[int] | None = None) -> torch.Ten
     return model(x, "logits", groups)
 
 
-def logits_and_perturbed(model, x: torch.Tensor, fp_dropout: float, groups: list[int] | None = None) -> dict:
-    """``{"logits", "logits_fp"}``: clean logits and those of the feature-perturbed stream."""
-    return model(x, "fp", groups, fp_dropout)
+def logits_and_perturbed(model, x: torch.Tensor, fp_dropout: float, groups: list[int] | None = None,
+                         rows: tuple[int, int] | None = None) -> dict:
+    """``{"logits", "logits_fp"}``: clean logits and those of the feature-perturbed stream, of every
+    row or only of ``rows`` = (start, stop) (the decoder then runs on the perturbed maps of those
+    rows alone)."""
+    return model(x, "fp", groups, fp_dropout, fp_rows=rows)
 
 
 def logits_with_channel_masks(model, x: torch.Tensor, masks: list[torch.Tensor],
