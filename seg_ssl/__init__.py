@@ -1,6 +1,6 @@
 """seg_ssl: semi-supervised semantic segmentation (labeled-only, CAC, CPS, UniMatch, FixMatch,
 UniMatch V2) on one trainer."""
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 
 def load(checkpoint, config=None, overrides=(), device=None):

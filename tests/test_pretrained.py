@@ -69,6 +69,21 @@ def test_segmentors_load_the_pretrained_encoder(arch, output_stride):
     assert feats.shape[-1] == 64 // net.feature_stride and net(x).shape == (2, 3, 64, 64)
 
 
+@pytest.mark.parametrize("depth, blocks, channels", [(3, 3, 40), (4, 5, 112), (5, 7, 320)])
+def test_shallow_lite0_encoders_build_and_train_only_the_blocks_they_return(depth, blocks, channels):
+    """timm builds every block of an EfficientNet and runs it although encoder_depth < 5 returns
+    none of the deeper ones: they are dropped, so each parameter left gets a gradient."""
+    state = lite0_state()
+    net = Segmentor("deeplabv3plus", "tu-tf_efficientnet_lite0", num_classes=3, encoder_depth=depth,
+                    encoder_weights="efficientnet-lite0", decoder_channels=16)
+    enc = net.encoder.model
+    assert len(enc.blocks) == blocks and enc.blocks[-1][-1].bn3.num_features == channels
+    assert torch.equal(enc.blocks[2][0].conv_pw.weight, state["_blocks.3._expand_conv.weight"])  # loaded
+    x = torch.randn(2, 3, 64, 64)
+    torch.nn.functional.cross_entropy(net(x), torch.randint(0, 3, (2, 64, 64))).backward()
+    assert [n for n, p in net.named_parameters() if p.grad is None] == []
+
+
 def test_bad_or_foreign_weight_files_and_wrong_encoders_are_one_line_errors(tmp_path, monkeypatch):
     def build():
         return Segmentor("deeplabv3plus", "tu-tf_efficientnet_lite0", num_classes=3,

@@ -349,6 +349,31 @@ def test_after_step_runs_once_per_update_with_the_steps_iteration(digits_root, t
         assert not torch.equal(before, after)  # the update came first
 
 
+def test_the_warm_up_draws_no_unlabeled_batch_and_the_stream_goes_on_as_if_it_had(digits_root, tmp_path):
+    """Before unsup_start_iter the method gets unlabeled=None (no augmentation of images nobody
+    reads); from it on, the batch of iteration k is the one a stream drawn from iteration 0 gives."""
+    from seg_ssl.data.streams import make_stream
+    trainer = Trainer(digits_cfg(digits_root, str(tmp_path), "train.iters=4", "unimatch.unsup_start_iter=2",
+                                 "unimatch.rampup_iters=0", *SMALL_NET, config="digits_unimatch.yaml"))
+    seen = []
+    step = trainer.method.training_step
+
+    def training_step(model, labeled, unlabeled, iteration):
+        seen.append((iteration, None if unlabeled is None else unlabeled["image"].clone()))
+        return step(model, labeled, unlabeled, iteration)
+
+    trainer.method.training_step = training_step
+    trainer.train()
+    trainer.close()
+    d = trainer.cfg.data
+    every = make_stream(trainer.unlabeled, 2 * d.unlabeled_batch_size, 0, 1, trainer.cfg.seed, 1, 0, 0)
+    expected = [next(every)["image"] for _ in range(4)]
+    assert [it for it, _ in seen] == [0, 1, 2, 3] and seen[0][1] is None and seen[1][1] is None
+    for it in (2, 3):
+        assert torch.equal(seen[it][1], expected[it].contiguous(memory_format=torch.channels_last)
+                           if trainer.cfg.train.channels_last else expected[it])
+
+
 def test_the_log_shows_the_method_section_in_use_and_config_yaml_every_section(digits_root, tmp_path):
     Trainer(digits_cfg(digits_root, str(tmp_path), "train.iters=1", *SMALL_NET)).close()
     log, record = (tmp_path / "train.log").read_text(), (tmp_path / "config.yaml").read_text()

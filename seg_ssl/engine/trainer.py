@@ -223,7 +223,8 @@ class Trainer:
         rank, world, start = self.info.rank, self.info.world_size, self.progress.iteration
         lab = make_stream(self.labeled, d.batch_size, rank, world, seed, 0, start, d.num_workers, pin)
         per_step = self.method.unlabeled_draws(self.cfg)  # CutMix mixes pairs of images
-        unl = (make_stream(self.unlabeled, d.unlabeled_batch_size * per_step, rank, world, seed, 1, start,
+        first = max(start, self.method.first_unlabeled_iteration())  # none drawn in the warm-up
+        unl = (make_stream(self.unlabeled, d.unlabeled_batch_size * per_step, rank, world, seed, 1, first,
                            d.num_workers, pin) if self.unlabeled is not None else None)
         return lab, unl
 
@@ -233,7 +234,8 @@ class Trainer:
         start = time.time()
         try:
             labeled = to_device(next(lab_stream), self.device)
-            unlabeled = to_device(next(unl_stream), self.device) if unl_stream is not None else None
+            unlabeled = (to_device(next(unl_stream), self.device) if unl_stream is not None
+                         and self.progress.iteration >= self.method.first_unlabeled_iteration() else None)
             if self.cfg.train.channels_last:
                 labeled = channels_last_batch(labeled)
                 unlabeled = channels_last_batch(unlabeled) if unlabeled is not None else None

@@ -16,9 +16,10 @@ the hooks below and nothing else (every hook has a default here). What the train
 - It returns a dict: ``loss``, the scalar tensor to back-propagate, and any scalars to log (tensors
   or floats, averaged over the log interval; a key missing in some steps is averaged over the steps
   that have it). Keys with a ``/`` go to TensorBoard only, not the log line.
-- While the unsupervised weight is 0 (a labeled-only warm-up) a method may skip its unlabeled forward
-  and return the labeled terms only, on the same scale as its full loss: the trainer still draws the
-  unlabeled batch, so the data order does not depend on the warm-up.
+- Before ``first_unlabeled_iteration()`` (a labeled-only warm-up: the unsupervised weight is 0)
+  ``unlabeled`` is None: the method returns the labeled terms only, on the same scale as its full
+  loss. The unlabeled stream then starts at that iteration's batch (batch k is a function of k,
+  ``seg_ssl.data.streams``), so the data order is what it would be had every batch been drawn.
 - ``after_step(model, iteration)`` is called once per step, right after the optimizer's update (not
   after a step skipped for a non-finite loss), with the plain model and the step's iteration (an
   EMA teacher follows the student here).
@@ -96,6 +97,11 @@ class Method:
     def training_step(self, model, labeled: dict, unlabeled: dict | None, iteration: int) -> dict:
         """One iteration's losses; see the module docstring for what comes in and goes out."""
         raise NotImplementedError
+
+    def first_unlabeled_iteration(self) -> int:
+        """The first iteration whose step reads the unlabeled batch: the trainer draws none before
+        it, so the warm-up costs no augmentation of images nobody reads."""
+        return 0
 
     def after_step(self, model, iteration: int) -> None:
         """Called after the optimizer's update of step ``iteration``, with the plain model: the
@@ -222,6 +228,9 @@ class SemiSupervised(Method):
     def ramp(self, iteration: int) -> float:
         """0 during the labeled-only warm-up, then up to 1 (``unsup_start_iter``, ``rampup_iters``)."""
         return warmup_ramp(iteration, self.c.unsup_start_iter, self.c.rampup_iters)
+
+    def first_unlabeled_iteration(self) -> int:
+        return self.c.unsup_start_iter  # the ramp is 0 before it: each method's warm-up branch
 
     def warm_up(self, model, labeled: dict, scale: float = 1.0) -> dict:
         """A step of the labeled-only warm-up (the unsupervised weight is 0): the supervised term,

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 from seg_ssl.errors import ConfigError
 from seg_ssl.models import dinov2
-from seg_ssl.models.depthwise import use_small_map_depthwise
 from seg_ssl.models.dpt import DPTHead, dpt_classifier
 from seg_ssl.models.pretrained import PACKAGED, load_packaged_encoder, read_state
 from seg_ssl.models.release import RELEASES, build_release_network
+from seg_ssl.models.small_maps import use_small_map_convs
 from seg_ssl.models.weights import load_strict
 
 
@@ -99,6 +99,7 @@ class Segmentor(nn.Module):
         self.pruned = [f"layer{i}" for i in range(encoder_depth, 5) if hasattr(self.encoder, f"layer{i}")]
         for name in self.pruned:
             delattr(self.encoder, name)
+        prune_timm_blocks(self.encoder)
         self.arch, self.num_classes, self.feat_channels = arch, num_classes, feat_channels
         # the CAC release drops single activations before its classifier (nn.Dropout), the rest channels;
         # UniMatch V2's is its head's output_conv (3x3, ReLU, 1x1)
@@ -116,9 +117,10 @@ class Segmentor(nn.Module):
                               f"give the release's ImageNet file (a local .pth)")
         elif encoder_weights not in (None, "imagenet"):
             load_encoder_weights(self.encoder, encoder_weights, skip=self.pruned)
-        # EfficientNet/MobileNet-style encoders: their depthwise convolutions on small maps train
-        # faster on the CPU (seg_ssl.models.depthwise; nothing changes elsewhere)
-        use_small_map_depthwise(self)
+        # convolutions on maps about their kernel's size (ASPP's dilated ones, EfficientNet's 5x5
+        # depthwise ones on 64x64 inputs) run faster on the CPU (seg_ssl.models.small_maps; the
+        # same results)
+        use_small_map_convs(self)
 
     @property
     def size_divisor(self) -> int:
@@ -290,6 +292,23 @@ def logits_with_channel_masks(model, x: torch.Tensor, masks: list[torch.Tensor],
 def logits_and_projection(model, x: torch.Tensor, groups: list[int] | None = None) -> dict:
     """``{"logits", "proj", "pseudo_logits"}``: logits, stride-8 embeddings and their class logits."""
     return model(x, "proj", groups)
+
+
+def prune_timm_blocks(encoder: nn.Module) -> int:
+    """Drop the blocks of a timm EfficientNet/MobileNet feature encoder past its last returned
+    stage (encoder_depth < 5); returns how many. timm builds and runs them all although no decoder
+    reads their output: a Lite0 at depth 4 would compute its 1152-channel stage for nothing, and
+    carry 1.3 M parameters that never get a gradient (DDP waits for those)."""
+    model = getattr(encoder, "model", None)
+    stages = getattr(model, "_stage_out_idx", None)
+    blocks = getattr(model, "blocks", None)
+    if not stages or not isinstance(blocks, nn.Sequential) or getattr(model, "feature_hooks", None):
+        return 0
+    keep = max(stages)  # the forward returns block i's output when i + 1 is a stage index
+    dropped = len(blocks) - keep
+    if dropped > 0:
+        model.blocks = blocks[:keep]
+    return max(dropped, 0)
 
 
 def has_unused_parameters(model: nn.Module) -> bool:
