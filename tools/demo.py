@@ -87,8 +87,13 @@ def main(argv=None):
         out = open(os.path.join(work, "demo_stdout.txt"), "w")
         command = [sys.executable, os.path.join(tools, "train.py"), os.path.join(configs, cfg),
                    f"work_dir={work}", *common]
+        # labeled-only has slack (its steps cost a third of the method's): at a lower priority it
+        # and its loader never take the method's core, the demo's critical path (0.27-0.28 s a
+        # UniMatch step beside it against 0.32-0.41, benchmarks/README.md "The demo")
+        lower = run == "labeled-only" and hasattr(os, "nice")
         procs[run] = (subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                       env=dict(os.environ, OMP_NUM_THREADS="1")), out)
+                                       env=dict(os.environ, OMP_NUM_THREADS="1"),
+                                       preexec_fn=(lambda: os.nice(10)) if lower else None), out)
     seconds = 0
     while any(proc.poll() is None for proc, _ in procs.values()):
         time.sleep(1)  # (a line every 15 s; the next step as soon as both runs end)
