@@ -41,13 +41,14 @@ def main(argv=None) -> int:
     rows = [stored[k] for k in sorted(stored)]
     print("| seed | method | labeled-only | method's | gain | wall |")
     print("|---|---|---|---|---|---|")
-    for r in rows:
+    for r in rows:  # (a stored seed trained apart has no wall time)
+        wall = f"{r['seconds'] / 60:.1f} min" if "seconds" in r else "-"
         print(f"| {r['seed']} | {r['method']} | {100 * r['mIoU']['labeled-only']:.1f} | "
-              f"{100 * r['mIoU'][r['method']]:.1f} | {r['gain']:+.1f} | {r['seconds'] / 60:.1f} min |")
+              f"{100 * r['mIoU'][r['method']]:.1f} | {r['gain']:+.1f} | {wall} |")
     gains = [r["gain"] for r in rows]
-    longest = max(r["seconds"] for r in rows) / 60
-    print(f"gain {statistics.mean(gains):+.1f} mean, {min(gains):+.1f} lowest; "
-          f"wall {longest:.1f} min longest")
+    walls = [r["seconds"] / 60 for r in rows if "seconds" in r]
+    print(f"gain {statistics.mean(gains):+.1f} mean, {min(gains):+.1f} lowest"
+          + (f"; wall {max(walls):.1f} min longest" if walls else ""))
     return 0
 
 

@@ -130,7 +130,8 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump({"seed": args.seed, "split": args.split, "iters": args.iters, "warmup": args.warmup,
                        "rampup": args.rampup, "batch": [BATCH, UNLABELED_BATCH], "method": name,
-                       "mIoU": scores, "gain": gain, "seconds": round(time.time() - t0, 1)}, f, indent=1)
+                       "network": NETWORK, "mIoU": scores, "gain": gain,
+                       "seconds": round(time.time() - t0, 1)}, f, indent=1)
     return 0
 
 
