@@ -70,9 +70,11 @@ def test_segmentors_load_the_pretrained_encoder(arch, output_stride):
 
 
 @pytest.mark.parametrize("depth, blocks, channels", [(3, 3, 40), (4, 5, 112), (5, 7, 320)])
-def test_shallow_lite0_encoders_build_and_train_only_the_blocks_they_return(depth, blocks, channels):
+def test_shallow_lite0_encoders_build_and_train_only_the_blocks_they_return(depth, blocks, channels,
+                                                                            tmp_path):
     """timm builds every block of an EfficientNet and runs it although encoder_depth < 5 returns
-    none of the deeper ones: they are dropped, so each parameter left gets a gradient."""
+    none of the deeper ones: they are dropped, so each parameter left gets a gradient, and a local
+    file of the whole encoder still loads (its dropped blocks' keys left out)."""
     state = lite0_state()
     net = Segmentor("deeplabv3plus", "tu-tf_efficientnet_lite0", num_classes=3, encoder_depth=depth,
                     encoder_weights="efficientnet-lite0", decoder_channels=16)
@@ -82,6 +84,12 @@ def test_shallow_lite0_encoders_build_and_train_only_the_blocks_they_return(dept
     x = torch.randn(2, 3, 64, 64)
     torch.nn.functional.cross_entropy(net(x), torch.randint(0, 3, (2, 64, 64))).backward()
     assert [n for n, p in net.named_parameters() if p.grad is None] == []
+    whole = Segmentor("deeplabv3plus", "tu-tf_efficientnet_lite0", num_classes=3, decoder_channels=16)
+    torch.save(whole.encoder.state_dict(), tmp_path / "encoder.pth")
+    local = Segmentor("deeplabv3plus", "tu-tf_efficientnet_lite0", num_classes=3, encoder_depth=depth,
+                      encoder_weights=str(tmp_path / "encoder.pth"), decoder_channels=16)
+    for k, v in local.encoder.state_dict().items():
+        assert torch.equal(v, whole.encoder.state_dict()[k]), k
 
 
 def test_bad_or_foreign_weight_files_and_wrong_encoders_are_one_line_errors(tmp_path, monkeypatch):

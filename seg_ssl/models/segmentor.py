@@ -99,7 +99,7 @@ class Segmentor(nn.Module):
         self.pruned = [f"layer{i}" for i in range(encoder_depth, 5) if hasattr(self.encoder, f"layer{i}")]
         for name in self.pruned:
             delattr(self.encoder, name)
-        prune_timm_blocks(self.encoder)
+        self.pruned += prune_timm_blocks(self.encoder)
         self.arch, self.num_classes, self.feat_channels = arch, num_classes, feat_channels
         # the CAC release drops single activations before its classifier (nn.Dropout), the rest channels;
         # UniMatch V2's is its head's output_conv (3x3, ReLU, 1x1)
@@ -294,21 +294,20 @@ def logits_and_projection(model, x: torch.Tensor, groups: list[int] | None = Non
     return model(x, "proj", groups)
 
 
-def prune_timm_blocks(encoder: nn.Module) -> int:
+def prune_timm_blocks(encoder: nn.Module) -> list[str]:
     """Drop the blocks of a timm EfficientNet/MobileNet feature encoder past its last returned
-    stage (encoder_depth < 5); returns how many. timm builds and runs them all although no decoder
-    reads their output: a Lite0 at depth 4 would compute its last two stages for nothing, and carry
-    2.3 M of its 3.0 M parameters that never get a gradient (DDP waits for those)."""
+    stage (encoder_depth < 5); returns their names (``model.blocks.5``, ...). timm builds and runs
+    them all although no decoder reads their output: a Lite0 at depth 4 would compute its last two
+    stages for nothing, and carry 2.3 M of its 3.0 M parameters that never get a gradient (DDP
+    waits for those)."""
     model = getattr(encoder, "model", None)
     stages = getattr(model, "_stage_out_idx", None)
     blocks = getattr(model, "blocks", None)
     if not stages or not isinstance(blocks, nn.Sequential) or getattr(model, "feature_hooks", None):
-        return 0
+        return []
     keep = max(stages)  # the forward returns block i's output when i + 1 is a stage index
-    dropped = len(blocks) - keep
-    if dropped > 0:
-        model.blocks = blocks[:keep]
-    return max(dropped, 0)
+    model.blocks = blocks[:keep]
+    return [f"model.blocks.{i}" for i in range(keep, len(blocks))]
 
 
 def has_unused_parameters(model: nn.Module) -> bool:
@@ -338,8 +337,8 @@ def load_encoder_weights(encoder: nn.Module, path: str, skip=()) -> None:
     """Load a torchvision or smp encoder state dict file strictly; report missing/unexpected keys.
 
     Accepted: a plain state dict, ``{"state_dict": ...}`` or ``{"model": ...}``; prefixes
-    ``module.``, ``encoder.`` and ``backbone.`` are stripped; classifier keys (``fc.*``) and stages
-    past ``encoder_depth`` (``skip``) are dropped.
+    ``module.``, ``encoder.`` and ``backbone.`` are stripped; classifier keys (``fc.*``) and the
+    modules ``skip`` names (stages past ``encoder_depth``: ``layer4``, ``model.blocks.5``) are dropped.
     """
     if not os.path.isfile(path):
         raise ConfigError(f"model.encoder_weights: file not found: {path}")
@@ -349,7 +348,7 @@ def load_encoder_weights(encoder: nn.Module, path: str, skip=()) -> None:
         for prefix in ("module.", "encoder.", "backbone."):
             if k.startswith(prefix):
                 k = k[len(prefix):]
-        if k.startswith("fc.") or k.split(".")[0] in skip:  # classifier, stages cut by encoder_depth
+        if k.startswith(("fc.", *(f"{name}." for name in skip))):  # classifier, stages cut by encoder_depth
             continue
         cleaned[k] = v
     try:
